@@ -1,0 +1,68 @@
+"""``python -m attnbench [hydra overrides]``: the Hydra app (train, test, write metrics.json).
+
+Bad input (ConfigError) is printed as one message without a traceback and exits with code 2. In a multirun,
+a failing job is recorded in its metrics.json and the sweep goes on; the exit code is then the number of
+failed jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from attnbench.errors import ConfigError
+
+
+def config_dir() -> str:
+    """``attnbench/conf`` in an installed package, else the repository's top-level ``conf/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"attnbench configs not found next to {here}")
+
+
+_failed_jobs: list[str] = []
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def app(cfg: DictConfig) -> float | None:
+    from attnbench.train import _is_multirun, run
+    from attnbench.summary import print_summary
+
+    try:
+        metrics = run(cfg)
+    except ConfigError as err:
+        _report_failure(f"error: {err}", cfg)
+        if not _is_multirun():
+            sys.exit(2)
+        return None
+    except Exception as err:  # noqa: BLE001
+        if not _is_multirun():
+            raise
+        logging.getLogger("attnbench").exception("job failed; the sweep goes on")
+        _report_failure(f"job failed: {type(err).__name__}: {err}", cfg)
+        return None
+    print_summary(metrics, cfg)
+    value = metrics.get(str(cfg.get("optimized_metric")))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _report_failure(message: str, cfg: DictConfig) -> None:
+    print(message, file=sys.stderr)
+    _failed_jobs.append(str(cfg.paths.get("output_dir", "?")))
+
+
+def main() -> None:
+    app()
+    if _failed_jobs:
+        print(f"{len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
+        sys.exit(min(len(_failed_jobs), 125))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Lightning callbacks: throughput bookkeeping, task figures (maps, samples, captions) to every logger."""

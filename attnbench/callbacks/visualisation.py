@@ -1,0 +1,69 @@
+"""Each validation epoch, ask the task for figures of a fixed validation batch (``task.figures(batch)``)
+and send them to every logger (W&B images, TensorBoard images) and as PNGs to ``<run dir>/figures/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+
+def _as_array(fig: Any) -> np.ndarray:
+    """A ``uint8[H, W, 3]`` array, or a matplotlib Figure rendered to one (and closed)."""
+    if isinstance(fig, np.ndarray):
+        return fig
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return arr
+
+
+class LogTaskFigures(pl.Callback):
+    """Log ``task.figures(batch)`` every ``every_n_epochs`` validation epochs (rank 0 only)."""
+
+    def __init__(self, every_n_epochs: int = 1, save_png: bool = True):
+        self.every_n_epochs = max(1, int(every_n_epochs))
+        self.save_png = save_png
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._batch is None and batch_idx == 0:
+            self._batch = batch  # the same first validation batch every epoch (val loaders do not shuffle)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (
+            self._batch is None
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not hasattr(pl_module, "figures")
+            or (trainer.current_epoch + 1) % self.every_n_epochs
+        ):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            figures = {k: _as_array(v) for k, v in pl_module.figures(self._batch).items()}
+        finally:
+            pl_module.train(was_training)
+        self.log_images(trainer, figures)
+
+    def log_images(self, trainer: pl.Trainer, figures: dict[str, np.ndarray]) -> None:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="figures", images=list(figures.values()), caption=list(figures), step=step)
+            elif isinstance(logger, TensorBoardLogger):
+                for name, img in figures.items():
+                    logger.experiment.add_image(name, img, global_step=step, dataformats="HWC")
+        if self.save_png and figures and trainer.default_root_dir:
+            from PIL import Image
+
+            folder = Path(trainer.default_root_dir) / "figures"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, img in figures.items():
+                Image.fromarray(img).save(folder / f"{name.replace('/', '_')}_epoch{epoch:03d}.png")

@@ -1,0 +1,90 @@
+"""Shared plumbing for the image data modules: loader settings and root validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from attnbench.errors import ConfigError
+
+
+def default_num_workers() -> int:
+    """Workers that keep a model fed without oversubscribing: all cores but one, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def require_dir(root: str | os.PathLike | None, name: str, layout: str) -> Path:
+    """Return ``root`` as a Path, or raise a ConfigError naming the path and the expected ``layout``."""
+    if root is None or str(root).strip() == "":
+        raise ConfigError(f"data={name} needs data.root=/path/to/{name}; expected layout:\n{layout}")
+    path = Path(os.path.expanduser(str(root)))
+    if not path.is_dir():
+        raise ConfigError(f"data.root={str(root)!r} does not exist or is not a folder; data={name} expects:\n{layout}")
+    if not any(path.iterdir()):
+        raise ConfigError(f"data.root={str(root)!r} is empty; data={name} expects:\n{layout}")
+    return path
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base for image data modules: subclasses set ``self.train_set / val_set / test_set`` in ``setup``.
+
+    Batches are ``(x, y)``: x float ``[B, C, H, W]`` in [0, 1] (not normalised), y ``LongTensor[B]``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int | None = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        num_classes: int | None = None,
+        channels: int | None = None,
+        levels: int = 256,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ):
+        super().__init__()
+        if int(image_size) <= 0:
+            raise ConfigError(f"data.image_size={image_size} must be a positive integer")
+        if int(batch_size) <= 0:
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        self.root = root
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.num_classes = num_classes
+        self.channels = channels
+        self.levels = levels
+        self.mean, self.std = mean, std
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

@@ -1,0 +1,85 @@
+"""``data=imagenet``: an ImageFolder tree ``<root>/train/<class>/*.JPEG`` and ``<root>/val/<class>/*.JPEG``.
+
+Standard transforms (Inception-style RandomResizedCrop + flip for training; resize to image_size/0.875 and
+centre crop for evaluation); ImageNet mean/std are applied by the task, on-device. Real-world files are
+handled: greyscale, CMYK and RGBA images are converted to RGB, files that are not images are skipped.
+The val split serves as the test split (ImageNet's test labels are not public).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from attnbench.data.base import ImageDataModule, require_dir
+from attnbench.errors import ConfigError
+
+LAYOUT = """  <root>/train/<class name>/<image files>   (one folder per class)
+  <root>/val/<class name>/<image files>     (the same class folders)"""
+
+
+def load_rgb(path: str):
+    """Open any PIL-readable image as RGB (greyscale, palette, CMYK and RGBA included)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+def is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMG_EXTENSIONS)
+
+
+def train_transform(size: int) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+    ])
+
+
+def eval_transform(size: int, crop_pct: float = 0.875) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.Resize(int(round(size / crop_pct)), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(size),
+        transforms.ToTensor(),
+    ])
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Batches ``(x float[B,3,S,S] in [0,1], y long[B])``; checks the layout when constructed."""
+
+    def __init__(self, name: str = "imagenet", crop_pct: float = 0.875, **kwargs):
+        super().__init__(**kwargs)
+        root = require_dir(self.root, name, LAYOUT)
+        classes = {}
+        for split in ("train", "val"):
+            folder = root / split
+            if not folder.is_dir():
+                raise ConfigError(f"data.root={str(self.root)!r} has no {split}/ folder; data={name} expects:\n{LAYOUT}")
+            classes[split] = sorted(d.name for d in folder.iterdir() if d.is_dir())
+            if not classes[split]:
+                raise ConfigError(f"{folder} holds no class folders; data={name} expects:\n{LAYOUT}")
+        if classes["train"] != classes["val"]:
+            missing = sorted(set(classes["train"]) ^ set(classes["val"]))[:5]
+            raise ConfigError(f"train/ and val/ under {root} have different class folders (e.g. {missing})")
+        if self.num_classes is not None and len(classes["train"]) != int(self.num_classes):
+            raise ConfigError(
+                f"{root / 'train'} has {len(classes['train'])} class folders but data.num_classes={self.num_classes}; "
+                f"set data.num_classes={len(classes['train'])}"
+            )
+        self.root_path, self.crop_pct, self.classes = root, crop_pct, classes["train"]
+
+    def _folder(self, split: str, transform) -> datasets.ImageFolder:
+        return datasets.ImageFolder(str(self.root_path / split), transform=transform, loader=load_rgb,
+                                    is_valid_file=is_image_file)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.train_set = self._folder("train", train_transform(self.image_size))
+        self.val_set = self._folder("val", eval_transform(self.image_size, self.crop_pct))
+        self.test_set = self.val_set

@@ -1,0 +1,1 @@
+"""The mechanisms being compared: pure torch modules, no Lightning, no config objects."""

@@ -1,0 +1,105 @@
+"""Image classification: cross-entropy with label smoothing, top-1/top-5 accuracy (torchmetrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from attnbench.tasks.base import BaseTask
+
+
+class ClassificationTask(BaseTask):
+    """Trains ``net: [B, C, H, W] → logits [B, num_classes]`` on batches ``(x in [0,1], y)``.
+
+    Inputs are normalised on-device with the data set's ``mean``/``std``. Logs ``train/loss``, ``val/loss``,
+    ``val/acc``, ``val/acc_top5``, ``test/loss``, ``test/acc``, ``test/acc_top5``. When the network has
+    ``mixer_maps(x) -> dict[str, Tensor[B, h, w]]`` (modulator magnitude / attention maps), ``figures``
+    renders them over a few validation images.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        image_size: int,
+        channels: int,
+        mean: list[float],
+        std: list[float],
+        label_smoothing: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        compile: bool = False,
+        channels_last: bool = False,
+    ):
+        super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
+        self.save_hyperparameters(ignore=["net"])
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        top_k = min(5, num_classes)
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{name}": metric
+                for split in ("val", "test")
+                for name, metric in (
+                    ("acc", MulticlassAccuracy(num_classes, top_k=1, average="micro")),
+                    ("acc_top5", MulticlassAccuracy(num_classes, top_k=top_k, average="micro")),
+                    ("loss", MeanMetric()),
+                )
+            }
+        )
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` for images ``x`` in [0, 1]."""
+        return self.forward_net(self.normalise(x))
+
+    def example_input(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        hp = self.hparams
+        return (torch.zeros(batch_size, hp.channels, hp.image_size, hp.image_size),)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _evaluate(self, batch, split: str) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.metrics[f"{split}_loss"].update(loss, weight=len(y))
+        self.metrics[f"{split}_acc"].update(logits, y)
+        self.metrics[f"{split}_acc_top5"].update(logits, y)
+        for name in ("loss", "acc", "acc_top5"):
+            self.log(f"{split}/{name}", self.metrics[f"{split}_{name}"], prog_bar=name == "acc",
+                     on_step=False, on_epoch=True, batch_size=len(y))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @torch.no_grad()
+    def figures(self, batch, max_images: int = 6) -> dict[str, np.ndarray]:
+        """Token-mixer maps (e.g. FocalNet's |h(ctx)|, attention of the centre query) over input images."""
+        maps_fn = getattr(self.net, "mixer_maps", None)
+        if maps_fn is None:
+            return {}
+        from attnbench.callbacks.render import overlay_grid
+
+        x = batch[0][:max_images].to(self.device)
+        maps = maps_fn(self.normalise(x))
+        return {f"maps/{name}": overlay_grid(x, m) for name, m in maps.items()}
