@@ -31,7 +31,7 @@ _failed_jobs: list[str] = []
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    from attnbench.train import _is_multirun, run
+    from attnbench.train import _is_multirun, is_global_zero, run
     from attnbench.summary import print_summary
 
     try:
@@ -47,7 +47,8 @@ def app(cfg: DictConfig) -> float | None:
         logging.getLogger("attnbench").exception("job failed; the sweep goes on")
         _report_failure(f"job failed: {type(err).__name__}: {err}", cfg)
         return None
-    print_summary(metrics, cfg)
+    if is_global_zero():
+        print_summary(metrics, cfg)
     value = metrics.get(str(cfg.get("optimized_metric")))
     return float(value) if isinstance(value, (int, float)) else None
 

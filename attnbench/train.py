@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from attnbench.errors import ConfigError
+from attnbench.launch import patch_ddp_relaunch, reset_distributed, snapshot_env
 
 log = logging.getLogger("attnbench")
 
@@ -124,23 +125,27 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
 
 
-def build_loggers(cfg: DictConfig, ident: dict[str, Any]) -> list:
-
+def build_loggers(cfg: DictConfig, ident: dict[str, Any], ckpt: str | None = None) -> list:
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is None or "_target_" not in lcfg:
             continue
         if name == "wandb":
-            loggers.append(build_wandb(cfg, lcfg, ident))
+            loggers.append(build_wandb(cfg, lcfg, ident, ckpt))
         else:
             loggers.append(instantiate(lcfg))
     return loggers
 
 
-def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any]):
-    """WandbLogger with a default name, group (the sweep folder in multirun) and tags (model, variant, data)."""
+def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], ckpt: str | None = None):
+    """WandbLogger with a default name, group (the sweep folder in multirun) and tags (model, variant, data);
+    resuming from a checkpoint continues the W&B run stored in it."""
+    from attnbench.callbacks.wandb_resume import read_wandb_run_id
 
     kw: dict[str, Any] = {}
+    run_id = read_wandb_run_id(ckpt) if ckpt else None
+    if run_id:
+        kw.update(id=run_id, resume="allow")
     if not lcfg.get("name"):
         kw["name"] = "-".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v) + f"-s{ident['seed']}"
     if not lcfg.get("group"):
@@ -161,6 +166,14 @@ def _is_multirun() -> bool:
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except (ValueError, ImportError):
         return False
+
+
+def checkpoint_plugins(cfg: DictConfig) -> list:
+    """Atomic checkpoint writes, except for strategies that bring their own (sharded) checkpoint IO."""
+    from attnbench.callbacks.atomic_checkpoint import AtomicCheckpointIO
+
+    strategy = cfg.trainer.get("strategy", "auto")
+    return [AtomicCheckpointIO()] if isinstance(strategy, str) and "fsdp" not in strategy else []
 
 
 def build_task(cfg: DictConfig, datamodule):
@@ -186,10 +199,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     out = output_dir(cfg)
     ckpt = resume_checkpoint(cfg, out)
-    refuse_reuse(out, resuming=ckpt is not None)
+    refuse_reuse(out, resuming=ckpt is not None or not is_global_zero())  # DDP workers share the folder
     ident = run_identity(cfg)
     metrics: dict[str, Any] = {"status": "running", **{f"run/{k}": v for k, v in ident.items()}}
     started = time.perf_counter()
+    saved_env = snapshot_env()
+    patch_ddp_relaunch()
     try:
         metrics.update(_run(cfg, out, ckpt, ident))
         metrics["status"] = "ok"
@@ -202,6 +217,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if is_global_zero():
             path = write_metrics(out, metrics)
             log.info("metrics written to %s", path)
+        reset_distributed(saved_env)
     return metrics
 
 
@@ -214,13 +230,18 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)  # validates data.root first: no model is built for a missing data set
     net, task = build_task(cfg, datamodule)
-    loggers = build_loggers(cfg, ident)
+    loggers = build_loggers(cfg, ident, ckpt)
     callbacks = build_callbacks(cfg)
     if not loggers:  # nothing to send learning rates to (logger=none)
         from pytorch_lightning.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        from attnbench.callbacks.wandb_resume import WandbRunId
+
+        callbacks.append(WandbRunId())
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=checkpoint_plugins(cfg))
 
     params = sum(p.numel() for p in net.parameters())
     for lg in loggers:
@@ -246,8 +267,10 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
         results["flops_per_sample"] = task.flops_per_sample
     for lg in loggers:
         lg.finalize("success")
-    if any(type(lg).__name__ == "WandbLogger" for lg in loggers) and os.environ.get("WANDB_MODE") == "offline":
-        log.info("W&B ran offline; upload with: wandb sync %s", out / "wandb" / "offline-run-*")
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is not None and (wandb_cfg.get("offline", True) or os.environ.get("WANDB_MODE") == "offline"):
+        results["wandb/sync"] = f"wandb sync {out / 'wandb'}/offline-run-*"
+        log.info("W&B ran offline; upload the run with: %s", results["wandb/sync"])
     _finish_wandb()
     return {k: to_number(v) for k, v in results.items()}
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from attnbench.errors import ConfigError
 
@@ -26,6 +27,35 @@ def require_dir(root: str | os.PathLike | None, name: str, layout: str) -> Path:
     if not any(path.iterdir()):
         raise ConfigError(f"data.root={str(root)!r} is empty; data={name} expects:\n{layout}")
     return path
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order that is a pure function of ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before each training epoch; that re-seeds the generator shared with the
+    DataLoader (which also draws its worker base seed from it), so neither the order nor worker augmentation
+    depends on how often an iterator was created: a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, num_samples: int, generator: torch.Generator, seed: int):
+        self.num_samples, self.generator, self.seed = num_samples, generator, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        return iter(order.tolist())
+
+
+def run_seed() -> int:
+    """The seed given to ``pl.seed_everything`` for this run (0 when none was set)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -70,10 +100,12 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        generator = torch.Generator()  # iterators never draw from the global RNG
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), generator, run_seed()) if shuffle else None,
+            generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -1,0 +1,228 @@
+"""``python -m attnbench.report DIR``: every run under DIR → one comparison table and plots.
+
+Reads each ``metrics.json`` (and the run's ``.hydra/overrides.yaml``), groups runs that differ only in
+``seed``, and reports mean ± std over seeds of every numeric metric. Prints the table, writes ``report.md``,
+``report.csv`` and PNG plots into DIR (or ``--out``). Failed runs are listed; unfinished runs are counted.
+Works on a sweep that is still running or partly failed.
+
+    python -m attnbench.report outputs/train/multiruns/2026-11-22_10-00-00 [--out DIR] [--metric test/acc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# the metric that answers each task family's question, in order of preference
+PRIMARY = ("test/acc", "test/is", "test/bpd", "test/bleu4", "val/acc", "val/bpd", "val/loss")
+LOWER_IS_BETTER = ("bpd", "fid", "loss")
+SHOWN = ("test/acc", "test/acc_top5", "test/is", "test/fid", "test/is_real", "test/bpd", "test/bleu4",
+         "test/cider", "test/attn_grounding", "params", "flops_per_sample", "throughput/train_samples_per_sec",
+         "time/fit_s")
+IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.enable_progress_bar", "logger", "callbacks.progress_bar",
+                     "paths.", "data.num_workers")
+
+
+@dataclass
+class Run:
+    folder: Path
+    metrics: dict[str, Any]
+    overrides: list[str]
+
+    @property
+    def status(self) -> str:
+        return str(self.metrics.get("status", "unknown"))
+
+    @property
+    def settings(self) -> set[str]:
+        """The run's overrides without its seed and bookkeeping: what seeds are averaged over."""
+        return {o for o in self.overrides if not o.lstrip("+~").startswith(IGNORED_OVERRIDES)}
+
+
+@dataclass
+class Group:
+    key: str
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        out = []
+        for r in self.runs:
+            v = r.metrics.get(metric)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append(float(v))
+        return out
+
+    def mean_std(self, metric: str) -> tuple[float, float, int] | None:
+        v = self.values(metric)
+        if not v:
+            return None
+        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+
+
+def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Finished runs (with metrics.json) and unfinished job folders (.hydra but no metrics.json) under root."""
+    runs, unfinished = [], []
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        folder = hydra_dir.parent
+        overrides_file = hydra_dir / "overrides.yaml"
+        overrides = _read_overrides(overrides_file) if overrides_file.is_file() else []
+        metrics_file = folder / "metrics.json"
+        if metrics_file.is_file():
+            try:
+                runs.append(Run(folder, json.loads(metrics_file.read_text()), overrides))
+            except json.JSONDecodeError:
+                unfinished.append(folder)
+        else:
+            unfinished.append(folder)
+    seen = {r.folder for r in runs}
+    for metrics_file in sorted(root.rglob("metrics.json")):  # runs without a .hydra folder
+        if metrics_file.parent not in seen:
+            runs.append(Run(metrics_file.parent, json.loads(metrics_file.read_text()), []))
+    return runs, unfinished
+
+
+def _read_overrides(path: Path) -> list[str]:
+    import yaml
+
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+
+
+def shared_settings(runs: list[Run]) -> set[str]:
+    """Overrides every run has: stated once above the table instead of in every row."""
+    return set.intersection(*(r.settings for r in runs)) if runs else set()
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Successful runs grouped by the settings that differ between runs (seeds are averaged)."""
+    shared = shared_settings(runs)
+    groups: dict[str, Group] = {}
+    for r in runs:
+        if r.status == "ok":
+            key = " ".join(sorted(r.settings - shared)) or "(shared settings)"
+            groups.setdefault(key, Group(key)).runs.append(r)
+    return list(groups.values())
+
+
+def primary_metric(groups: list[Group]) -> str | None:
+    for m in PRIMARY:
+        if any(g.values(m) for g in groups):
+            return m
+    return None
+
+
+def fmt(ms: tuple[float, float, int] | None) -> str:
+    if ms is None:
+        return "–"
+    mean, std, n = ms
+    def num(x: float) -> str:
+        return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
+    return num(mean) if n == 1 else f"{num(mean)} ± {num(std)}"
+
+
+def table(groups: list[Group], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["configuration", "runs", *metrics]
+    rows = [[g.key, str(len(g.runs)), *(fmt(g.mean_std(m)) for m in metrics)] for g in groups]
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False) -> bool:
+    """Scatter of per-configuration means with std error bars; False when no configuration has both."""
+    pts = [(g.key, g.mean_std(x), g.mean_std(y)) for g in groups]
+    pts = [(k, a, b) for k, a, b in pts if a and b]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, (xm, xs, _), (ym, ys, _) in pts:
+        ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=3, label=key[:60])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def build_report(root: Path, out: Path | None = None, metric: str | None = None) -> str:
+    """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text."""
+    out = out or root
+    out.mkdir(parents=True, exist_ok=True)
+    runs, unfinished = find_runs(root)
+    groups = group_runs(runs)
+    failed = [r for r in runs if r.status != "ok"]
+    main = metric or primary_metric(groups)
+    metrics = [m for m in dict.fromkeys(([main] if main else []) + list(SHOWN)) if any(g.values(m) for g in groups)]
+    if main and main in metrics:
+        reverse = not any(s in main for s in LOWER_IS_BETTER)
+        groups.sort(key=lambda g: (g.mean_std(main) or (-math.inf if reverse else math.inf, 0, 0))[0],
+                    reverse=reverse)
+    header, rows = table(groups, metrics)
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["configuration", "runs"] + [c for m in metrics for c in (f"{m} mean", f"{m} std")])
+        for g in groups:
+            row: list[Any] = [g.key, len(g.runs)]
+            for m in metrics:
+                ms = g.mean_std(m)
+                row += [ms[0], ms[1]] if ms else ["", ""]
+            writer.writerow(row)
+    plots = []
+    if main:
+        for x, name, logx in (("throughput/train_samples_per_sec", "metric_vs_throughput.png", False),
+                              ("params", "metric_vs_params.png", True),
+                              ("flops_per_sample", "metric_vs_flops.png", True)):
+            if plot(groups, x, main, out / name, logx):
+                plots.append(name)
+    text = [f"# Report: {root}", "",
+            f"{len(runs)} finished runs ({len(failed)} failed), {len(unfinished)} unfinished, "
+            f"{len(groups)} configurations; mean ± std over seeds; sorted by {main or '—'}.", "",
+            f"Shared settings: `{' '.join(sorted(shared_settings(runs))) or '(defaults)'}`", "",
+            markdown(header, rows) if rows else "_no successful runs yet_"]
+    if failed:
+        text += ["", "## Failed runs", ""]
+        text += [f"- `{r.folder}`: {str(r.metrics.get('error', 'unknown error'))[:300]}" for r in failed]
+    if unfinished:
+        text += ["", f"## Unfinished ({len(unfinished)})", ""] + [f"- `{p}`" for p in unfinished]
+    if plots:
+        text += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    md = "\n".join(text) + "\n"
+    (out / "report.md").write_text(md)
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnbench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="a run or sweep folder (searched recursively)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write report.md/csv and plots")
+    parser.add_argument("--metric", default=None, help="the metric to sort and plot by (default: by task)")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"error: {args.dir} is not a folder", file=sys.stderr)
+        return 2
+    print(build_report(args.dir, args.out, args.metric))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Callbacks: non-finite loss guard, offline W&B run with tags/group, figures, throughput bookkeeping."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from attnbench.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from conftest import run_cfg
+
+
+class NaNAt(pl.LightningModule):
+    """Linear regression whose loss is NaN on the steps in ``bad_steps``."""
+
+    def __init__(self, bad_steps):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.bad_steps = set(bad_steps)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = ((self.lin(x) - y) ** 2).mean()
+        return loss * float("nan") if self.global_step in self.bad_steps else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(module, guard, steps=6):
+    data = DataLoader(TensorDataset(torch.randn(steps * 4, 4), torch.randn(steps * 4, 1)), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[guard], accelerator="cpu")
+    trainer.fit(module, data)
+    return trainer
+
+
+def test_non_finite_loss_stops_naming_the_step_before_weights_change():
+    module = NaNAt(bad_steps=[3])
+    with pytest.raises(NonFiniteLossError, match="global step 3"):
+        fit(module, FiniteLossGuard("stop"))
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_non_finite_loss_skip_drops_only_those_updates():
+    module = NaNAt(bad_steps=[1, 4])
+    guard = FiniteLossGuard("skip")
+    fit(module, guard)
+    assert guard.skipped == 2 and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@pytest.mark.slow
+def test_wandb_runs_offline_with_tags_and_sync_hint(cfg_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_factory("model=timm", "model.name=resnet10t", "data.image_size=16", "logger=wandb",
+                      "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                      "trainer.limit_test_batches=1", "tags=[study1]")
+    metrics = run_cfg(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and metrics["wandb/sync"].startswith("wandb sync ")
+    import wandb
+
+    assert wandb.run is None  # finished, so the next multirun job starts its own run
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["status"] == "ok"
+    # the run's tags and name are recorded in the offline run's files
+    meta = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+    for tag in (b"study1", b"timm", b"digits"):
+        assert tag in meta

@@ -1,0 +1,104 @@
+"""Studies: sweeps that survive failures, reports, DDP (also inside multirun), exact resume, Optuna."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from attnbench.report import build_report
+from test_app import cli
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model=timm", "model.name=resnet10t", "data.image_size=16", "logger=none", "callbacks.progress_bar=null",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+        "trainer.max_epochs=1", "trainer.enable_model_summary=false"]
+
+
+def metrics(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_sweep_goes_on_after_a_failed_job_and_report_lists_it(tmp_path):
+    proc = cli("-m", *TINY, "trainer=cpu", "model.net.num_classes=3,10", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]  # the exit code counts the failed jobs
+    statuses = sorted(metrics(tmp_path / str(j))["status"] for j in range(4))
+    assert statuses == ["failed", "failed", "ok", "ok"]
+    md = build_report(tmp_path)
+    assert "## Failed runs" in md and md.count("IndexError") == 2
+    row = next(line for line in md.splitlines() if line.startswith("| model.net.num_classes=10"))
+    assert "| 2 |" in row and "±" in row  # two seeds averaged into one row
+    assert (tmp_path / "report.csv").is_file() and (tmp_path / "metric_vs_params.png").is_file()
+
+
+def test_multirun_with_ddp_keeps_each_job_in_its_folder(tmp_path):
+    proc = cli("-m", *TINY, "trainer=ddp_cpu", "seed=1,2", f"hydra.sweep.dir={tmp_path}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]  # no stray sweep launched by a worker
+    for j, seed in (("0", 1), ("1", 2)):
+        m = metrics(tmp_path / j)
+        assert m["status"] == "ok" and m["run/seed"] == seed
+        assert (tmp_path / j / "ddp_worker_1.log").is_file()  # the worker ran in this job's folder
+
+
+def test_ddp_test_accuracy_equals_single_process_on_same_checkpoint(tmp_path):
+    train = cli(*TINY, "trainer=cpu", f"hydra.run.dir={tmp_path / 'train'}")
+    assert train.returncode == 0, train.stderr[-2000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    # whole test split (360 images: an even split over 2 processes, no padding duplicates)
+    common = [*TINY, "trainer.limit_test_batches=1.0", "train=false", f"ckpt_path={ckpt}"]
+    single = cli(*common, "trainer=cpu", f"hydra.run.dir={tmp_path / 'single'}")
+    ddp = cli(*common, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'ddp'}", timeout=600)
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-2000:]
+    a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    assert a["test/acc"] == pytest.approx(b["test/acc"], abs=1e-7)
+    assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
+
+
+def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
+    args = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
+            "trainer.deterministic=true", "data.batch_size=16"]
+    full = cli(*args, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run_dir = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "attnbench", *args, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and last.exists(), "the run must be killed after its first epoch"
+    assert not (run_dir / "metrics.json").exists()
+    resumed = cli(*args, "resume=true", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def weights(folder):
+        return torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+    w_full, w_cut = weights(tmp_path / "full"), weights(run_dir)
+    assert w_full["global_step"] == w_cut["global_step"] == 24
+    for key, value in w_full["state_dict"].items():
+        assert torch.equal(value, w_cut["state_dict"][key]), key
+    m_full, m_cut = metrics(tmp_path / "full"), metrics(run_dir)
+    for key in ("val/loss", "test/acc", "test/loss"):
+        assert m_full[key] == m_cut[key], key
+
+
+def test_optuna_sweep_in_memory_returns_the_objective(tmp_path):
+    proc = cli("hparams_search=focalnet_optuna", "hydra.sweeper.n_trials=2", *TINY,
+               f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import yaml
+
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    trials = [metrics(tmp_path / str(j))["val/acc"] for j in range(2)]
+    assert best["best_value"] == pytest.approx(max(trials))
+    assert set(best["best_params"]) == {"model.task.lr", "model.task.weight_decay", "model.task.label_smoothing"}
