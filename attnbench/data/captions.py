@@ -1,0 +1,259 @@
+"""Image captioning data: the vocabulary, caption batches, and the Karpathy-split COCO / Flickr8k / Flickr30k.
+
+Batches are ``(x, y)``: x float ``[B, C, H, W]`` in [0, 1] (not normalised) and y a dict with
+``captions`` ``LongTensor[B, T+1]`` (``<start> w1 .. wn <end> <pad>..``: a random reference per training
+image, the first one for validation/test), and ``refs`` (for each image the list of all its reference
+captions as token lists: what BLEU/CIDEr compare against). Data sets with object boxes add ``labels`` and
+``boxes`` (see :mod:`attnbench.data.digit_captions`).
+
+``data=coco|flickr8k|flickr30k`` read the Karpathy split file ``dataset_<name>.json`` (``images[]`` with
+``split`` in train/restval/val/test, ``filename``, COCO's ``filepath``, ``sentences[].tokens``/``raw``)
+and the images under ``data.root``. The vocabulary comes from the training captions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from attnbench.data.base import ImageDataModule, require_dir
+from attnbench.errors import ConfigError
+
+log = logging.getLogger("attnbench")
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+
+
+class Vocabulary:
+    """Word <-> id; ids 0..3 are ``<pad> <start> <end> <unk>``."""
+
+    def __init__(self, words: Iterable[str]):
+        self.itos = [PAD, START, END, UNK] + [w for w in words if w not in (PAD, START, END, UNK)]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def from_captions(cls, captions: Iterable[Sequence[str]], min_freq: int = 1) -> Vocabulary:
+        """Words seen at least ``min_freq`` times, most frequent first (ties alphabetical)."""
+        counts = Counter(w for c in captions for w in c)
+        return cls(w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str], max_len: int | None = None) -> torch.Tensor:
+        """``<start> ids.. <end>`` (``max_len`` words at most), unknown words as ``<unk>``."""
+        tokens = list(tokens)[:max_len] if max_len else list(tokens)
+        unk = self.stoi[UNK]
+        ids = [self.stoi[START]] + [self.stoi.get(w, unk) for w in tokens] + [self.stoi[END]]
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def collate_captions(
+    samples: list[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Stack images, pad captions with ``<pad>`` (id 0), keep references as lists, stack other tensors."""
+    x = torch.stack([s[0] for s in samples])
+    ys = [s[1] for s in samples]
+    y: dict[str, Any] = {
+        "captions": pad_sequence([d["caption"] for d in ys], batch_first=True, padding_value=0),
+        "refs": [d["refs"] for d in ys],
+    }
+    for key in ys[0]:
+        if key not in ("caption", "refs"):
+            y[key] = torch.stack([d[key] for d in ys])
+    return x, y
+
+
+class CaptionDataModule(ImageDataModule):
+    """Base of the caption data modules: a vocabulary, caption batches, and ``model_kwargs()``."""
+
+    vocab: Vocabulary
+
+    def __init__(self, captioner: dict | None = None, object_words: list[str] | None = None, **kwargs):
+        """``captioner`` and ``object_words`` are facts for the model and task configs (read there)."""
+        super().__init__(**kwargs)
+        self.object_words = list(object_words) if object_words else None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments the captioner needs from the data (train.run passes them to the net)."""
+        return {"vocab": list(self.vocab.itos)}
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_captions,
+            drop_last=False,
+        )
+
+
+# ----------------------------------------------------------------------------------------- Karpathy splits
+def tokens_of(sentence: dict) -> list[str]:
+    """A sentence's ``tokens``, or its ``raw`` text lower-cased and split into words."""
+    if sentence.get("tokens"):
+        return [str(t).lower() for t in sentence["tokens"]]
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", str(sentence.get("raw", "")).lower())
+
+
+def layout(dataset: str, json_name: str, image_dir: str) -> str:
+    folder = "" if image_dir in ("", ".") else f"{image_dir}/"
+    if dataset == "coco":
+        sample = f"{folder}<filepath>/<filename>   e.g. {folder}val2014/COCO_val2014_000000391895.jpg"
+    else:
+        sample = f"{folder}<filename>   e.g. {folder}1000268201_693b08cb0e.jpg"
+    return (
+        f"  <data.root>/{json_name}   Karpathy split: images[].split (train/restval/val/test), filename, "
+        f"{'filepath, ' if dataset == 'coco' else ''}sentences[].tokens\n  <data.root>/{sample}"
+    )
+
+
+def read_karpathy(
+    json_path: Path, image_root: Path, restval_to_train: bool = True
+) -> tuple[dict[str, list[tuple[Path, list[list[str]]]]], int]:
+    """Parse a Karpathy split file: ``{split: [(image path, [token lists])]}`` and the number of images
+    skipped because they have no sentences. ``restval`` joins ``train`` when ``restval_to_train``."""
+    with open(json_path) as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
+        raise ConfigError(
+            f"{json_path} is not a Karpathy split file: expected a JSON object with an `images` list"
+        )
+    splits: dict[str, list] = {"train": [], "restval": [], "val": [], "test": []}
+    skipped = 0
+    for img in meta["images"]:
+        sentences = [tokens_of(s) for s in img.get("sentences") or []]
+        sentences = [s for s in sentences if s]
+        if not sentences:
+            skipped += 1
+            continue
+        split = img.get("split", "train")
+        if split not in splits:
+            raise ConfigError(
+                f"{json_path}: image {img.get('filename')!r} has split {split!r}; "
+                "expected train, restval, val or test"
+            )
+        path = image_root / img.get("filepath", "") / img["filename"]
+        splits[split].append((path, sentences))
+    if restval_to_train:
+        splits["train"] += splits.pop("restval")
+    return splits, skipped
+
+
+class KarpathyImages(Dataset):
+    """Images with their captions: ``(x float[3, S, S] in [0, 1], {caption, refs})``."""
+
+    def __init__(
+        self,
+        items: list[tuple[Path, list[list[str]]]],
+        vocab: Vocabulary,
+        image_size: int,
+        train: bool,
+        max_caption_len: int | None,
+    ):
+        self.items, self.vocab, self.image_size = items, vocab, image_size
+        self.train, self.max_caption_len = train, max_caption_len
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+        from PIL import Image
+
+        path, sentences = self.items[i]
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        chosen = random.randrange(len(sentences)) if self.train else 0
+        return x, {"caption": self.vocab.encode(sentences[chosen], self.max_caption_len), "refs": sentences}
+
+
+class KarpathyCaptionsDataModule(CaptionDataModule):
+    """``data=coco|flickr8k|flickr30k``: Karpathy split JSON + image folder under ``root``.
+
+    Args:
+        dataset: ``coco``, ``flickr8k`` or ``flickr30k`` (names the JSON and the expected layout).
+        json_file: the split file, relative to ``root`` (default ``dataset_<dataset>.json``).
+        image_dir: the image folder, relative to ``root`` (COCO adds each image's ``filepath``).
+        min_word_freq: words seen fewer times in the training captions become ``<unk>``.
+        max_caption_len: training captions are cut to this many words.
+        restval_to_train: the ``restval`` images join the training split.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "coco",
+        json_file: str | None = None,
+        image_dir: str = "",
+        min_word_freq: int = 5,
+        max_caption_len: int | None = 50,
+        restval_to_train: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dataset not in ("coco", "flickr8k", "flickr30k"):
+            raise ConfigError(f"data.dataset={dataset!r}; expected coco, flickr8k or flickr30k")
+        json_name = json_file or f"dataset_{dataset}.json"
+        expected = layout(dataset, json_name, image_dir or "")
+        root = require_dir(self.root, dataset, expected)
+        json_path = Path(json_name) if Path(json_name).is_absolute() else root / json_name
+        if not json_path.is_file():
+            raise ConfigError(
+                f"data={dataset}: the Karpathy split file {json_path} does not exist; expected:\n{expected}"
+            )
+        image_root = root / image_dir if image_dir else root
+        if not image_root.is_dir():
+            raise ConfigError(
+                f"data={dataset}: image folder {image_root} does not exist; expected:\n{expected}"
+            )
+        self.splits, self.skipped = read_karpathy(json_path, image_root, restval_to_train)
+        if self.skipped:
+            log.warning(
+                "data=%s: skipped %d image(s) without sentences in %s", dataset, self.skipped, json_path
+            )
+        if not self.splits["train"]:
+            raise ConfigError(f"data={dataset}: {json_path} has no training images with sentences")
+        first = self.splits["train"][0][0]
+        if not first.is_file():
+            raise ConfigError(
+                f"data={dataset}: image {first} (the first training image) does not exist; "
+                f"expected:\n{expected}"
+            )
+        self.dataset, self.max_caption_len = dataset, max_caption_len
+        self.vocab = Vocabulary.from_captions(
+            (s for _, ss in self.splits["train"] for s in ss), min_word_freq
+        )
+        self.channels = 3
+        log.info(
+            "data=%s: %s images, vocabulary of %d words (min frequency %d)",
+            dataset,
+            ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()),
+            len(self.vocab),
+            min_word_freq,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        make = lambda split, train: KarpathyImages(  # noqa: E731
+            self.splits[split], self.vocab, self.image_size, train, self.max_caption_len
+        )
+        self.train_set = make("train", True)
+        self.val_set = make("val", False)
+        self.test_set = make("test", False)

@@ -1,0 +1,124 @@
+"""Additive (Bahdanau-style) attention over a feature grid, as used by Show, Attend and Tell.
+
+Xu et al. 2015, "Show, Attend and Tell: Neural Image Caption Generation with Visual Attention", Sec. 3.1.2
+and Sec. 4.  For annotation vectors ``a`` (``[B, L, D]``: L locations of a CNN grid) and the previous
+decoder state ``h`` (``[B, N]``):
+
+    e_ti    = v^T tanh(W_a a_i + W_h h_{t-1})              (eq. 4, the MLP f_att)
+    alpha_t = softmax_i(e_ti)                              (eq. 5)
+    soft:   z_t = beta_t * sum_i alpha_ti a_i              (eq. 13, the expected context, Sec. 4.2)
+    hard:   s_t ~ Multinoulli(alpha_t), z_t = beta_t * a_{s_t}   (eq. 8-9, Sec. 4.1)
+    beta_t  = sigmoid(f_beta(h_{t-1}))                     (Sec. 4.2.1, the gating scalar)
+
+``none`` is the no-attention baseline: the context is the mean feature (uniform weights).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+MODES = ("soft", "hard", "none")
+
+
+class AdditiveAttention(nn.Module):
+    """The attention model f_att and the context function phi of Xu et al. 2015.
+
+    Args:
+        feat_dim: D, size of an annotation vector.
+        hidden_dim: N, size of the decoder state conditioning the attention.
+        attn_dim: size of the hidden layer of the attention MLP.
+        gate: multiply the context by beta = sigmoid(W_beta h) (Sec. 4.2.1).
+    """
+
+    def __init__(self, feat_dim: int, hidden_dim: int, attn_dim: int, gate: bool = True):
+        super().__init__()
+        self.feat_proj = nn.Linear(feat_dim, attn_dim)  # W_a (applied once per image)
+        self.hidden_proj = nn.Linear(hidden_dim, attn_dim, bias=False)  # W_h
+        self.score = nn.Linear(attn_dim, 1)  # v
+        self.gate = nn.Linear(hidden_dim, 1) if gate else None  # f_beta
+
+    def project(self, feats: Tensor) -> Tensor:
+        """W_a a: ``[B, L, D] -> [B, L, A]``; computed once per image and reused at every step."""
+        return self.feat_proj(feats)
+
+    def weights(self, feats_proj: Tensor, h: Tensor) -> Tensor:
+        """alpha_t (eq. 4-5): ``feats_proj [B, L, A]``, ``h [B, N]`` -> ``[B, L]``, sums to 1 over L."""
+        e = self.score(torch.tanh(feats_proj + self.hidden_proj(h)[:, None, :])).squeeze(-1)
+        return torch.softmax(e, dim=-1)
+
+    def forward(
+        self,
+        feats: Tensor,
+        h: Tensor,
+        feats_proj: Tensor | None = None,
+        mode: str = "soft",
+        sample: bool = True,
+        use_expected: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One attention step.
+
+        Args:
+            feats: annotation vectors a, ``[B, L, D]``.
+            h: previous decoder state h_{t-1}, ``[B, N]``.
+            feats_proj: ``self.project(feats)`` if already computed.
+            mode: ``soft`` | ``hard`` | ``none``.
+            sample: hard mode only. True: draw s_t ~ alpha_t (training); False: take argmax_i alpha_ti.
+            use_expected: hard mode only, bool ``[B]``: images that use the expected context instead of a
+                sample (the paper's 0.5 chance per image, Sec. 4.1).
+
+        Returns:
+            z: context ``[B, D]`` (gated when ``gate``); alpha: ``[B, L]``; info: ``beta [B]`` and, in hard
+            mode, ``location [B]`` (the sampled index), ``log_prob [B]`` (log alpha at that index, zero for
+            images using the expected context) and ``entropy [B]`` (H[alpha_t]).
+        """
+        if mode not in MODES:
+            raise ValueError(f"attention mode {mode!r} is not one of {MODES}")
+        info: dict[str, Tensor] = {}
+        if mode == "none":
+            alpha = feats.new_full(feats.shape[:2], 1.0 / feats.shape[1])
+            z = feats.mean(dim=1)
+        else:
+            if feats_proj is None:
+                feats_proj = self.project(feats)
+            alpha = self.weights(feats_proj, h)
+            expected = torch.einsum("bl,bld->bd", alpha, feats)
+            if mode == "soft":
+                z = expected
+            else:
+                if sample:
+                    loc = torch.multinomial(alpha.detach(), 1).squeeze(1)
+                else:
+                    loc = alpha.argmax(dim=-1)
+                picked = feats[torch.arange(feats.shape[0], device=feats.device), loc]
+                log_prob = torch.log(alpha.gather(1, loc[:, None]).squeeze(1).clamp_min(1e-12))
+                if use_expected is not None:
+                    z = torch.where(use_expected[:, None], expected, picked)
+                    log_prob = log_prob.masked_fill(use_expected, 0.0)
+                else:
+                    z = picked
+                info["location"] = loc
+                info["log_prob"] = log_prob
+                info["entropy"] = -(alpha * torch.log(alpha.clamp_min(1e-12))).sum(-1)
+        if self.gate is not None:
+            beta = torch.sigmoid(self.gate(h)).squeeze(-1)
+            z = z * beta[:, None]
+        else:
+            beta = h.new_ones(h.shape[0])
+        info["beta"] = beta
+        return z, alpha, info
+
+
+def doubly_stochastic_penalty(alphas: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Sum_i (1 - Sum_t alpha_ti)^2 per caption (Xu et al. 2015, eq. 14, target 1).
+
+    Args:
+        alphas: ``[B, T, L]`` attention weights of each decoding step.
+        mask: ``[B, T]`` 1 for real steps, 0 for padding (those steps do not count).
+
+    Returns:
+        ``[B]``; multiply by lambda and average over the batch for the loss.
+    """
+    if mask is not None:
+        alphas = alphas * mask[..., None].to(alphas.dtype)
+    return ((1.0 - alphas.sum(dim=1)) ** 2).sum(dim=-1)

@@ -1,0 +1,226 @@
+"""Causal self-attention over an image grid: full, local 1D and local 2D blocks (Image Transformer).
+
+Parmar et al., "Image Transformer", ICML 2018, Sec. 3.2 and Fig. 2. The image is a ``rows × cols`` grid of
+positions (for an image of C channels: ``rows = H`` and ``cols = W·C``, channels interleaved along a row).
+Inputs and outputs are laid out in raster order over that grid, ``[B, rows·cols, D]``; each variant
+defines its own generation order and is causal in it:
+
+* ``full``: causal attention over the whole raster sequence (the quadratic baseline).
+* ``local_1d``: the raster sequence is cut into query blocks of ``block_length``; a block attends to itself
+  (causally) and to the previous block (memory of 2·block_length). Generation order = raster order.
+* ``local_2d``: query blocks of ``query_shape = (qh, qw)`` tile the grid; the memory of a block is the block
+  extended by ``memory_flange = (fh, fw)``: ``fh`` rows above, ``fw`` columns left and right. Generation
+  order is block-raster order (blocks in raster order, raster order inside a block) and every memory position
+  generated after the query is masked out (this removes the right flange beside the block).
+
+The local variants are computed blockwise with ``F.scaled_dot_product_attention`` on gathered
+``[nblocks, Q, M]`` blocks, so memory and time grow linearly with the number of positions; no
+``N × N`` score matrix exists. ``init_cache`` / ``step`` decode one position at a time with cached keys and
+values, using exactly the keys and mask of the blockwise forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTENTION_KINDS = ("full", "local_1d", "local_2d")
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Index tables of one (variant, grid). ``N = rows·cols``; index ``N`` is a dummy all-zero slot.
+
+    rank:       [N]       position of each raster index in the generation order.
+    order:      [N]       raster indices in generation order (the inverse of ``rank``).
+    q_index:    [nb, Q]   raster index of each query slot of each block (``N`` for padding).
+    kv_index:   [nb, M]   raster index of each memory slot of each block (``N`` for padding).
+    mask:       [nb, Q, M] True where the query may attend to the memory slot.
+    slot:       [N]       flat slot ``b·Q + i`` of each raster index in the ``[nb, Q]`` query layout.
+    """
+
+    rank: torch.Tensor
+    order: torch.Tensor
+    q_index: torch.Tensor
+    kv_index: torch.Tensor
+    mask: torch.Tensor
+    slot: torch.Tensor
+
+    def to(self, device: torch.device) -> BlockPlan:
+        return BlockPlan(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+@lru_cache(maxsize=64)
+def block_plan(kind: str, rows: int, cols: int, block_length: int = 64, query_shape=(8, 8),
+               memory_flange=(8, 8)) -> BlockPlan:
+    """Build the :class:`BlockPlan` of ``kind`` on a ``rows × cols`` grid (on CPU; cached)."""
+    n = rows * cols
+    if kind == "full":  # raster order; forward uses is_causal attention, no index tables
+        rank, empty = torch.arange(n), torch.empty(0, 0, dtype=torch.long)
+        return BlockPlan(rank, rank.clone(), empty, empty, empty.bool()[None], rank.clone())
+    if kind == "local_1d":
+        length = block_length
+        nb = math.ceil(n / length)
+        pos = torch.arange(nb * length).view(nb, length)
+        q_index = torch.where(pos < n, pos, n)
+        mem = torch.cat([pos - length, pos], dim=1)  # previous block, then the block itself
+        kv_index = torch.where((mem >= 0) & (mem < n), mem, n)
+        rank = torch.arange(n)
+        qr, kr = q_index, kv_index
+    elif kind == "local_2d":
+        (qh, qw), (fh, fw) = _pair(query_shape), _pair(memory_flange)
+        nbh, nbw = math.ceil(rows / qh), math.ceil(cols / qw)
+        r = torch.arange(nbh * qh).view(-1, 1)
+        c = torch.arange(nbw * qw).view(1, -1)
+        # rank on the padded grid: blocks in raster order, raster order inside a block
+        prank = ((r // qh) * nbw + c // qw) * (qh * qw) + (r % qh) * qw + c % qw
+        real = (r < rows) & (c < cols)
+        rank = prank[:rows, :cols].reshape(-1).argsort().argsort()  # dense ranks of the real positions
+        dense = torch.full_like(prank, -1)
+        dense[:rows, :cols] = rank.view(rows, cols)
+        raster = torch.where(real, r * cols + c, n)
+        bi = torch.arange(nbh).view(-1, 1, 1, 1)
+        bj = torch.arange(nbw).view(1, -1, 1, 1)
+        qrow = bi * qh + torch.arange(qh).view(1, 1, -1, 1)
+        qcol = bj * qw + torch.arange(qw).view(1, 1, 1, -1)
+        q_index = raster[qrow, qcol].reshape(nbh * nbw, qh * qw)
+        mrow = bi * qh - fh + torch.arange(qh + fh).view(1, 1, -1, 1)
+        mcol = bj * qw - fw + torch.arange(qw + 2 * fw).view(1, 1, 1, -1)
+        inside = (mrow >= 0) & (mrow < rows) & (mcol >= 0) & (mcol < cols)
+        kv_index = torch.where(inside, mrow.clamp(0, rows - 1) * cols + mcol.clamp(0, cols - 1), n)
+        kv_index = kv_index.reshape(nbh * nbw, (qh + fh) * (qw + 2 * fw))
+        rank_ext = torch.cat([rank, torch.tensor([-1])])  # rank of the dummy slot (never compared)
+        qr, kr = rank_ext[q_index], rank_ext[kv_index]
+    else:
+        raise ValueError(f"attention kind {kind!r} not in {ATTENTION_KINDS}")
+    q_real, k_real = q_index < n, kv_index < n
+    mask = k_real[:, None, :] & (kr[:, None, :] <= qr[:, :, None])
+    mask = mask | ~q_real[:, :, None]  # padding queries attend to everything (their output is dropped)
+    order = rank.argsort()
+    nb, q = q_index.shape
+    slot = torch.empty(n, dtype=torch.long)
+    flat = q_index.reshape(-1)
+    keep = flat < n
+    slot[flat[keep]] = torch.arange(nb * q)[keep]
+    return BlockPlan(rank, order, q_index, kv_index, mask, slot)
+
+
+class GridSelfAttention(nn.Module):
+    """Multi-head causal self-attention over a grid in one of :data:`ATTENTION_KINDS`.
+
+    Args:
+        dim: model width D (divisible by ``heads``).
+        heads: number of heads.
+        kind: ``"full"``, ``"local_1d"`` or ``"local_2d"``.
+        block_length: query block length of ``local_1d``.
+        query_shape: ``(qh, qw)`` query block of ``local_2d``.
+        memory_flange: ``(fh, fw)`` rows above / columns on each side of a ``local_2d`` block.
+        attn_dropout: dropout on the attention weights (training only).
+
+    ``forward(x [B, N, D], grid=(rows, cols)) -> [B, N, D]`` with ``N = rows·cols`` in raster order.
+    """
+
+    def __init__(self, dim: int, heads: int, kind: str = "local_2d", block_length: int = 64,
+                 query_shape=(8, 8), memory_flange=(8, 8), attn_dropout: float = 0.0):
+        super().__init__()
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention kind {kind!r} not in {ATTENTION_KINDS}")
+        if dim % heads:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+        self.dim, self.heads, self.kind = dim, heads, kind
+        self.block_length = int(block_length)
+        self.query_shape, self.memory_flange = _pair(query_shape), _pair(memory_flange)
+        if self.block_length < 1 or min(self.query_shape) < 1 or min(self.memory_flange) < 0:
+            raise ValueError(f"need block_length >= 1, query_shape >= 1 and memory_flange >= 0, got "
+                             f"{block_length}, {query_shape}, {memory_flange}")
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self._plans: dict = {}
+
+    def plan(self, rows: int, cols: int, device=None) -> BlockPlan:
+        """The :class:`BlockPlan` of this module on a ``rows × cols`` grid, on ``device``."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        key = (rows, cols, str(device))
+        if key not in self._plans:
+            p = block_plan(self.kind, rows, cols, self.block_length, self.query_shape, self.memory_flange)
+            self._plans[key] = p.to(device)
+        return self._plans[key]
+
+    def generation_order(self, rows: int, cols: int) -> torch.Tensor:
+        """LongTensor[rows·cols]: raster indices in the order this variant generates them."""
+        return self.plan(rows, cols).order.clone()
+
+    def _split(self, x: torch.Tensor):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.dim // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each [B, h, N, dh]
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, n, _ = x.shape
+        rows, cols = grid
+        if rows * cols != n:
+            raise ValueError(f"grid {grid} does not hold {n} positions")
+        q, k, v = self._split(x)
+        p_drop = self.attn_dropout if self.training else 0.0
+        if self.kind == "full":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+        else:
+            plan = self.plan(rows, cols, x.device)
+            nb, qn = plan.q_index.shape
+            pad = x.new_zeros(b, self.heads, 1, self.dim // self.heads)
+            q, k, v = (torch.cat([t, pad], dim=2) for t in (q, k, v))  # slot N = zeros
+            qb = q[:, :, plan.q_index]  # [B, h, nb, Q, dh]
+            kb, vb = k[:, :, plan.kv_index], v[:, :, plan.kv_index]  # [B, h, nb, M, dh]
+            # 4-D [B·h, nb, Q, dh] with a mask broadcast over B·h: the fused (flash / memory-efficient)
+            # kernels accept this layout, so not even the [nb, Q, M] scores need to be stored
+            qb, kb, vb = (t.flatten(0, 1) for t in (qb, kb, vb))
+            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=plan.mask[None], dropout_p=p_drop)
+            out = ob.reshape(b, self.heads, nb * qn, -1)[:, :, plan.slot]
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.dim))
+
+    # ---- incremental decoding ----------------------------------------------------------------------------
+    def init_cache(self, batch: int, grid: tuple[int, int], device=None, dtype=None) -> dict:
+        """An empty key/value cache for decoding a ``grid`` one position at a time."""
+        n = grid[0] * grid[1]
+        shape = (batch, self.heads, n + 1, self.dim // self.heads)  # slot n stays zero (padding)
+        kw = {"device": device, "dtype": dtype or self.qkv.weight.dtype}
+        return {"k": torch.zeros(shape, **kw), "v": torch.zeros(shape, **kw), "grid": tuple(grid)}
+
+    def step(self, x: torch.Tensor, index: int, cache: dict) -> torch.Tensor:
+        """Attention output for one position.
+
+        Args:
+            x: [B, D] input at raster index ``index``; every position earlier in the generation order must
+                already have gone through ``step`` with the same ``cache``.
+            index: raster index of the position.
+            cache: from :meth:`init_cache`; updated in place with this position's key and value.
+        Returns:
+            [B, D], equal (up to float rounding) to ``forward``'s output at ``index``.
+        """
+        b = x.shape[0]
+        q, k, v = self._split(x[:, None])  # [B, h, 1, dh]
+        cache["k"][:, :, index] = k[:, :, 0]
+        cache["v"][:, :, index] = v[:, :, 0]
+        if self.kind == "full":
+            kk, vv = cache["k"][:, :, : index + 1], cache["v"][:, :, : index + 1]
+            out = F.scaled_dot_product_attention(q, kk, vv)
+        else:
+            plan = self.plan(*cache["grid"], x.device)
+            blk, row = divmod(int(plan.slot[index]), plan.q_index.shape[1])
+            idx = plan.kv_index[blk]
+            out = F.scaled_dot_product_attention(q, cache["k"][:, :, idx], cache["v"][:, :, idx],
+                                                 attn_mask=plan.mask[blk, row][None])
+        return self.proj(out.reshape(b, self.dim))

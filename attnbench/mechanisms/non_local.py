@@ -1,0 +1,78 @@
+"""SAGAN self-attention: a non-local block over all positions of a feature map.
+
+Zhang, Goodfellow, Metaxas, Odena, "Self-Attention Generative Adversarial Networks", ICML 2019, Sec. 3.
+For ``x: [B, C, H, W]`` with ``N = H*W`` positions:
+
+    f(x) = W_f x   (queries, C/8 channels)        g(x) = W_g x   (keys, C/8)       h(x) = W_h x   (values)
+    beta_{j,i} = softmax_i( f(x_j)^T g(x_i) )     (Eq. 1: each query row j sums to 1 over key positions i)
+    o_j = W_v sum_i beta_{j,i} h(x_i)             (Eq. 2: back to C channels)
+    y = gamma * o + x,  gamma initialised to 0    (Eq. 3: the block is the identity at initialisation)
+
+Two variants:
+
+- ``pooled=True`` (the official TensorFlow release and BigGAN): values have C/2 channels and keys and
+  values are 2x2 max-pooled, so there are N/4 key positions; the attention map is ``[B, N, N/4]``.
+- ``pooled=False`` (the paper's Eq. 1-3 as written): values have C/8 channels, no pooling, map ``[B, N, N]``.
+
+No 1/sqrt(d) scaling (the paper has none). Spectral normalisation of the four 1x1 convolutions is applied
+by the model that owns the block (it normalises every conv/linear it contains).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SelfAttention2d(nn.Module):
+    """``y = gamma * W_v(attend(x)) + x`` for ``x: [B, C, H, W]``; returns ``[B, C, H, W]``.
+
+    Args:
+        channels: C (divisible by ``qk_ratio`` and by the value ratio).
+        pooled: 2x2 max-pool keys and values with C/2 value channels (official/BigGAN); else the paper's
+            un-pooled form with C/8 value channels. Pooling needs even H and W.
+        qk_ratio: C / (query-key channels); 8 in the paper.
+
+    Set ``store_attention = True`` to keep the last map in ``last_attention`` (``[B, N_q, N_k]``, each row
+    sums to 1, queries in row-major (h, w) order; keys on the pooled grid when ``pooled``), or call
+    ``forward(x, return_attention=True)``. Nothing is stored by default.
+    """
+
+    def __init__(self, channels: int, pooled: bool = True, qk_ratio: int = 8):
+        super().__init__()
+        v_ratio = 2 if pooled else qk_ratio
+        if channels % qk_ratio or channels % v_ratio:
+            raise ValueError(f"channels={channels} must be divisible by {qk_ratio} and {v_ratio}")
+        self.channels, self.pooled = channels, pooled
+        self.query = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # f, W_f
+        self.key = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # g, W_g
+        self.value = nn.Conv2d(channels, channels // v_ratio, 1, bias=False)  # h, W_h
+        self.out = nn.Conv2d(channels // v_ratio, channels, 1, bias=False)  # W_v
+        self.gamma = nn.Parameter(torch.zeros(()))
+        self.store_attention = False
+        self.last_attention: torch.Tensor | None = None
+
+    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x: [B, C, H, W]`` → (``o: [B, C, H, W]`` before gamma, ``beta: [B, N_q, N_k]``)."""
+        b, _, h, w = x.shape
+        q = self.query(x).flatten(2)  # [B, C/8, N]
+        k, v = self.key(x), self.value(x)
+        if self.pooled:
+            if h % 2 or w % 2:
+                raise ValueError(f"pooled self-attention needs even H and W, got {h}x{w}")
+            k, v = F.max_pool2d(k, 2), F.max_pool2d(v, 2)
+        k, v = k.flatten(2), v.flatten(2)  # [B, C/8, N_k], [B, C_v, N_k]
+        beta = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # [B, N, N_k], Eq. 1
+        o = torch.bmm(v, beta.transpose(1, 2)).view(b, -1, h, w)  # [B, C_v, H, W]
+        return self.out(o), beta  # Eq. 2
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        o, beta = self.attention(x)
+        y = self.gamma * o + x  # Eq. 3
+        if self.store_attention:
+            self.last_attention = beta.detach()
+        return (y, beta) if return_attention else y
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, pooled={self.pooled}"

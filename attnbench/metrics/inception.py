@@ -1,0 +1,134 @@
+"""The Inception v3 network of the reference IS/FID code (the TensorFlow graph ``pt_inception-2015-12-05``),
+built on torchvision's Inception3 and loaded from a local weights file — nothing is downloaded.
+
+The 2015 TF graph differs from torchvision's ImageNet Inception v3 in four places, all in pooling branches
+(facts documented by the FID reference port, github.com/mseitzer/pytorch-fid): the average pools in the
+Mixed_5* (A), Mixed_6b-e (C) and Mixed_7b (E) blocks exclude padding from the mean, and Mixed_7c pools with a
+3x3 max instead of an average. It also has 1008 output classes.
+
+Weights: the PyTorch port of that graph, ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid; torch-fidelity
+ships the same tensors as ``weights-inception-2015-12-05-6726825d.pth``), whose keys are torchvision's
+Inception3 names (``Conv2d_1a_3x3.conv.weight``, ..., ``fc.weight [1008, 2048]``).
+
+Outputs for images ``[B, C, H, W]`` in [0, 1] (grey repeated to RGB, bilinearly resized to 299x299, scaled to
+[-1, 1]): the 2048-d pool3 features (FID, Heusel et al. 2017) and 1008 logits ``pool3 @ fc.weight.T``
+without the bias, as in the original Inception Score code (Salimans et al. 2016).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models import inception as tv
+
+from attnbench.errors import ConfigError
+
+WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+
+
+class _BlockA(tv.InceptionA):
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = super()._forward(x)  # its pool branch averages over padding; replaced below
+        out[-1] = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return out
+
+
+class _BlockC(tv.InceptionC):
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = super()._forward(x)
+        out[-1] = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return out
+
+
+class _BlockE(tv.InceptionE):
+    def __init__(self, in_channels: int, max_pool: bool):
+        super().__init__(in_channels)
+        self.max_pool = max_pool
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = super()._forward(x)
+        if self.max_pool:
+            pooled = F.max_pool2d(x, 3, stride=1, padding=1)
+        else:
+            pooled = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        out[-1] = self.branch_pool(pooled)
+        return out
+
+
+class FIDInceptionV3(nn.Module):
+    """``features_and_logits(x: [B, C, H, W] in [0, 1]) -> (pool3 [B, 2048], logits [B, 1008])``."""
+
+    num_features = 2048
+    num_classes = 1008
+    kind = "inception"
+    input_size = 299
+
+    def __init__(self):
+        super().__init__()
+        net = tv.Inception3(num_classes=1008, aux_logits=False, transform_input=False, init_weights=False)
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = _BlockA(192, 32), _BlockA(256, 64), _BlockA(288, 64)
+        net.Mixed_6b, net.Mixed_6c = _BlockC(768, 128), _BlockC(768, 160)
+        net.Mixed_6d, net.Mixed_6e = _BlockC(768, 160), _BlockC(768, 192)
+        net.Mixed_7b, net.Mixed_7c = _BlockE(1280, max_pool=False), _BlockE(2048, max_pool=True)
+        self.net = net
+        self.stem_and_blocks = [
+            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+            "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+            "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+        ]
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x.float(), size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.preprocess(x)
+        for name in self.stem_and_blocks:
+            h = getattr(self.net, name)(h)
+        feats = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        return feats, feats @ self.net.fc.weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(x)[1]
+
+    def load_weights(self, path: str | os.PathLike) -> FIDInceptionV3:
+        """Load the FID Inception weights from the local file ``path`` (strict; see the module docstring)."""
+        file = Path(os.path.expanduser(str(path)))
+        if not file.is_file():
+            raise ConfigError(f"metrics.inception_weights={str(path)!r} is not a file; expected {WEIGHTS_NAME} "
+                              "(the FID Inception v3 weights of pytorch-fid / torch-fidelity) on local disk")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
+            raise ConfigError(f"metrics.inception_weights={str(path)!r} could not be read as a torch "
+                              f"state dict ({type(err).__name__}: {err})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ConfigError(f"metrics.inception_weights={str(path)!r} holds a {type(state).__name__}, "
+                              "expected a state dict")
+        state = {k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()
+                 if not k.split(".")[0].endswith("AuxLogits")}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ConfigError(
+                f"metrics.inception_weights={str(path)!r} does not match the FID Inception v3 "
+                f"({WEIGHTS_NAME}): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        return self
+
+
+def load_fid_inception(path: str | os.PathLike) -> FIDInceptionV3:
+    """The FID Inception v3 with weights from ``path``, in eval mode with gradients off."""
+    net = FIDInceptionV3().load_weights(path).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net

@@ -1,0 +1,349 @@
+"""Show, Attend and Tell (Xu et al. 2015): a CNN feature grid, an LSTM decoder with additive attention.
+
+Encoder (Sec. 3.1.1): a CNN whose last convolutional grid gives L annotation vectors a_i of size D. For real
+images a torchvision ResNet/VGG trunk (weights from a local file, never downloaded; frozen unless
+``fine_tune_encoder``); for the embedded digit canvases a small CNN trained from scratch.
+
+Decoder (Sec. 3.1.2): an LSTM whose input at step t is [E y_{t-1}; z_t], with h_0, c_0 = tanh MLPs of the
+mean annotation vector (f_init,h / f_init,c); the context z_t comes from
+:class:`attnbench.mechanisms.additive_attention.AdditiveAttention` conditioned on h_{t-1}; the deep output
+layer (eq. 7) p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t)), with a tanh before L_o (as in the authors'
+implementation) and dropout.
+
+Decoding: :meth:`ShowAttendTell.beam_search` runs a beam search batched over images (greedy = beam 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnbench.errors import ConfigError
+from attnbench.mechanisms.additive_attention import MODES, AdditiveAttention
+from attnbench.models.registry import register_model
+
+SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
+TORCHVISION_TRUNKS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+)
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for the digit canvases: ``[B, C, H, W] -> [B, D, H/2^p, W/2^p]``.
+
+    One 3x3 conv-BN-ReLU per entry of ``channels``; a 2x2 max-pool after every second convolution, ``n_pool``
+    times (p = ``n_pool``). D = ``channels[-1]``.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, channels: Sequence[int] = (32, 32, 64, 64, 128), n_pool: int = 1
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, pools = in_channels, 0
+        for i, cout in enumerate(channels):
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+            cin = cout
+            if i % 2 == 1 and pools < n_pool and i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+                pools += 1
+        self.body = nn.Sequential(*layers)
+        self.out_dim = cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def _load_local_weights(net: nn.Module, path: str, head_prefixes: tuple[str, ...]) -> None:
+    """Load a torchvision state dict from ``path``; only the classifier head may be missing."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"encoder_weights={path!r} is not a file; expected a torchvision state dict (.pth)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ConfigError(f"encoder_weights={path!r} does not fit the trunk: {str(err)[:300]}") from err
+    missing = [k for k in missing if not k.startswith(head_prefixes)]
+    if missing or unexpected:
+        raise ConfigError(
+            f"encoder_weights={path!r} does not match the trunk: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+def torchvision_trunk(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
+    """The convolutional trunk of a torchvision ResNet/VGG (no pooling/classifier) and its channel count.
+
+    ResNets end after ``layer4`` (stride 32); VGGs after the last conv block without its max-pool (stride 16,
+    the paper's 14x14x512 conv5_4 grid at 224x224).
+    """
+    import torchvision
+
+    if name not in TORCHVISION_TRUNKS:
+        raise ConfigError(f"encoder={name!r} is not one of digits_cnn, {', '.join(TORCHVISION_TRUNKS)}")
+    net = getattr(torchvision.models, name)(weights=None)
+    if weights:
+        _load_local_weights(net, weights, ("fc.", "classifier."))
+    if name.startswith("resnet"):
+        return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
+    return net.features[:-1], 512
+
+
+class ShowAttendTell(nn.Module):
+    """The captioner. ``vocab`` lists the words by id and must start with ``<pad> <start> <end> <unk>``.
+
+    Args:
+        vocab: the word list (id -> word).
+        attention: ``soft`` | ``hard`` | ``none`` (mean-pooled context).
+        encoder: ``digits_cnn`` or a torchvision trunk name (``resnet101``, ``vgg19``, ...).
+        encoder_weights: a local torchvision state-dict file for the trunk (never downloaded).
+        fine_tune_encoder: train the torchvision trunk too (else it is frozen and kept in eval mode).
+        encoder_grid: adaptive-average-pool the feature map to this many cells per side (None: keep).
+        in_channels: image channels (digits_cnn only).
+        cnn_channels, cnn_pools: conv widths and number of 2x2 poolings of the digits CNN (see DigitsCNN).
+        embed_dim, hidden_dim, attn_dim: sizes of E, the LSTM state and the attention MLP.
+        gate: the gating scalar beta (Sec. 4.2.1).
+        dropout: dropout before the output layer L_o.
+        hard_eval: hard attention at evaluation: ``argmax`` (the most likely location) or ``expected``.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        attention: str = "soft",
+        encoder: str = "digits_cnn",
+        encoder_weights: str | None = None,
+        fine_tune_encoder: bool = False,
+        encoder_grid: int | None = None,
+        in_channels: int = 3,
+        cnn_channels: Sequence[int] = (32, 32, 64, 64, 128),
+        cnn_pools: int = 1,
+        embed_dim: int = 128,
+        hidden_dim: int = 256,
+        attn_dim: int = 128,
+        gate: bool = True,
+        dropout: float = 0.5,
+        hard_eval: str = "argmax",
+    ):
+        super().__init__()
+        vocab = [str(w) for w in vocab]
+        if tuple(vocab[:4]) != SPECIALS:
+            raise ConfigError(f"the vocabulary must start with {SPECIALS}; got {vocab[:4]}")
+        if attention not in MODES:
+            raise ConfigError(f"model.attention={attention!r}; expected one of {', '.join(MODES)}")
+        if hard_eval not in ("argmax", "expected"):
+            raise ConfigError(f"hard_eval={hard_eval!r}; expected argmax or expected")
+        self.vocab = vocab
+        self.pad_id, self.start_id, self.end_id, self.unk_id = 0, 1, 2, 3
+        self.attention_mode, self.hard_eval = attention, hard_eval
+        if encoder == "digits_cnn":
+            self.encoder = DigitsCNN(in_channels, cnn_channels, cnn_pools)
+            feat_dim = self.encoder.out_dim
+            self.frozen_encoder = False
+        else:
+            self.encoder, feat_dim = torchvision_trunk(encoder, encoder_weights)
+            self.frozen_encoder = not fine_tune_encoder
+            self.encoder.requires_grad_(not self.frozen_encoder)
+        self.pool = nn.AdaptiveAvgPool2d(encoder_grid) if encoder_grid else nn.Identity()
+        self.feat_dim = feat_dim
+        v = len(vocab)
+        self.embed = nn.Embedding(v, embed_dim)  # E
+        self.init_h = nn.Linear(feat_dim, hidden_dim)  # f_init,h
+        self.init_c = nn.Linear(feat_dim, hidden_dim)  # f_init,c
+        self.attention = AdditiveAttention(feat_dim, hidden_dim, attn_dim, gate=gate)
+        self.lstm = nn.LSTMCell(embed_dim + feat_dim, hidden_dim)
+        self.out_h = nn.Linear(hidden_dim, embed_dim)  # L_h
+        self.out_z = nn.Linear(feat_dim, embed_dim, bias=False)  # L_z
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(embed_dim, v)  # L_o
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def train(self, mode: bool = True) -> ShowAttendTell:
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()  # a frozen trunk keeps its BatchNorm statistics
+        return self
+
+    def encode(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Normalised images ``[B, C, H, W]`` -> annotation vectors ``[B, L, D]`` and the grid ``(h, w)``."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
+            fmap = self.encoder(images)
+        fmap = self.pool(fmap)
+        return fmap.flatten(2).transpose(1, 2), (fmap.shape[-2], fmap.shape[-1])
+
+    def init_state(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        mean = feats.mean(dim=1)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+
+    def eval_mode(self) -> str:
+        """The attention mode used when not sampling (evaluation, beam search)."""
+        if self.attention_mode == "hard" and self.hard_eval == "expected":
+            return "soft"
+        return self.attention_mode
+
+    def step(
+        self,
+        y_prev: Tensor,
+        state: tuple[Tensor, Tensor],
+        feats: Tensor,
+        feats_proj: Tensor | None,
+        mode: str,
+        sample: bool = False,
+        use_expected: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor, dict[str, Tensor]]:
+        """One decoding step: previous words ``[B]`` -> logits ``[B, V]``, (h, c), alpha ``[B, L]``, info."""
+        h, c = state
+        z, alpha, info = self.attention(
+            feats, h, feats_proj, mode=mode, sample=sample, use_expected=use_expected
+        )
+        e = self.embed(y_prev)
+        h, c = self.lstm(torch.cat([e, z], dim=-1), (h, c))
+        logits = self.out(self.drop(torch.tanh(e + self.out_h(h) + self.out_z(z))))
+        return logits, (h, c), alpha, info
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward(
+        self, images: Tensor, captions: Tensor, use_expected: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Teacher-forced decoding.
+
+        Args:
+            images: normalised ``[B, C, H, W]``.
+            captions: ``[B, T+1]`` word ids starting with ``<start>`` (padded with ``<pad>``).
+            use_expected: hard attention in training only, bool ``[B]`` (see AdditiveAttention).
+
+        Returns:
+            ``logits [B, T, V]`` predicting ``captions[:, 1:]``, ``alphas [B, T, L]``, ``betas [B, T]``,
+            and in hard mode ``log_probs [B, T]`` (log p(s_t)) and ``entropies [B, T]``.
+        """
+        feats, _ = self.encode(images)
+        sample = self.training and self.attention_mode == "hard"
+        mode = self.attention_mode if sample else self.eval_mode()
+        proj = self.attention.project(feats) if mode != "none" else None
+        state = self.init_state(feats)
+        logits, alphas, infos = [], [], []
+        for t in range(captions.shape[1] - 1):
+            lg, state, alpha, info = self.step(captions[:, t], state, feats, proj, mode, sample, use_expected)
+            logits.append(lg)
+            alphas.append(alpha)
+            infos.append(info)
+        out = {"logits": torch.stack(logits, 1), "alphas": torch.stack(alphas, 1)}
+        plural = {"beta": "betas", "log_prob": "log_probs", "entropy": "entropies"}
+        for key, name in plural.items():
+            if infos and key in infos[0]:
+                out[name] = torch.stack([i[key] for i in infos], 1)
+        return out
+
+    # ------------------------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def beam_search(
+        self, images: Tensor, beam_size: int = 3, max_len: int = 20, length_norm: float = 0.0
+    ) -> dict[str, Tensor]:
+        """Beam search over all images of the batch at once (``beam_size=1`` is greedy decoding).
+
+        ``<pad>`` and ``<start>`` are never generated. Finished beams (those that emitted ``<end>``) stay in
+        the beam with their score frozen. The answer per
+        image is the best finished beam by ``score / length**length_norm`` (0: plain log-probability), or
+        the best unfinished one when no beam emitted ``<end>`` within ``max_len`` words.
+
+        Args:
+            images: normalised ``[B, C, H, W]``.
+
+        Returns:
+            ``tokens [B, T]`` (word ids without ``<start>``, ``<pad>`` after ``<end>``), ``lengths [B]``
+            (words including ``<end>`` when emitted), ``alphas [B, T, L]``, ``scores [B]`` (summed
+            log-probabilities), ``grid`` ``LongTensor[2]`` = (h, w) of the attention grid.
+        """
+        feats, grid = self.encode(images)
+        b, n_loc, k, v = feats.shape[0], feats.shape[1], beam_size, len(self.vocab)
+        mode = self.eval_mode()
+        feats = feats.repeat_interleave(k, dim=0)  # [B*K, L, D]
+        proj = self.attention.project(feats) if mode != "none" else None
+        state = self.init_state(feats)
+        scores = feats.new_full((b, k), float("-inf"))
+        scores[:, 0] = 0.0  # all beams start equal: keep one so the first expansion has no duplicates
+        words = torch.full((b * k,), self.start_id, dtype=torch.long, device=feats.device)
+        finished = torch.zeros(b * k, dtype=torch.bool, device=feats.device)
+        lengths = torch.zeros(b * k, dtype=torch.long, device=feats.device)
+        hist = torch.zeros(b * k, 0, dtype=torch.long, device=feats.device)
+        hist_alpha = feats.new_zeros(b * k, 0, n_loc)
+        frozen_row = feats.new_full((v,), float("-inf"))
+        frozen_row[self.pad_id] = 0.0  # a finished beam continues with <pad> at no cost
+        offsets = (torch.arange(b, device=feats.device) * k)[:, None]
+        for _ in range(max_len):
+            logits, state, alpha, _ = self.step(words, state, feats, proj, mode)
+            logp = F.log_softmax(logits, dim=-1)
+            logp[:, self.pad_id] = float("-inf")  # never generated: padding and <start>
+            logp[:, self.start_id] = float("-inf")
+            logp = torch.where(finished[:, None], frozen_row, logp)
+            cand = (scores.reshape(b * k, 1) + logp).view(b, k * v)
+            scores, idx = cand.topk(k, dim=1)  # [B, K]
+            src = (offsets + torch.div(idx, v, rounding_mode="floor")).view(-1)
+            words = (idx % v).view(-1)
+            state = (state[0][src], state[1][src])
+            hist = torch.cat([hist[src], words[:, None]], 1)
+            hist_alpha = torch.cat([hist_alpha[src], alpha[src, None]], 1)
+            was_finished = finished[src]
+            lengths = lengths[src] + (~was_finished).long()
+            finished = was_finished | (words == self.end_id)
+            if bool(finished.all()):
+                break
+        lengths_f = lengths.view(b, k).clamp_min(1).to(scores.dtype)
+        ranked = scores / lengths_f.pow(length_norm) if length_norm else scores.clone()
+        fin = finished.view(b, k)
+        # prefer finished beams; an image with none takes its best truncated beam (no crash)
+        ranked = torch.where(fin | ~fin.any(1, keepdim=True), ranked, ranked.new_tensor(float("-inf")))
+        best = torch.arange(b, device=feats.device) * k + ranked.argmax(1)
+        return {
+            "tokens": hist[best],
+            "lengths": lengths[best],
+            "alphas": hist_alpha[best],
+            "scores": scores.view(-1)[best],
+            "grid": torch.tensor(grid),
+        }
+
+    def decode(self, tokens: Tensor, lengths: Tensor | None = None) -> list[list[str]]:
+        """Word ids ``[B, T]`` -> lists of words, stopping at ``<end>`` (excluded) and skipping specials
+        other than ``<unk>``."""
+        words = []
+        for row in tokens.tolist():
+            out = []
+            for i in row:
+                if i == self.end_id:
+                    break
+                if i in (self.pad_id, self.start_id):
+                    continue
+                out.append(self.vocab[i])
+            words.append(out)
+        return words
+
+
+@register_model
+def show_attend_tell(**kwargs) -> ShowAttendTell:
+    """Show, Attend and Tell captioner (Xu et al. 2015); see :class:`ShowAttendTell` for the arguments."""
+    return ShowAttendTell(**kwargs)

@@ -1,0 +1,299 @@
+"""Image captioning (Show, Attend and Tell, Xu et al. 2015): training objectives, decoding and metrics.
+
+Training (Sec. 4): teacher-forced cross-entropy per word plus the doubly stochastic regularisation
+λ Σ_i (1 − Σ_t α_ti)² (eq. 14). Hard attention (Sec. 4.1) adds REINFORCE on the sampled locations with
+reward log p(y | s, a), a moving-average baseline (b ← 0.9 b + 0.1 log p(y | s, a)), an entropy bonus on the
+attention distributions, and per image a 0.5 chance of using the expected context instead of a sample.
+
+Evaluation: ``val/loss`` and ``test/loss`` (teacher forced), captions by beam search (``val_beam_size`` for
+``val/bleu4``, ``beam_size`` for the test metrics) scored against all references: ``test/bleu1..4``,
+``test/cider``, and with object boxes in the batch (``data=digit_captions``) ``test/attn_grounding``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from attnbench.mechanisms.additive_attention import doubly_stochastic_penalty
+from attnbench.metrics.bleu import CorpusBLEU
+from attnbench.metrics.cider import CIDErD
+from attnbench.metrics.grounding import AttentionGrounding
+from attnbench.tasks.base import BaseTask
+
+
+class CaptioningTask(BaseTask):
+    """Trains a :class:`attnbench.models.show_attend_tell.ShowAttendTell` on ``(x, y)`` caption batches.
+
+    Args:
+        net: the captioner (``net.vocab``, ``net.attention_mode``, ``net(images, captions)``,
+            ``net.beam_search``).
+        mean, std: per-channel normalisation applied on-device to images in [0, 1].
+        alpha_c: λ of the doubly stochastic regularisation.
+        reinforce_weight, entropy_weight: λ_r and λ_e of the hard-attention objective.
+        baseline_decay: the moving-average baseline's decay (0.9 in the paper).
+        expected_prob: hard attention: per-image chance of using the expected context (0.5 in the paper).
+        beam_size, val_beam_size, max_len, length_norm: decoding for test / validation (1 = greedy).
+        object_words: word of each object class (index = class), for ``attn_grounding``; None: no grounding.
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        n_figures: images in the caption/attention figure.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: list[float],
+        std: list[float],
+        alpha_c: float = 1.0,
+        reinforce_weight: float = 1.0,
+        entropy_weight: float = 0.01,
+        baseline_decay: float = 0.9,
+        expected_prob: float = 0.5,
+        beam_size: int = 3,
+        val_beam_size: int = 1,
+        max_len: int = 20,
+        length_norm: float = 0.0,
+        object_words: list[str] | None = None,
+        grad_clip: float | None = 5.0,
+        n_figures: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        compile: bool = False,
+        channels_last: bool = False,
+    ):
+        super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
+        self.save_hyperparameters(ignore=["net"])
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer("baseline", torch.tensor(float("nan")))  # REINFORCE baseline (hard attention)
+        self.vocab: list[str] = list(net.vocab)
+        self.pad_id = net.pad_id
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_bleu, self.test_bleu = CorpusBLEU(4), CorpusBLEU(4)
+        self.test_cider = CIDErD()
+        words = {w: i for i, w in enumerate(object_words or [])}
+        self.val_grounding, self.test_grounding = AttentionGrounding(words), AttentionGrounding(words)
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def word_losses(self, logits: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-word cross-entropy ``[B, T]`` (0 on padding) and the mask of real words ``[B, T]``."""
+        targets = captions[:, 1:]
+        mask = targets != self.pad_id
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.pad_id, reduction="none")
+        return ce * mask, mask
+
+    def losses(
+        self, out: dict[str, torch.Tensor], captions: torch.Tensor, use_expected: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The terms of the objective (all to be minimised) and their total under ``loss``."""
+        hp = self.hparams
+        ce, mask = self.word_losses(out["logits"], captions)
+        n_words = mask.sum().clamp_min(1)
+        terms = {"ce": ce.sum() / n_words}
+        if self.net.attention_mode != "none" and hp.alpha_c:
+            terms["doubly_stochastic"] = hp.alpha_c * doubly_stochastic_penalty(out["alphas"], mask).mean()
+        if "log_probs" in out and self.training:
+            reward = -ce.sum(1).detach()  # log p(y | s, a) per caption
+            if torch.isnan(self.baseline):
+                self.baseline.fill_(float(reward.mean()))
+            advantage = reward - self.baseline
+            sampled = ~use_expected if use_expected is not None else torch.ones_like(reward, dtype=torch.bool)
+            log_p = (out["log_probs"] * mask).sum(1)
+            terms["reinforce"] = -hp.reinforce_weight * (advantage * log_p * sampled).sum() / n_words
+            terms["entropy"] = -hp.entropy_weight * (out["entropies"] * mask).sum() / n_words
+            d = hp.baseline_decay
+            self.baseline.mul_(d).add_((1 - d) * reward.mean())
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    def words(self, tokens: torch.Tensor) -> list[list[str]]:
+        return self.net.decode(tokens)
+
+    def caption(self, x: torch.Tensor, beam_size: int) -> dict[str, Any]:
+        """Beam-search captions of images ``x`` in [0, 1]."""
+        hp = self.hparams
+        return self.net.beam_search(
+            self.normalise(x), beam_size=beam_size, max_len=hp.max_len, length_norm=hp.length_norm
+        )
+
+    # ------------------------------------------------------------------------------------------- steps
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        captions = y["captions"]
+        use_expected = None
+        if self.net.attention_mode == "hard":
+            use_expected = torch.rand(len(captions), device=captions.device) < self.hparams.expected_prob
+        out = self.forward_net(self.normalise(x), captions, use_expected)
+        terms = self.losses(out, captions, use_expected)
+        b = len(captions)
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=True, batch_size=b
+            )
+        return terms["loss"]
+
+    def _evaluate(self, batch, split: str) -> None:
+        x, y = batch
+        captions = y["captions"]
+        out = self.forward_net(self.normalise(x), captions)
+        ce, mask = self.word_losses(out["logits"], captions)
+        loss_metric = self.val_loss if split == "val" else self.test_loss
+        loss_metric.update(ce.sum() / mask.sum().clamp_min(1), weight=mask.sum())
+        beam = self.hparams.val_beam_size if split == "val" else self.hparams.beam_size
+        result = self.caption(x, beam)
+        hyps = self.words(result["tokens"])
+        (self.val_bleu if split == "val" else self.test_bleu).update(hyps, y["refs"])
+        if split == "test":
+            self.test_cider.update(hyps, y["refs"])
+        if "boxes" in y and self.val_grounding.word_labels:
+            grounding = self.val_grounding if split == "val" else self.test_grounding
+            grid = tuple(int(v) for v in result["grid"])
+            grounding.update(hyps, result["alphas"], grid, tuple(x.shape[-2:]), y["labels"], y["boxes"])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        bleu = self.val_bleu.compute()
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/bleu4", bleu[3].float(), prog_bar=True)
+        self.log("val/bleu1", bleu[0].float())
+        if self.val_grounding.total > 0:
+            self.log("val/attn_grounding", self.val_grounding.compute().float())
+        for m in (self.val_loss, self.val_bleu, self.val_grounding):
+            m.reset()
+
+    def on_test_epoch_end(self) -> None:
+        bleu = self.test_bleu.compute()
+        self.log("test/loss", self.test_loss.compute())
+        for k in range(4):
+            self.log(f"test/bleu{k + 1}", bleu[k].float())
+        self.log("test/cider", self.test_cider.compute().float())
+        if self.test_grounding.total > 0:
+            self.log("test/attn_grounding", self.test_grounding.compute().float())
+        for m in (self.test_loss, self.test_bleu, self.test_cider, self.test_grounding):
+            m.reset()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.hparams.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.hparams.grad_clip)
+
+    # ------------------------------------------------------------------------------------------- figures
+    @torch.no_grad()
+    def figures(self, batch) -> dict[str, Any]:
+        """Captions of a few validation images with the attention map of each word overlaid."""
+        x, y = batch
+        x = x[: self.hparams.n_figures]
+        result = self.caption(x, self.hparams.beam_size)
+        hyps = self.words(result["tokens"])
+        grid = tuple(int(v) for v in result["grid"])
+        fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)])
+        log_wandb_table(self, x, hyps, panels)
+        return {"captions": fig}
+
+
+def attention_figure(
+    x: torch.Tensor,
+    hyps: list[list[str]],
+    alphas: torch.Tensor,
+    grid: tuple[int, int],
+    refs: list[list[list[str]]],
+):
+    """A matplotlib Figure: per image a row with the image (title: caption and first reference), then one
+    panel per generated word with its attention map (upsampled to the image) overlaid.
+
+    Returns the figure and, per image, the list of ``uint8[H, W, 3]`` overlays (one per word).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    images = x.detach().float().cpu().clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    h, w = images.shape[-2:]
+    maps = alphas.detach().float().cpu().view(alphas.shape[0], alphas.shape[1], *grid)
+    maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
+    cols = 1 + max([len(c) for c in hyps] + [1])
+    aspect = w / h
+    fig, axes = plt.subplots(
+        len(images), cols, figsize=(1.6 * aspect * cols, 1.9 * len(images)), squeeze=False
+    )
+    panels: list[list[np.ndarray]] = []
+    for i, img in enumerate(images):
+        rgb = img[:3].permute(1, 2, 0).numpy()
+        axes[i, 0].imshow(rgb)
+        ref = " ".join(refs[i][0]) if refs and refs[i] else ""
+        axes[i, 0].set_title(f"{' '.join(hyps[i])}\nref: {ref}", fontsize=7)
+        row = []
+        for t in range(cols - 1):
+            ax = axes[i, t + 1]
+            if t < len(hyps[i]):
+                m = maps[i, t]
+                m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8)).numpy()
+                ax.imshow(rgb)
+                ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                ax.set_title(hyps[i][t], fontsize=8)
+                heat = plt.get_cmap("jet")(m)[..., :3]
+                row.append((255 * (0.5 * rgb + 0.5 * heat)).round().astype(np.uint8))
+        panels.append(row)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig, panels
+
+
+def log_wandb_table(
+    task: pl.LightningModule, x: torch.Tensor, hyps: list[list[str]], panels: list[list[np.ndarray]]
+) -> None:
+    """When a WandbLogger is attached: a table (epoch, image, caption, attention per word) of the figure."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    loggers = [lg for lg in getattr(task, "loggers", []) if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return
+    import wandb
+
+    images = x.detach().float().cpu().clamp(0, 1)
+    rows = []
+    for i, words in enumerate(hyps):
+        img = (255 * images[i].permute(1, 2, 0).numpy()).round().astype(np.uint8).squeeze(-1)
+        strip = np.concatenate(panels[i], axis=1) if panels[i] else np.zeros((8, 8, 3), np.uint8)
+        rows.append(
+            [
+                task.current_epoch,
+                wandb.Image(img),
+                " ".join(words),
+                wandb.Image(strip, caption=" | ".join(words)),
+            ]
+        )
+    for lg in loggers:
+        lg.log_table(
+            key="captions",
+            columns=["epoch", "image", "caption", "attention"],
+            data=rows,
+            step=task.global_step,
+        )

@@ -1,0 +1,448 @@
+"""Class-conditional GAN training (SAGAN recipe) with IS / FID evaluation.
+
+Zhang et al. 2019 (SAGAN), Sec. 4-5: hinge loss, spectral norm in G and D (in the model), two-timescale
+update rule (G 1e-4, D 4e-4, Adam betas (0, 0.9)); ``n_dis`` D steps per G step; an exponential moving
+average of G's weights evaluates the model (BigGAN, Brock et al. 2019), on by default.
+
+Manual optimisation: each optimiser steps once per its own update. Under DDP every backward must reach every
+parameter unless the strategy was built with ``find_unused_parameters=True``; the D step then computes its
+fakes *with* G's graph (G receives gradients that are discarded by the G step's ``zero_grad``) so
+plain ``strategy=ddp`` stays correct.
+
+Evaluation (``val/*`` each epoch with ``val_samples``, ``test/*`` with ``test_samples``): class-balanced
+samples from fixed noise, scored by the FID Inception v3 when ``inception_weights`` is a local file, else by
+a domain classifier trained on the data set's training split ("domain IS/FID", not comparable with papers;
+see ``attnbench.metrics.domain_scorer``). FID's reference statistics come from ``fid_reference`` (a real
+split); ``test/is_real`` scores the real test images, the ceiling for ``test/is``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import pytorch_lightning as pl
+from torchmetrics import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from attnbench.errors import ConfigError
+from attnbench.metrics import gan as gm
+
+FID_REFERENCES = ("train", "val", "test")
+
+
+class GANTask(pl.LightningModule):
+    """Trains ``net`` (``.generator(z, y) -> [B, C, S, S]`` in [-1, 1], ``.discriminator(x, y) -> [B]``,
+    ``.z_dim``, ``.num_classes``) on batches ``(x in [0, 1], y)``.
+
+    Logs ``train/d_loss``, ``train/g_loss``, ``train/d_real``, ``train/d_fake``; ``val/loss`` and ``test/loss``
+    (D's hinge loss on held-out real images against fresh samples), ``val/is``, ``val/fid``; ``test/is``,
+    ``test/is_std``, ``test/fid``, ``test/is_real``, ``test/is_real_std`` and the protocol: ``test/num_samples``,
+    ``test/is_splits``, ``test/fid_ref_samples``, ``test/is_real_samples``, ``test/scorer_val_acc`` (domain
+    scorer only), ``val/cond_acc`` and ``test/cond_acc`` (domain scorer: the fraction of samples classified as
+    the class they were generated for). ``self.protocol`` holds the string fields (scorer kind, reference split).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr_g: float = 1e-4,
+        lr_d: float = 4e-4,
+        betas: tuple[float, float] = (0.0, 0.9),
+        n_dis: int = 1,
+        ema: bool = True,
+        ema_decay: float = 0.999,
+        ema_start: int = 0,
+        inception_weights: str | None = None,
+        cache_dir: str = ".cache/attnbench",
+        scorer_seed: int = 0,
+        scorer_epochs: int = 15,
+        val_samples: int = 1000,
+        val_splits: int = 5,
+        test_samples: int = 10000,
+        test_splits: int = 10,
+        fid_reference: str = "train",
+        eval_batch_size: int = 250,
+        grid_columns: int = 8,
+        attn_queries: int = 4,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if fid_reference not in FID_REFERENCES:
+            raise ConfigError(f"fid_reference={fid_reference!r}: expected one of {', '.join(FID_REFERENCES)}")
+        if n_dis < 1:
+            raise ConfigError(f"n_dis={n_dis}: expected at least one D step per G step")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={ema_decay}: expected a value in [0, 1)")
+        if val_splits < 1 or test_splits < 1 or val_samples < 2 * val_splits or test_samples < 2 * test_splits:
+            raise ConfigError(f"val/test samples ({val_samples}, {test_samples}) must be at least twice the "
+                              f"number of IS splits ({val_splits}, {test_splits}), and splits >= 1")
+        self.save_hyperparameters(ignore=["net"])
+        self.automatic_optimization = False
+        self.net = net
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.g_ema = copy.deepcopy(net.generator).eval().requires_grad_(False) if ema else None
+        self.z_dim, self.num_classes = int(net.z_dim), int(net.num_classes)
+        self.d_steps = 0
+        self.g_steps = 0
+        self.scorer: nn.Module | None = None  # set in setup(); kept out of the module tree and checkpoints
+        self.scorer_info: dict = {}
+        self.protocol: dict = {}
+        self.flops_per_sample: float | None = None
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The generator used for samples and metrics: the EMA copy when enabled."""
+        return self.g_ema if self.g_ema is not None else self.net.generator
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.g_ema is not None:
+            self.g_ema.eval()  # the EMA generator always samples with its running BatchNorm statistics
+        return self
+
+    def _to_net(self, x01: torch.Tensor) -> torch.Tensor:
+        x = x01 * 2 - 1
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _g_grads_in_d_step(self) -> bool:
+        """True under DDP without ``find_unused_parameters``: every backward must then reach G too."""
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        return isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False)
+
+    @contextmanager
+    def _sampling(self, generator: nn.Module):
+        was = generator.training
+        generator.eval()
+        try:
+            yield generator
+        finally:
+            generator.train(was)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, rank: int = 0, world: int = 1, labels: torch.Tensor | None = None):
+        """Yield ``(images in [0, 1], labels)`` chunks of this rank's share of ``n`` class-balanced samples
+        (sample i has class ``i % num_classes``) from noise fixed by ``seed``."""
+        idx = torch.arange(rank, n, world)
+        gen = torch.Generator().manual_seed(int(seed))
+        z_all = torch.randn(n, self.z_dim, generator=gen)[idx]
+        y_all = (idx % max(1, self.num_classes)) if labels is None else labels[idx]
+        with self._sampling(self.eval_generator) as g:
+            for z, y in zip(z_all.split(self.hparams.eval_batch_size), y_all.split(self.hparams.eval_batch_size)):
+                y = y.to(self.device)
+                yield (g(z.to(self.device), y if self.num_classes else None).float() + 1) / 2, y
+
+    # --------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        if self.scorer is None:
+            # a plain attribute, not a submodule: the scorer stays out of checkpoints and optimisers
+            object.__setattr__(self, "scorer", self._build_scorer())
+            nf = int(self.scorer.num_features)
+            self.fid = gm.frechet_distance(nf)
+            self.val_is = gm.inception_score(self.hparams.val_splits)
+            self.test_is = gm.inception_score(self.hparams.test_splits)
+            self.real_is = gm.inception_score(self.real_splits())
+            self.real_count = SumMetric()
+            # class agreement of samples: the scorer's prediction equals the conditioning label (domain scorer)
+            self.cond_acc = MulticlassAccuracy(self.num_classes, average="micro") if self._scorer_labels() else None
+            self.protocol = {
+                "test/scorer": self.scorer.kind,
+                "test/fid_reference": self.hparams.fid_reference,
+                **({"test/scorer_key": self.scorer_info["key"]} if "key" in self.scorer_info else {}),
+            }
+
+    def _scorer_labels(self) -> bool:
+        """True when the scorer's classes are the data set's classes (the domain scorer)."""
+        return self.num_classes > 1 and getattr(self.scorer, "kind", "") == "domain" and int(
+            self.scorer.num_classes) == self.num_classes
+
+    def real_splits(self) -> int:
+        """IS splits for the real test images: as for samples, but at least 100 images per split (a split's
+        class marginal estimated from fewer images biases the score low)."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        test_set = getattr(dm, "test_set", None)
+        n = len(test_set) if test_set is not None else 100 * self.hparams.test_splits
+        return max(1, min(self.hparams.test_splits, n // 100))
+
+    def _build_scorer(self) -> nn.Module:
+        hp = self.hparams
+        if hp.inception_weights:
+            from attnbench.metrics.inception import load_fid_inception
+
+            return load_fid_inception(hp.inception_weights)
+        from attnbench.metrics import domain_scorer as ds
+
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "train_dataloader"):
+            raise ConfigError("GAN metrics without metrics.inception_weights need a data module whose training "
+                              "split trains the domain scorer")
+        if getattr(dm, "train_set", None) is None:
+            dm.setup("fit")
+        channels = int(getattr(dm, "channels", None) or 3)
+        key = ds.cache_key(type(dm).__name__, int(dm.image_size), channels, self.num_classes,
+                           len(dm.train_set), hp.scorer_seed, getattr(dm, "root", None))
+        path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
+        if self.trainer.is_global_zero and not path.is_file():
+            model, info = ds.train_domain_classifier(
+                dm.train_dataloader(), dm.val_dataloader(), channels, self.num_classes,
+                epochs=hp.scorer_epochs, seed=hp.scorer_seed,
+            )
+            ds.save_scorer(path, model, {**info, "key": key})
+        self.trainer.strategy.barrier("domain_scorer")
+        model, info = ds.load_scorer(path)
+        self.scorer_info = info
+        return model
+
+    def on_fit_start(self) -> None:
+        if self.flops_per_sample is None:
+            from attnbench.metrics.flops import forward_flops
+
+            z = torch.zeros(2, self.z_dim, device=self.device)
+            y = torch.zeros(2, dtype=torch.long, device=self.device)
+            self.flops_per_sample = forward_flops(self.net.generator, z, y) / 2  # G forward per sample
+
+    def _scorer_to_device(self) -> nn.Module:
+        if next(self.scorer.parameters()).device != self.device:
+            self.scorer.to(self.device)
+        return self.scorer
+
+    # ------------------------------------------------------------------------------------------ training
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = (float(hp.betas[0]), float(hp.betas[1]))
+        opt_g = torch.optim.Adam(self.net.generator.parameters(), lr=hp.lr_g, betas=betas)
+        opt_d = torch.optim.Adam(self.net.discriminator.parameters(), lr=hp.lr_d, betas=betas)
+        return [opt_g, opt_d]
+
+    def _random_labels(self, n: int) -> torch.Tensor | None:
+        return torch.randint(0, self.num_classes, (n,), device=self.device) if self.num_classes else None
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        x = self._to_net(x)
+        y = y if self.num_classes else None
+        b = x.shape[0]
+        G, D = self.net.generator, self.net.discriminator
+        opt_g, opt_d = self.optimizers()
+
+        # D step: hinge loss on real and fake in one forward (one power iteration per spectral norm)
+        z, y_fake = torch.randn(b, self.z_dim, device=self.device), self._random_labels(b)
+        if self._g_grads_in_d_step():
+            fake = G(z, y_fake)
+        else:
+            with torch.no_grad():
+                fake = G(z, y_fake)
+        scores = D(torch.cat([x, fake]), None if y is None else torch.cat([y, y_fake]))
+        d_real, d_fake = scores[:b], scores[b:]
+        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.d_steps += 1
+        self.log_dict({"train/d_loss": d_loss.detach(), "train/d_real": d_real.detach().mean(),
+                       "train/d_fake": d_fake.detach().mean()}, on_step=True, on_epoch=True, batch_size=b,
+                      sync_dist=True, prog_bar=False)
+
+        # G step after every n_dis D steps
+        if self.d_steps % self.hparams.n_dis == 0:
+            z, y_fake = torch.randn(b, self.z_dim, device=self.device), self._random_labels(b)
+            g_loss = -D(G(z, y_fake), y_fake).mean()
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+            self.g_steps += 1
+            self._update_ema()
+            self.log("train/g_loss", g_loss.detach(), on_step=True, on_epoch=True, batch_size=b, sync_dist=True,
+                     prog_bar=True)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema <- decay * ema + (1 - decay) * G`` on parameters, with decay warmed up as
+        ``min(decay, (1 + t) / (10 + t))``; buffers (BatchNorm statistics, spectral-norm vectors) are copied."""
+        if self.g_ema is None:
+            return
+        t = self.g_steps - self.hparams.ema_start
+        decay = 0.0 if t <= 0 else min(self.hparams.ema_decay, (1 + t) / (10 + t))
+        src, dst = list(self.net.generator.parameters()), list(self.g_ema.parameters())
+        torch._foreach_lerp_(dst, src, 1.0 - decay)
+        for b_ema, b in zip(self.g_ema.buffers(), self.net.generator.buffers()):
+            b_ema.copy_(b)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gan_steps"] = {"d": self.d_steps, "g": self.g_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        steps = checkpoint.get("gan_steps", {})
+        self.d_steps, self.g_steps = int(steps.get("d", 0)), int(steps.get("g", 0))
+
+    # ---------------------------------------------------------------------------------------- evaluation
+    def _d_loss_on(self, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """D's hinge loss on held-out real images against samples of the evaluation generator."""
+        x = self._to_net(x01)
+        y = y if self.num_classes else None
+        z = torch.randn(x.shape[0], self.z_dim, device=self.device)
+        with self._sampling(self.eval_generator) as g:
+            fake = g(z, y)
+        s = self.net.discriminator(torch.cat([x, fake]), None if y is None else torch.cat([y, y]))
+        return F.relu(1 - s[: x.shape[0]]).mean() + F.relu(1 + s[x.shape[0]:]).mean()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", self._d_loss_on(x, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self.log("test/loss", self._d_loss_on(x, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        _, logits = gm.score(self._scorer_to_device(), x, self.hparams.eval_batch_size)
+        self.real_is.update(logits)
+        self.real_count.update(torch.tensor(float(len(y)), device=self.device))
+
+    def _ensure_fid_reference(self) -> None:
+        """Add the real reference split's features to the FID state once (this rank's share of batches)."""
+        if int(self.fid.real_features_num_samples) > 0:
+            return
+        dm = self.trainer.datamodule
+        loader = getattr(dm, f"{self.hparams.fid_reference}_dataloader")()
+        rank, world = self.global_rank, self.trainer.world_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hparams.scorer_seed)  # a fixed pass over an augmented training split
+            for i, (x, _) in enumerate(loader):
+                if i % world == rank:
+                    feats, _ = gm.score(self._scorer_to_device(), x.to(self.device), self.hparams.eval_batch_size)
+                    self.fid.update(feats, real=True)
+
+    def _generated_scores(self, n: int, seed: int, is_metric) -> None:
+        scorer = self._scorer_to_device()
+        for x01, y in self.sample(n, seed, self.global_rank, self.trainer.world_size):
+            feats, logits = gm.score(scorer, x01, self.hparams.eval_batch_size)
+            self.fid.update(feats, real=False)
+            is_metric.update(logits)
+            if self.cond_acc is not None:
+                self.cond_acc.update(logits, y)
+
+    def _cond_acc(self) -> dict:
+        if self.cond_acc is None:
+            return {}
+        value = self.cond_acc.compute()
+        self.cond_acc.reset()
+        return {"cond_acc": value}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._ensure_fid_reference()
+        self._generated_scores(self.hparams.val_samples, seed=1234, is_metric=self.val_is)
+        is_mean, _ = self.val_is.compute()
+        fid = self.fid.compute()
+        extra = {f"val/{k}": v for k, v in self._cond_acc().items()}
+        self.log_dict({"val/is": is_mean, "val/fid": fid, **extra}, sync_dist=True, prog_bar=True)
+        self.val_is.reset()
+        self.fid.reset()
+
+    def on_test_epoch_end(self) -> None:
+        hp = self.hparams
+        self._ensure_fid_reference()
+        self._generated_scores(hp.test_samples, seed=4321, is_metric=self.test_is)
+        is_mean, is_std = self.test_is.compute()
+        fid = self.fid.compute()
+        real_mean, real_std = self.real_is.compute()
+        n_real = self.real_count.compute()
+        values = {
+            "test/is": is_mean, "test/is_std": is_std, "test/fid": fid,
+            "test/is_real": real_mean, "test/is_real_std": real_std,
+            "test/num_samples": float(hp.test_samples), "test/is_splits": float(hp.test_splits),
+            "test/fid_ref_samples": float(self.fid.real_features_num_samples),
+            "test/is_real_samples": float(n_real), "test/is_real_splits": float(self.real_is.splits),
+        }
+        values.update({f"test/{k}": float(v) for k, v in self._cond_acc().items()})
+        if "val_acc" in self.scorer_info:
+            values["test/scorer_val_acc"] = float(self.scorer_info["val_acc"])
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()},
+                      sync_dist=True)
+        for m in (self.test_is, self.real_is, self.real_count, self.fid):
+            m.reset()
+
+    # ------------------------------------------------------------------------------------------- figures
+    @torch.no_grad()
+    def figures(self, batch) -> dict:
+        """``samples``: fixed noise, one row per class (at most 10), ``grid_columns`` columns; ``attention``
+        (self-attention mixer): the generator's map for a few query positions; ``modulator`` (focal
+        modulation mixer): ``|h(ctx)|`` over the samples."""
+        from attnbench.callbacks.render import image_grid
+
+        cols, rows = self.hparams.grid_columns, max(1, min(10, self.num_classes))
+        gen = torch.Generator().manual_seed(777)
+        z = torch.randn(cols, self.z_dim, generator=gen).repeat(rows, 1).to(self.device)
+        y = torch.arange(rows).repeat_interleave(cols).to(self.device)
+        out = {}
+        with self._sampling(self.eval_generator) as g:
+            x = (g(z, y if self.num_classes else None) + 1) / 2
+            out["samples"] = image_grid(x, nrow=cols)
+            maps = self._mixer_figure(g, z[:: cols + 1][: min(4, rows)], y[:: cols + 1][: min(4, rows)])
+        out.update(maps)
+        return out
+
+    def _mixer_figure(self, g: nn.Module, z: torch.Tensor, y: torch.Tensor) -> dict:
+        from attnbench.mechanisms.non_local import SelfAttention2d
+
+        attn = [m for m in g.modules() if isinstance(m, SelfAttention2d)]
+        if attn:
+            block = attn[0]
+            block.store_attention = True
+            try:
+                x = (g(z, y if self.num_classes else None) + 1) / 2
+                beta = block.last_attention
+            finally:
+                block.store_attention, block.last_attention = False, None
+            return {"attention": attention_figure(x, beta, self.hparams.attn_queries)}
+        mods = [m for name, m in g.named_modules() if name.endswith("modulation.modulator")]
+        if mods:
+            from attnbench.callbacks.render import overlay_grid
+
+            captured = []
+            handle = mods[0].register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+            try:
+                x = (g(z, y if self.num_classes else None) + 1) / 2
+            finally:
+                handle.remove()
+            return {"modulator": overlay_grid(x, captured[0].abs().mean(1))}
+        return {}
+
+
+def attention_figure(x01: torch.Tensor, beta: torch.Tensor, n_queries: int = 4) -> np.ndarray:
+    """Rows: samples ``[B, C, S, S]``; columns: the sample with the query points, then for each query the
+    attention over key positions (``beta: [B, N_q, N_k]``, square grids) upsampled and overlaid."""
+    from attnbench.callbacks.render import heat, image_grid, to_rgb
+
+    b, nq, nk = beta.shape
+    hq, hk = int(math.isqrt(nq)), int(math.isqrt(nk))
+    s = x01.shape[-1]
+    # queries spread over the map: centre, then points a quarter of the way in from each corner
+    picks = [(hq // 2, hq // 2), (hq // 4, hq // 4), (hq // 4, 3 * hq // 4), (3 * hq // 4, hq // 4),
+             (3 * hq // 4, 3 * hq // 4)][: max(1, n_queries)]
+    imgs = to_rgb(x01.float().cpu())
+    if s < 96:  # small images: enlarge (nearest) so maps and query marks stay readable
+        s = s * -(-96 // s)
+        imgs = F.interpolate(imgs, size=(s, s), mode="nearest")
+    marked = imgs.clone()
+    cell = s / hq
+    tiles = []
+    for r, c in picks:
+        y0, x0 = int(r * cell), int(c * cell)
+        y1, x1 = max(y0 + 1, int((r + 1) * cell)), max(x0 + 1, int((c + 1) * cell))
+        marked[:, :, y0:y1, x0:x1] = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+        m = beta[:, r * hq + c].float().cpu().view(b, hk, hk)
+        m = F.interpolate(m.unsqueeze(1), size=(s, s), mode="nearest").squeeze(1)
+        tiles.append(0.4 * imgs + 0.6 * heat(m))
+    columns = torch.stack([marked] + tiles, dim=1).flatten(0, 1)  # [B * (1 + Q), 3, S, S], row-major
+    return image_grid(columns, nrow=1 + len(picks))

@@ -1,0 +1,241 @@
+"""Show, Attend and Tell: additive attention, the doubly stochastic term, hard-attention training terms,
+beam search (batched = per image, exact on a tiny vocabulary, no <end>), and training on digit_captions."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from attnbench.mechanisms.additive_attention import AdditiveAttention, doubly_stochastic_penalty
+from attnbench.models.show_attend_tell import ShowAttendTell
+from attnbench.tasks.captioning import CaptioningTask
+
+SPECIALS = ["<pad>", "<start>", "<end>", "<unk>"]
+DIGIT_VOCAB = SPECIALS + "zero one two three four five six seven eight nine".split()
+
+
+def tiny_model(vocab=DIGIT_VOCAB, attention="soft", seed=0, **kw) -> ShowAttendTell:
+    torch.manual_seed(seed)
+    kw = {
+        "in_channels": 1,
+        "cnn_channels": (8, 8, 16),
+        "embed_dim": 16,
+        "hidden_dim": 32,
+        "attn_dim": 16,
+        **kw,
+    }
+    return ShowAttendTell(vocab, attention=attention, **kw).double().eval()
+
+
+# ----------------------------------------------------------------------------------------------- mechanism
+def test_attention_weights_sum_to_one_and_context_is_their_expectation():
+    torch.manual_seed(0)
+    att = AdditiveAttention(feat_dim=6, hidden_dim=5, attn_dim=4, gate=False)
+    feats, h = torch.randn(3, 7, 6), torch.randn(3, 5)
+    z, alpha, _ = att(feats, h, mode="soft")
+    assert torch.allclose(alpha.sum(-1), torch.ones(3), atol=1e-6)
+    assert (alpha > 0).all()
+    assert torch.allclose(z, (alpha[..., None] * feats).sum(1), atol=1e-6)
+    # e_i = v^T tanh(W_a a_i + W_h h): recomputed by hand
+    e = torch.tanh(
+        feats @ att.feat_proj.weight.T + att.feat_proj.bias + (h @ att.hidden_proj.weight.T)[:, None]
+    )
+    e = e @ att.score.weight[0] + att.score.bias
+    assert torch.allclose(alpha, torch.softmax(e, -1), atol=1e-6)
+
+
+def test_hard_attention_samples_follow_alpha_and_expected_context_is_used_when_asked():
+    torch.manual_seed(0)
+    att = AdditiveAttention(feat_dim=4, hidden_dim=3, attn_dim=8, gate=True)
+    feats = torch.randn(1, 5, 4).expand(4000, 5, 4)
+    h = torch.randn(1, 3).expand(4000, 3)
+    z, alpha, info = att(feats, h, mode="hard", sample=True)
+    freq = torch.bincount(info["location"], minlength=5).float() / 4000
+    assert torch.allclose(freq, alpha[0], atol=0.03)
+    beta = info["beta"][:, None]
+    assert torch.allclose(z, beta * feats[torch.arange(4000), info["location"]], atol=1e-6)
+    assert torch.allclose(info["log_prob"], alpha[0].log()[info["location"]], atol=1e-6)
+    use_expected = torch.arange(4000) % 2 == 0
+    z2, _, info2 = att(feats, h, mode="hard", sample=True, use_expected=use_expected)
+    soft, _, _ = att(feats, h, mode="soft")
+    assert torch.allclose(z2[use_expected], soft[use_expected], atol=1e-6)
+    assert (info2["log_prob"][use_expected] == 0).all()
+    _, alpha_none, _ = att(feats[:2], h[:2], mode="none")
+    assert torch.allclose(alpha_none, torch.full((2, 5), 0.2))
+
+
+def test_doubly_stochastic_term_matches_hand_computation():
+    alphas = torch.tensor([[[0.5, 0.25, 0.25], [0.2, 0.3, 0.5], [0.9, 0.05, 0.05]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third step is padding
+    # sums over t: [0.7, 0.55, 0.75] -> 0.3^2 + 0.45^2 + 0.25^2
+    assert doubly_stochastic_penalty(alphas, mask).item() == pytest.approx(0.355)
+    # all three steps: sums [1.6, 0.6, 0.8] -> 0.6^2 + 0.4^2 + 0.2^2
+    assert doubly_stochastic_penalty(alphas).item() == pytest.approx(0.56)
+
+
+def make_task(net, **kw) -> CaptioningTask:
+    return CaptioningTask(net, mean=[0.0], std=[1.0], **kw)
+
+
+def test_task_loss_is_word_cross_entropy_plus_lambda_times_doubly_stochastic_term():
+    net = tiny_model().float()
+    task = make_task(net, alpha_c=0.7)
+    captions = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+    out = net(torch.rand(2, 1, 8, 32), captions)
+    terms = task.losses(out, captions)
+    mask = captions[:, 1:] != 0
+    ce = torch.nn.functional.cross_entropy(out["logits"][mask], captions[:, 1:][mask])
+    reg = 0.7 * ((1 - (out["alphas"] * mask[..., None]).sum(1)) ** 2).sum(-1).mean()
+    assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert terms["doubly_stochastic"].item() == pytest.approx(reg.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((ce + reg).item(), rel=1e-5)
+
+
+def test_hard_attention_reinforce_terms_and_moving_average_baseline():
+    net = tiny_model(attention="hard").float().train()
+    task = make_task(net, alpha_c=0.0, reinforce_weight=1.0, entropy_weight=0.1, baseline_decay=0.9).train()
+    captions = torch.tensor([[1, 5, 6, 2], [1, 7, 8, 2], [1, 4, 2, 0]])
+    use_expected = torch.tensor([False, True, False])
+    out = net(torch.rand(3, 1, 8, 32), captions, use_expected)
+    task.baseline.fill_(-3.0)
+    terms = task.losses(out, captions, use_expected)
+    mask = (captions[:, 1:] != 0).float()
+    ce = (
+        torch.nn.functional.cross_entropy(out["logits"].transpose(1, 2), captions[:, 1:], reduction="none")
+        * mask
+    )
+    reward = -ce.sum(1)
+    n_words = mask.sum()
+    expected_reinforce = -(((reward + 3.0) * (out["log_probs"] * mask).sum(1))[~use_expected]).sum() / n_words
+    assert terms["reinforce"].item() == pytest.approx(expected_reinforce.item(), rel=1e-5)
+    assert terms["entropy"].item() == pytest.approx((-0.1 * (out["entropies"] * mask).sum() / n_words).item())
+    assert task.baseline.item() == pytest.approx(0.9 * -3.0 + 0.1 * reward.mean().item(), rel=1e-5)
+    terms["loss"].backward()  # the location log-probabilities carry gradient to the attention MLP
+    assert net.attention.score.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------- beam search
+def test_batched_beam_search_returns_the_per_image_best_captions():
+    net = tiny_model()
+    images = torch.rand(5, 1, 8, 32, dtype=torch.float64)
+    for beam in (1, 3):
+        batched = net.beam_search(images, beam_size=beam, max_len=6, length_norm=0.7)
+        for i in range(len(images)):
+            single = net.beam_search(images[i : i + 1], beam_size=beam, max_len=6, length_norm=0.7)
+            n = int(single["lengths"][0])
+            assert batched["tokens"][i, :n].tolist() == single["tokens"][0, :n].tolist()
+            assert batched["scores"][i].item() == pytest.approx(single["scores"][0].item(), abs=1e-9)
+            assert torch.allclose(batched["alphas"][i, :n], single["alphas"][0, :n], atol=1e-9)
+
+
+@torch.no_grad()
+def sequence_logprob(net, image, words) -> float:
+    captions = torch.tensor([[net.start_id, *words]])
+    logits = net(image, captions)["logits"].log_softmax(-1)[0]
+    return float(logits.gather(1, captions[:, 1:].T).sum())
+
+
+def test_greedy_is_beam_one_and_wide_beam_finds_the_exhaustive_best_caption():
+    vocab = SPECIALS + ["cat", "dog"]
+    net = tiny_model(vocab, seed=3)
+    image = torch.rand(1, 1, 8, 32, dtype=torch.float64)
+    # greedy by hand
+    words = []
+    for _ in range(4):
+        logits = net(image, torch.tensor([[net.start_id, *words, 0]]))["logits"][0, len(words)]
+        logits[[net.pad_id, net.start_id]] = float("-inf")  # never generated
+        words.append(int(logits.argmax()))
+        if words[-1] == net.end_id:
+            break
+    greedy = net.beam_search(image, beam_size=1, max_len=4)
+    assert greedy["tokens"][0, : len(words)].tolist() == words
+    # exhaustive: every caption of up to 3 words then <end>; words are <unk>, cat, dog (never <pad>, <start>)
+    ids = [net.unk_id, 4, 5]
+    best = max(
+        (sequence_logprob(net, image, [*c, net.end_id]), [*c, net.end_id])
+        for n in range(0, 4)
+        for c in itertools.product(ids, repeat=n)
+    )
+    beam = net.beam_search(image, beam_size=len(vocab) ** 3, max_len=4)
+    n = int(beam["lengths"][0])
+    assert beam["tokens"][0, :n].tolist() == best[1]
+    assert beam["scores"][0].item() == pytest.approx(best[0], abs=1e-9)
+
+
+def test_beam_search_without_any_end_returns_max_len_words():
+    net = tiny_model()
+    with torch.no_grad():
+        net.out.bias[net.end_id] = -1e4  # <end> is never chosen
+    out = net.beam_search(
+        torch.rand(3, 1, 8, 32, dtype=torch.float64), beam_size=3, max_len=5, length_norm=1.0
+    )
+    assert out["lengths"].tolist() == [5, 5, 5]
+    assert (out["tokens"] != net.end_id).all()
+    assert all(len(c) == 5 for c in net.decode(out["tokens"]))
+
+
+# --------------------------------------------------------------------------------------------- training
+def train_digit_captions(cfg_factory, attention: str, epochs: int, train_size: int) -> dict:
+    from tests.conftest import run_cfg
+
+    cfg = cfg_factory(
+        "model=show_attend_tell",
+        "data=digit_captions",
+        f"model.attention={attention}",
+        f"trainer.max_epochs={epochs}",
+        f"data.train_size={train_size}",
+        "data.val_size=200",
+        "data.test_size=400",
+        "model.task.beam_size=1",
+        "seed=0",
+    )
+    return run_cfg(cfg)
+
+
+@pytest.mark.slow
+def test_no_attention_is_measurably_worse_than_soft_attention(cfg_factory):
+    soft = train_digit_captions(cfg_factory, "soft", epochs=3, train_size=1500)
+    none = train_digit_captions(cfg_factory, "none", epochs=3, train_size=1500)
+    assert soft["status"] == "ok" and none["status"] == "ok"
+    assert soft["test/bleu4"] > 0.5
+    assert soft["test/bleu4"] > none["test/bleu4"] + 0.1
+    assert soft["test/attn_grounding"] > 0.4
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+def test_torchvision_trunk_loads_local_weights_and_stays_frozen(tmp_path):
+    import torchvision
+
+    from attnbench.errors import ConfigError
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "r18.pth")
+    net = ShowAttendTell(DIGIT_VOCAB, encoder="resnet18", encoder_weights=str(tmp_path / "r18.pth"),
+                         encoder_grid=2, embed_dim=8, hidden_dim=8, attn_dim=8).train()
+    assert torch.equal(net.encoder[0].weight, reference.conv1.weight)
+    assert not net.encoder.training and not any(p.requires_grad for p in net.encoder.parameters())
+    images = torch.rand(2, 3, 64, 64)
+    feats, grid = net.encode(images)
+    assert grid == (2, 2) and feats.shape == (2, 4, 512)
+    reference.eval()
+    trunk = torch.nn.Sequential(*list(reference.children())[:-2])
+    expected = torch.nn.functional.adaptive_avg_pool2d(trunk(images), 2).flatten(2).transpose(1, 2)
+    assert torch.allclose(feats, expected, atol=1e-5)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match="bad.pth"):
+        ShowAttendTell(DIGIT_VOCAB, encoder="resnet18", encoder_weights=str(tmp_path / "bad.pth"))
+
+
+def test_figures_show_each_generated_word_with_its_attention_map():
+    from attnbench.callbacks.visualisation import _as_array
+
+    task = make_task(tiny_model().float(), n_figures=2, beam_size=2, max_len=3).eval()
+    x = torch.rand(3, 1, 8, 32)
+    refs = [[["one", "two"]], [["three", "four"]], [["five"]]]
+    figures = task.figures((x, {"refs": refs}))
+    image = _as_array(figures["captions"])
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
+    assert image.shape[1] > 2 * image.shape[0]  # one wide panel per word next to the image

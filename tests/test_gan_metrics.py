@@ -1,0 +1,168 @@
+"""IS / FID through torchmetrics with precomputed scorer outputs, the FID Inception weights file, and the
+domain scorer (training, cache)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+from torch.utils.data import DataLoader, TensorDataset
+
+from attnbench.errors import ConfigError
+from attnbench.metrics import domain_scorer as ds
+from attnbench.metrics import gan as gm
+from attnbench.metrics.inception import FIDInceptionV3, load_fid_inception
+
+
+def test_fid_of_identical_sets_is_zero_and_of_shifted_sets_is_the_shift():
+    torch.manual_seed(0)
+    feats = torch.randn(500, 8) @ torch.randn(8, 8)
+    fid = gm.frechet_distance(8)
+    fid.update(feats, real=True)
+    fid.update(feats, real=False)
+    assert fid.compute().item() == pytest.approx(0.0, abs=1e-3)
+    fid.reset()  # keeps the real statistics, drops the generated ones
+    fid.update(feats + torch.tensor([3.0] + [0.0] * 7), real=False)  # same covariance, mean moved by 3
+    assert fid.compute().item() == pytest.approx(9.0, rel=1e-3)
+
+
+def test_fid_matches_closed_form_for_gaussians():
+    rng = np.random.default_rng(0)
+    d, n = 4, 40000
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    cov1, cov2 = a @ a.T / d + np.eye(d), b @ b.T / d + 0.5 * np.eye(d)
+    mu1, mu2 = np.zeros(d), rng.normal(size=d)
+    x1 = rng.multivariate_normal(mu1, cov1, size=n)
+    x2 = rng.multivariate_normal(mu2, cov2, size=n)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(cov1 + cov2 - 2 * linalg.sqrtm(cov1 @ cov2).real)
+    fid = gm.frechet_distance(d)
+    fid.update(torch.from_numpy(x1).float(), real=True)
+    fid.update(torch.from_numpy(x2).float(), real=False)
+    assert fid.compute().item() == pytest.approx(expected, rel=0.03)
+
+
+def test_inception_score_values():
+    k, n = 10, 1000
+    uniform = gm.inception_score(splits=5)
+    uniform.update(torch.zeros(n, k))  # a classifier that cannot tell: p(y|x) = p(y) -> IS = 1
+    mean, std = uniform.compute()
+    assert mean.item() == pytest.approx(1.0, abs=1e-6) and std.item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.full((n, k), -30.0)
+    logits[torch.arange(n), torch.arange(n) % k] = 30.0  # certain, and every class equally often -> IS = K
+    confident = gm.inception_score(splits=1)
+    confident.update(logits)
+    assert confident.compute()[0].item() == pytest.approx(k, rel=1e-4)
+    # torchmetrics shuffles before splitting: 5 splits of 200 are nearly, not exactly, balanced
+    confident5 = gm.inception_score(splits=5)
+    confident5.update(logits)
+    assert 0.9 * k < confident5.compute()[0].item() <= k + 1e-4
+    # one split equals the formula exp(E_x KL(p(y|x) || p(y)))
+    torch.manual_seed(0)
+    logits = torch.randn(300, k) * 2
+    p = logits.softmax(1)
+    expected = math.exp((p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean().item())
+    single = gm.inception_score(splits=1)
+    single.update(logits)
+    assert single.compute()[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_quantize_and_score_chunks():
+    x = torch.tensor([0.0, 0.5, 1.2, 0.2501]).view(1, 1, 2, 2)
+    q = gm.quantize(x)
+    assert torch.allclose(q * 255, torch.round(q * 255)) and q.max() == 1.0
+    model = ds.DomainClassifier(1, 3, width=4).eval()
+    xs = torch.rand(7, 1, 8, 8)
+    f1, l1 = gm.score(model, xs, batch_size=3)
+    f2, l2 = model.features_and_logits(gm.quantize(xs))
+    torch.testing.assert_close(f1, f2)
+    torch.testing.assert_close(l1, l2)
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """A weights file in the layout of pt_inception-2015-12-05 (torchvision Inception3 names, 1008 classes,
+    no AuxLogits), with random values, saved as a plain state dict without num_batches_tracked."""
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    state = {k: (torch.randn_like(v) * 0.05 if v.is_floating_point() and "running_var" not in k else v)
+             for k, v in net.net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_inception_weights_load_from_local_file(inception_file):
+    path, state = inception_file
+    net = load_fid_inception(path)
+    loaded = net.net.state_dict()
+    for k, v in state.items():
+        assert torch.equal(loaded[k], v), k
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    x = torch.rand(1, 1, 16, 16)  # grey, small: repeated to RGB and resized to 299 inside
+    feats, logits = net.features_and_logits(x)
+    assert feats.shape == (1, 2048) and logits.shape == (1, 1008)
+    torch.testing.assert_close(logits, feats @ state["fc.weight"].t())  # IS logits: fc without its bias
+    # the reference graph's pooling differs from torchvision's ImageNet Inception v3
+    assert net.net.Mixed_7c.max_pool and not net.net.Mixed_7b.max_pool
+
+
+def test_inception_weights_bad_files_are_config_errors(inception_file, tmp_path):
+    path, state = inception_file
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_fid_inception(tmp_path / "missing.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("Mixed_7c")}, wrong)
+    with pytest.raises(ConfigError, match="missing"):
+        load_fid_inception(wrong)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="could not be read"):
+        load_fid_inception(garbage)
+
+
+def test_inception_weights_path_reaches_the_task(inception_file, cfg_factory):
+    """``metrics.inception_weights=/path`` on the command line makes the GAN task score with that file."""
+    from attnbench.train import instantiate
+
+    path, state = inception_file
+    cfg = cfg_factory("model=sagan", f"metrics.inception_weights={path}", "model.ch=4", "data.image_size=16",
+                      "model.attn_res_g=8", "model.attn_res_d=8")
+    assert cfg.model.task.inception_weights == str(path)
+    net = instantiate(cfg.model.net, _convert_="all")
+    task = instantiate(cfg.model.task, net=net, _convert_="all")
+    scorer = task._build_scorer()
+    assert isinstance(scorer, FIDInceptionV3)
+    torch.testing.assert_close(scorer.net.fc.weight, state["fc.weight"])
+
+
+def _toy_data(n: int, seed: int):
+    """Two classes of 8x8 images: a bright left half or a bright right half, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 8, 8, generator=g) * 0.3
+    x[y == 0, :, :, :4] += 0.6
+    x[y == 1, :, :, 4:] += 0.6
+    return TensorDataset(x.clamp(0, 1), y)
+
+
+def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
+    train = DataLoader(_toy_data(256, 0), batch_size=32, shuffle=True)
+    val = DataLoader(_toy_data(64, 1), batch_size=64)
+    state = torch.random.get_rng_state()
+    model, info = ds.train_domain_classifier(train, val, in_channels=1, num_classes=2, epochs=3, seed=0, width=4)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is untouched
+    assert info["val_acc"] >= 0.95
+    key = ds.cache_key("ToyData", 8, 1, 2, 256, seed=0)
+    assert key == "ToyData-8px-1ch-2cls-n256-s0-v1"
+    path = tmp_path / f"{key}.pt"
+    ds.save_scorer(path, model, info)
+    loaded, info2 = ds.load_scorer(path)
+    x = next(iter(val))[0]
+    torch.testing.assert_close(loaded(x), model(x))
+    assert info2["val_acc"] == info["val_acc"]
+    # the same seed trains the same scorer
+    again, _ = ds.train_domain_classifier(train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4)
+    torch.testing.assert_close(again(x), model(x))
