@@ -254,7 +254,7 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
         results["time/fit_s"] = time.perf_counter() - t0
         results.update(trainer.callback_metrics)
     if cfg.get("test", True):
-        checkpointer = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        checkpointer = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best = checkpointer.best_model_path if checkpointer is not None and cfg.get("train", True) else ""
         test_ckpt = best or (ckpt if not cfg.get("train", True) else None)
         results["test/ckpt"] = test_ckpt or "current weights"

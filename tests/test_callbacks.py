@@ -69,3 +69,16 @@ def test_wandb_runs_offline_with_tags_and_sync_hint(cfg_factory, tmp_path, monke
     meta = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
     for tag in (b"study1", b"timm", b"digits"):
         assert tag in meta
+
+
+@pytest.mark.slow
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(cfg_factory, tmp_path):
+    """Lightning's own save_last only rewrites last.ckpt when a top-k checkpoint is saved; resume needs the
+    newest state, so last.ckpt must advance even when the monitored metric never improves (lr = 0)."""
+    run_cfg(cfg_factory("model=timm", "model.name=resnet10t", "data.image_size=16", "model.task.lr=0.0",
+                        "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                        "trainer.limit_test_batches=1"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 6
+    best = [p for p in (tmp_path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(best) == 1
