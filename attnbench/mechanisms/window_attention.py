@@ -148,8 +148,13 @@ class WindowAttention(nn.Module):
             attn = self.attn_map(attn.softmax(dim=-1))
             out = F.dropout(attn, drop, self.training) @ v
         else:
-            # 5-d inputs: the [nW, heads, N, N] mask broadcasts over the batch without a copy
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+            # 4-d [B·nW, heads, N, d] inputs reach the fused kernels (5-d ones fall back to the slow math path,
+            # 2-4x slower on CPU); a per-window mask (shifted windows) is expanded over the batch to match
+            q4, k4, v4 = (t.reshape(b * nw, self.num_heads, n, self.head_dim) for t in (q, k, v))
+            if bias.shape[0] > 1:
+                bias = bias.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, self.num_heads, n, n)
+            out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, dropout_p=drop)
+            out = out.view(b, nw, self.num_heads, n, self.head_dim)
         out = self.proj(out.transpose(2, 3).reshape(b, nw, n, c))  # [B, nW, N, C]
         out = window_reverse(out, wh, ww, h, w)
         if sh or sw:
