@@ -41,9 +41,15 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model": picked.get("model", cfg.model.get("name", None) or "model"),
         "variant": None if variant is None else str(variant),
-        "data": picked.get("data", Path(str(cfg.data.get("_target_", "data"))).suffix.strip(".") or "data"),
+        "data": picked.get("data", _data_name(cfg)),
         "seed": cfg.get("seed"),
     }
+
+
+def _data_name(cfg: DictConfig) -> str:
+    """Outside the Hydra app (``run(cfg)`` from Python): ``...DigitsDataModule`` → ``digits``."""
+    cls = Path(str(cfg.data.get("_target_", "data"))).suffix.strip(".") or "data"
+    return cls.removesuffix("DataModule").lower() or "data"
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -60,8 +66,10 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     if cfg.get("resume"):
         last = out / "checkpoints" / "last.ckpt"
         if not last.is_file():
-            raise ConfigError(f"resume=true but {last} does not exist; pass ckpt_path=FILE or a run folder "
-                              "(hydra.run.dir=DIR) that holds checkpoints/last.ckpt")
+            raise ConfigError(
+                f"resume=true but {last} does not exist; pass ckpt_path=FILE or a run folder "
+                "(hydra.run.dir=DIR) that holds checkpoints/last.ckpt"
+            )
         return str(last)
     return None
 
@@ -79,8 +87,10 @@ def refuse_reuse(out: Path, resuming: bool) -> None:
 
 
 def is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(
-        os.environ.get("NODE_RANK", "0")) == 0
+    return (
+        int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+        and int(os.environ.get("NODE_RANK", "0")) == 0
+    )
 
 
 def to_number(v: Any) -> Any:
@@ -122,7 +132,9 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
 
 def build_callbacks(cfg: DictConfig) -> list:
 
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    return [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
+    ]
 
 
 def build_loggers(cfg: DictConfig, ident: dict[str, Any], ckpt: str | None = None) -> list:
@@ -147,7 +159,10 @@ def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], ckpt: 
     if run_id:
         kw.update(id=run_id, resume="allow")
     if not lcfg.get("name"):
-        kw["name"] = "-".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v) + f"-s{ident['seed']}"
+        kw["name"] = (
+            "-".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
+            + f"-s{ident['seed']}"
+        )
     if not lcfg.get("group"):
         kw["group"] = Path(str(cfg.paths.output_dir)).resolve().parent.name if _is_multirun() else None
     tags = [str(ident["model"]), str(ident["data"])] + ([str(ident["variant"])] if ident["variant"] else [])
@@ -182,7 +197,9 @@ def build_task(cfg: DictConfig, datamodule):
 
     for key in ("net", "task"):
         if key not in cfg.model or "_target_" not in cfg.model[key]:
-            raise ConfigError(f"model config needs a `{key}` entry with a _target_; got keys {list(cfg.model)}")
+            raise ConfigError(
+                f"model config needs a `{key}` entry with a _target_; got keys {list(cfg.model)}"
+            )
     extra = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
     # plain Python containers (not ListConfig) so hyper-parameters in checkpoints load with weights_only
     net = instantiate(cfg.model.net, **extra, _convert_="all")
@@ -209,8 +226,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_run(cfg, out, ckpt, ident))
         metrics["status"] = "ok"
     except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
-        metrics.update(status="failed", error=f"{type(err).__name__}: {err}",
-                       traceback="".join(traceback.format_exception(err))[-4000:])
+        metrics.update(
+            status="failed",
+            error=f"{type(err).__name__}: {err}",
+            traceback="".join(traceback.format_exception(err))[-4000:],
+        )
         raise
     finally:
         metrics["time/total_s"] = time.perf_counter() - started
@@ -240,8 +260,9 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
         from attnbench.callbacks.wandb_resume import WandbRunId
 
         callbacks.append(WandbRunId())
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      plugins=checkpoint_plugins(cfg))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
+    )
 
     params = sum(p.numel() for p in net.parameters())
     for lg in loggers:
@@ -260,6 +281,7 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
         results["test/ckpt"] = test_ckpt or "current weights"
         trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        results.update(getattr(task, "protocol", None) or {})  # non-numeric protocol fields (e.g. GAN scorer)
     throughput = next((c for c in callbacks if isinstance(c, SamplesThroughput)), None)
     if throughput is not None and throughput.samples_per_sec:
         results["throughput/train_samples_per_sec"] = throughput.samples_per_sec
@@ -268,7 +290,9 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
     for lg in loggers:
         lg.finalize("success")
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is not None and (wandb_cfg.get("offline", True) or os.environ.get("WANDB_MODE") == "offline"):
+    if wandb_cfg is not None and (
+        wandb_cfg.get("offline", True) or os.environ.get("WANDB_MODE") == "offline"
+    ):
         results["wandb/sync"] = f"wandb sync {out / 'wandb'}/offline-run-*"
         log.info("W&B ran offline; upload the run with: %s", results["wandb/sync"])
     _finish_wandb()
