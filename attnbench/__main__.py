@@ -31,8 +31,8 @@ _failed_jobs: list[str] = []
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    from attnbench.train import _is_multirun, is_global_zero, run
     from attnbench.summary import print_summary
+    from attnbench.train import _is_multirun, is_global_zero, run
 
     try:
         metrics = run(cfg)

@@ -37,14 +37,17 @@ def build(family: str, mechanism: str, size: int, dim: int, heads: int, batch: i
         from attnbench.mechanisms.global_attention import GlobalAttention
         from attnbench.mechanisms.window_attention import WindowAttention
 
-        module = {"focal_modulation": lambda: FocalModulation(dim, focal_window=3, focal_level=2),
-                  "window_attention": lambda: WindowAttention(dim, heads, window_size=7),
-                  "global_attention": lambda: GlobalAttention(dim, heads)}[mechanism]()
+        module = {
+            "focal_modulation": lambda: FocalModulation(dim, focal_window=3, focal_level=2),
+            "window_attention": lambda: WindowAttention(dim, heads, window_size=7),
+            "global_attention": lambda: GlobalAttention(dim, heads),
+        }[mechanism]()
         return module, (torch.randn(batch, dim, size, size),), {}
     from attnbench.mechanisms.local_attention import GridSelfAttention
 
-    module = GridSelfAttention(dim, heads, kind=mechanism, block_length=64, query_shape=(8, 8),
-                               memory_flange=(8, 8))
+    module = GridSelfAttention(
+        dim, heads, kind=mechanism, block_length=64, query_shape=(8, 8), memory_flange=(8, 8)
+    )
     rows, cols = size, size * 3  # the Image Transformer's H × (W·C) grid of sub-pixels
     return module, (torch.randn(batch, rows * cols, dim),), {"grid": (rows, cols)}
 
@@ -63,8 +66,9 @@ def measure(point: dict) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(point["device"])
-    module, args, kwargs = build(point["family"], point["mechanism"], point["size"], point["dim"],
-                                 point["heads"], point["batch"])
+    module, args, kwargs = build(
+        point["family"], point["mechanism"], point["size"], point["dim"], point["heads"], point["batch"]
+    )
     module = module.to(device)
     args = tuple(a.to(device) for a in args)
     flops = forward_flops(module, *args, **kwargs)
@@ -104,8 +108,11 @@ def measure(point: dict) -> dict:
 
 def run_point(point: dict) -> dict:
     """Measure ``point`` in a fresh interpreter (clean peak memory); errors become a row with ``error``."""
-    proc = subprocess.run([sys.executable, "-m", "attnbench.bench", "--worker", json.dumps(point)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench.bench", "--worker", json.dumps(point)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return {**point, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -125,17 +132,23 @@ def growth(rows: list[dict], key: str) -> dict[tuple[str, int], float]:
 
 def print_table(rows: list[dict]) -> str:
     g_time, g_flops = growth(rows, "fwd_bwd_ms"), growth(rows, "gflops")
-    lines = ["| family | mechanism | size | tokens | fwd ms | fwd+bwd ms | ×time | peak MiB | GFLOPs | ×FLOPs |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | mechanism | size | tokens | fwd ms | fwd+bwd ms | ×time | peak MiB | GFLOPs | ×FLOPs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['family']} | {r['mechanism']} | {r['size']} | – | error: {r['error'][:60]} |||||")
+            lines.append(
+                f"| {r['family']} | {r['mechanism']} | {r['size']} | – | error: {r['error'][:60]} |||||"
+            )
             continue
         key = (r["mechanism"], r["size"])
         gt = f"{g_time[key]:.1f}" if key in g_time else "–"
         gf = f"{g_flops[key]:.1f}" if key in g_flops else "–"
-        lines.append(f"| {r['family']} | {r['mechanism']} | {r['size']} | {r['tokens']} | {r['fwd_ms']:.2f} | "
-                     f"{r['fwd_bwd_ms']:.2f} | {gt} | {r['peak_mib']:.1f} | {r['gflops']:.3f} | {gf} |")
+        lines.append(
+            f"| {r['family']} | {r['mechanism']} | {r['size']} | {r['tokens']} | {r['fwd_ms']:.2f} | "
+            f"{r['fwd_bwd_ms']:.2f} | {gt} | {r['peak_mib']:.1f} | {r['gflops']:.3f} | {gf} |"
+        )
     text = "\n".join(lines)
     print(text)
     return text
@@ -153,7 +166,9 @@ def plot(rows: list[dict], path: Path) -> None:
         for mech in dict.fromkeys(r["mechanism"] for r in rows if r["family"] == fam):
             pts = [r for r in rows if r["family"] == fam and r["mechanism"] == mech and "error" not in r]
             for i, key in enumerate(("fwd_bwd_ms", "peak_mib")):
-                axes[i][j].plot([p["tokens"] for p in pts], [max(p[key], 1e-3) for p in pts], "o-", label=mech)
+                axes[i][j].plot(
+                    [p["tokens"] for p in pts], [max(p[key], 1e-3) for p in pts], "o-", label=mech
+                )
         for i, label in enumerate(("forward+backward ms", "peak memory MiB")):
             ax = axes[i][j]
             ax.set_xscale("log")
@@ -171,9 +186,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def bench_loader(overrides: list[str], batches: int) -> None:
     """Loader throughput alone vs a training step of the configured model, samples/s each."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from hydra import compose, initialize_config_dir
-
     import torch
+    from hydra import compose, initialize_config_dir
 
     from attnbench.__main__ import config_dir
     from attnbench.train import build_task, instantiate
@@ -195,6 +209,7 @@ def bench_loader(overrides: list[str], batches: int) -> None:
         return n / (time.perf_counter() - t0)
 
     batch = next(iter(loader))
+
     def step_only() -> float:
         t0 = time.perf_counter()
         for i in range(batches):
@@ -206,8 +221,10 @@ def bench_loader(overrides: list[str], batches: int) -> None:
 
     task.log = lambda *a, **k: None  # no trainer attached: logging is a no-op here
     load_rate, step_rate = loader_only(), step_only()
-    print(f"loader alone: {load_rate:.0f} samples/s   training step alone: {step_rate:.0f} samples/s   "
-          f"ratio loader/step: {load_rate / step_rate:.2f} (> 1: the loader keeps up; num_workers={dm.num_workers})")
+    print(
+        f"loader alone: {load_rate:.0f} samples/s   training step alone: {step_rate:.0f} samples/s   "
+        f"ratio loader/step: {load_rate / step_rate:.2f} (> 1: the loader keeps up; num_workers={dm.num_workers})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--loader", nargs="*", default=None, metavar="OVERRIDE",
-                        help="measure data loading alone vs the training step for these config overrides")
+    parser.add_argument(
+        "--loader",
+        nargs="*",
+        default=None,
+        metavar="OVERRIDE",
+        help="measure data loading alone vs the training step for these config overrides",
+    )
     parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args(argv)
     if args.worker:
@@ -235,15 +257,25 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for fam in families:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES[fam]
-        for mech in (BACKBONE if fam == "backbone" else AUTOREGRESSIVE):
+        for mech in BACKBONE if fam == "backbone" else AUTOREGRESSIVE:
             for size in sizes:
-                point = {"family": fam, "mechanism": mech, "size": size, "dim": args.dim, "heads": args.heads,
-                         "batch": args.batch, "repeats": args.repeats, "device": args.device}
+                point = {
+                    "family": fam,
+                    "mechanism": mech,
+                    "size": size,
+                    "dim": args.dim,
+                    "heads": args.heads,
+                    "batch": args.batch,
+                    "repeats": args.repeats,
+                    "device": args.device,
+                }
                 rows.append(run_point(point))
                 print(f"  measured {fam}/{mech} S={size}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"device={args.device} dim={args.dim} heads={args.heads} batch={args.batch} "
-          f"(×time/×FLOPs: ratio to the previous size; S doubles → 4 = linear, 16 = quadratic in tokens)")
+    print(
+        f"device={args.device} dim={args.dim} heads={args.heads} batch={args.batch} "
+        f"(×time/×FLOPs: ratio to the previous size; S doubles → 4 = linear, 16 = quadratic in tokens)"
+    )
     text = print_table(rows)
     (args.out / "bench.md").write_text(text + "\n")
     import csv

@@ -12,8 +12,18 @@ from __future__ import annotations
 import os
 import sys
 
-DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
-           "PL_TRAINER_GPUS", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+DDP_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "RANK",
+    "GROUP_RANK",
+    "PL_TRAINER_GPUS",
+    "PL_GLOBAL_SEED",
+    "PL_SEED_WORKERS",
+)
 
 
 def job_worker_command(local_rank: int) -> tuple[list[str], str]:
@@ -23,9 +33,15 @@ def job_worker_command(local_rank: int) -> tuple[list[str], str]:
 
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-    command = [sys.executable, "-m", "attnbench", *overrides,
-               f"hydra.run.dir={hc.runtime.output_dir}", "hydra.output_subdir=null",
-               f"hydra.job.name=ddp_worker_{local_rank}"]
+    command = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        *overrides,
+        f"hydra.run.dir={hc.runtime.output_dir}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name=ddp_worker_{local_rank}",
+    ]
     return command, get_original_cwd()
 
 

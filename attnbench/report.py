@@ -23,11 +23,30 @@ from typing import Any
 # the metric that answers each task family's question, in order of preference
 PRIMARY = ("test/acc", "test/is", "test/bpd", "test/bleu4", "val/acc", "val/bpd", "val/loss")
 LOWER_IS_BETTER = ("bpd", "fid", "loss")
-SHOWN = ("test/acc", "test/acc_top5", "test/is", "test/fid", "test/is_real", "test/bpd", "test/bleu4",
-         "test/cider", "test/attn_grounding", "params", "flops_per_sample", "throughput/train_samples_per_sec",
-         "time/fit_s")
-IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.enable_progress_bar", "logger", "callbacks.progress_bar",
-                     "paths.", "data.num_workers")
+SHOWN = (
+    "test/acc",
+    "test/acc_top5",
+    "test/is",
+    "test/fid",
+    "test/is_real",
+    "test/bpd",
+    "test/bleu4",
+    "test/cider",
+    "test/attn_grounding",
+    "params",
+    "flops_per_sample",
+    "throughput/train_samples_per_sec",
+    "time/fit_s",
+)
+IGNORED_OVERRIDES = (
+    "seed",
+    "hydra.",
+    "trainer.enable_progress_bar",
+    "logger",
+    "callbacks.progress_bar",
+    "paths.",
+    "data.num_workers",
+)
 
 
 @dataclass
@@ -121,8 +140,10 @@ def fmt(ms: tuple[float, float, int] | None) -> str:
     if ms is None:
         return "–"
     mean, std, n = ms
+
     def num(x: float) -> str:
         return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
+
     return num(mean) if n == 1 else f"{num(mean)} ± {num(std)}"
 
 
@@ -172,11 +193,14 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
     groups = group_runs(runs)
     failed = [r for r in runs if r.status != "ok"]
     main = metric or primary_metric(groups)
-    metrics = [m for m in dict.fromkeys(([main] if main else []) + list(SHOWN)) if any(g.values(m) for g in groups)]
+    metrics = [
+        m for m in dict.fromkeys(([main] if main else []) + list(SHOWN)) if any(g.values(m) for g in groups)
+    ]
     if main and main in metrics:
         reverse = not any(s in main for s in LOWER_IS_BETTER)
-        groups.sort(key=lambda g: (g.mean_std(main) or (-math.inf if reverse else math.inf, 0, 0))[0],
-                    reverse=reverse)
+        groups.sort(
+            key=lambda g: (g.mean_std(main) or (-math.inf if reverse else math.inf, 0, 0))[0], reverse=reverse
+        )
     header, rows = table(groups, metrics)
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -189,16 +213,23 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
             writer.writerow(row)
     plots = []
     if main:
-        for x, name, logx in (("throughput/train_samples_per_sec", "metric_vs_throughput.png", False),
-                              ("params", "metric_vs_params.png", True),
-                              ("flops_per_sample", "metric_vs_flops.png", True)):
+        for x, name, logx in (
+            ("throughput/train_samples_per_sec", "metric_vs_throughput.png", False),
+            ("params", "metric_vs_params.png", True),
+            ("flops_per_sample", "metric_vs_flops.png", True),
+        ):
             if plot(groups, x, main, out / name, logx):
                 plots.append(name)
-    text = [f"# Report: {root}", "",
-            f"{len(runs)} finished runs ({len(failed)} failed), {len(unfinished)} unfinished, "
-            f"{len(groups)} configurations; mean ± std over seeds; sorted by {main or '—'}.", "",
-            f"Shared settings: `{' '.join(sorted(shared_settings(runs))) or '(defaults)'}`", "",
-            markdown(header, rows) if rows else "_no successful runs yet_"]
+    text = [
+        f"# Report: {root}",
+        "",
+        f"{len(runs)} finished runs ({len(failed)} failed), {len(unfinished)} unfinished, "
+        f"{len(groups)} configurations; mean ± std over seeds; sorted by {main or '—'}.",
+        "",
+        f"Shared settings: `{' '.join(sorted(shared_settings(runs))) or '(defaults)'}`",
+        "",
+        markdown(header, rows) if rows else "_no successful runs yet_",
+    ]
     if failed:
         text += ["", "## Failed runs", ""]
         text += [f"- `{r.folder}`: {str(r.metrics.get('error', 'unknown error'))[:300]}" for r in failed]

@@ -26,8 +26,8 @@ import time
 VARIANTS = {
     "full": {},
     "full_math": {},  # the same layer through SDPA's math backend: materialises the N × N scores
-    "local_1d": {"block_length": 256},                                  # memory 512 (Parmar et al. Sec. 4)
-    "local_2d": {"query_shape": (8, 32), "memory_flange": (8, 16)},    # memory 16 × 64
+    "local_1d": {"block_length": 256},  # memory 512 (Parmar et al. Sec. 4)
+    "local_2d": {"query_shape": (8, 32), "memory_flange": (8, 16)},  # memory 16 × 64
 }
 
 
@@ -82,11 +82,29 @@ def measure(variant: str, size: int, dim: int, heads: int, device: str, repeats:
 
 
 def run_isolated(variant, size, args) -> dict:
-    cmd = [sys.executable, __file__, "--one", variant, str(size), "--dim", str(args.dim), "--heads",
-           str(args.heads), "--device", args.device, "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        variant,
+        str(size),
+        "--dim",
+        str(args.dim),
+        "--heads",
+        str(args.heads),
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -134,6 +152,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
+    p.add_argument(
+        "--update-results",
+        default=None,
+        metavar="RESULTS.md",
+        help="replace (or append) this benchmark's section of a results file with the table",
+    )
     p.add_argument("--one", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     import torch
@@ -150,13 +174,55 @@ def main() -> None:
                 continue
             rows.append(run_isolated(v, size, args))
             r = rows[-1]
-            print(f"  {v:9s} {size:3d}²×3: {1e3 * r['seconds']:9.1f} ms  {r['peak_mb']:8.1f} MiB",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {v:9s} {size:3d}²×3: {1e3 * r['seconds']:9.1f} ms  {r['peak_mb']:8.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
     text = table(rows, args)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+    if args.update_results:
+        update_section(args.update_results, text, " ".join(sys.argv[1:]))
+
+
+START, END = "<!-- image_transformer_scaling:start -->", "<!-- image_transformer_scaling:end -->"
+
+
+def update_section(path: str, table_text: str, argv: str) -> None:
+    """Write the table between this benchmark's markers in ``path`` (other sections are left alone)."""
+    import datetime as dt
+
+    import torch
+
+    section = "\n".join(
+        [
+            START,
+            "## Image Transformer attention: full vs local 1D vs local 2D as the image grows",
+            "",
+            f"Measured {dt.date.today().isoformat()} with torch {torch.__version__}, {os.cpu_count()} CPU cores "
+            "shared with other jobs (times are indicative; ratios within one row are the robust part), by",
+            f"`python benchmarks/image_transformer_scaling.py {argv}`.",
+            "",
+            table_text,
+            "",
+            "Reading: a flat `µs / position` (growth ≈ 1) means cost linear in the number of positions;",
+            "`full` grows linearly per position (quadratic in total). `full_math` stores the N × N scores",
+            "(quadratic memory); `full` uses the fused causal kernel (no N × N matrix stored, quadratic time).",
+            "local_1d: blocks of 256, memory 512; local_2d: 8 × 32 query blocks with 8-row / 16-column flanges",
+            "on the H × 3W grid.",
+            END,
+        ]
+    )
+    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if START in old and END in old:
+        new = old[: old.index(START)] + section + old[old.index(END) + len(END) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(new)
 
 
 if __name__ == "__main__":

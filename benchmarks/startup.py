@@ -30,11 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             bare.append(wall([sys.executable, "-c", "import torch, pytorch_lightning"], repo))
-            app.append(wall([sys.executable, "-m", "attnbench", "debug=fdr", "trainer=cpu",
-                             f"hydra.run.dir={tmp}/run{i}"], repo))
+            app.append(
+                wall(
+                    [
+                        sys.executable,
+                        "-m",
+                        "attnbench",
+                        "debug=fdr",
+                        "trainer=cpu",
+                        f"hydra.run.dir={tmp}/run{i}",
+                    ],
+                    repo,
+                )
+            )
     b, a = statistics.median(bare), statistics.median(app)
-    print(f"bare import torch+pytorch_lightning: {b:.2f} s; python -m attnbench debug=fdr: {a:.2f} s; "
-          f"ratio {a / b:.2f} (goal <= 2.0)")
+    print(
+        f"bare import torch+pytorch_lightning: {b:.2f} s; python -m attnbench debug=fdr: {a:.2f} s; "
+        f"ratio {a / b:.2f} (goal <= 2.0)"
+    )
     return 0
 
 

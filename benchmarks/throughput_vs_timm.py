@@ -102,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "bf16"
-                else contextlib.nullcontext)
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if args.precision == "bf16"
+        else contextlib.nullcontext
+    )
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device).to(memory_format=fmt)
     y = torch.randint(0, args.num_classes, (args.batch,), device=device)
@@ -112,13 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     ours, ref = ours.to(memory_format=fmt), ref.to(memory_format=fmt)
     if args.compile:
         ours, ref = torch.compile(ours), torch.compile(ref)
-    t = timed_alternation({"ours": train_step_fn(ours, x, y, autocast), "timm": train_step_fn(ref, x, y, autocast)},
-                          args.steps, args.warmup, sync)
+    t = timed_alternation(
+        {"ours": train_step_fn(ours, x, y, autocast), "timm": train_step_fn(ref, x, y, autocast)},
+        args.steps,
+        args.warmup,
+        sync,
+    )
     ratio = t["timm"] / t["ours"]
-    setting = (f"device={device.type} batch={args.batch} image={args.image_size} precision={args.precision} "
-               f"channels_last={args.channels_last} compile={args.compile}")
-    print(f"{args.model} training step ({setting}): ours {args.batch / t['ours']:.1f} img/s, "
-          f"timm {args.batch / t['timm']:.1f} img/s, ratio ours/timm = {ratio:.3f}")
+    setting = (
+        f"device={device.type} batch={args.batch} image={args.image_size} precision={args.precision} "
+        f"channels_last={args.channels_last} compile={args.compile}"
+    )
+    print(
+        f"{args.model} training step ({setting}): ours {args.batch / t['ours']:.1f} img/s, "
+        f"timm {args.batch / t['timm']:.1f} img/s, ratio ours/timm = {ratio:.3f}"
+    )
 
     if not args.skip_window:
         from attnbench.mechanisms.window_attention import WindowAttention
@@ -134,11 +145,16 @@ def main(argv: list[str] | None = None) -> int:
                 with autocast():
                     out = module(feat)
                 out.float().square().mean().backward()
+
             return run
 
-        tw = timed_alternation({"ours": fwd_bwd(ours_w), "timm": fwd_bwd(ref_w)}, args.steps, args.warmup, sync)
-        print(f"window attention fwd+bwd (dim {dim}, heads {heads}, window {window}, map {size}x{size}): "
-              f"ratio ours/timm = {tw['timm'] / tw['ours']:.3f}")
+        tw = timed_alternation(
+            {"ours": fwd_bwd(ours_w), "timm": fwd_bwd(ref_w)}, args.steps, args.warmup, sync
+        )
+        print(
+            f"window attention fwd+bwd (dim {dim}, heads {heads}, window {window}, map {size}x{size}): "
+            f"ratio ours/timm = {tw['timm'] / tw['ours']:.3f}"
+        )
 
     if args.check is not None and ratio < args.check:
         print(f"FAIL: ours/timm FocalNet throughput {ratio:.3f} < {args.check}", file=sys.stderr)

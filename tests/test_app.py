@@ -6,14 +6,30 @@ import subprocess
 import sys
 
 import pytest
-
-from attnbench.errors import ConfigError
 from conftest import REPO, run_cfg
 
-QUICK = ["model=timm", "model.name=resnet10t", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
-         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.image_size=16"]
-CONTRACT = ["status", "params", "time/fit_s", "throughput/train_samples_per_sec", "val/loss", "test/loss",
-            "val/acc", "test/acc", "test/acc_top5"]
+from attnbench.errors import ConfigError
+
+QUICK = [
+    "model=timm",
+    "model.name=resnet10t",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.image_size=16",
+]
+CONTRACT = [
+    "status",
+    "params",
+    "time/fit_s",
+    "throughput/train_samples_per_sec",
+    "val/loss",
+    "test/loss",
+    "val/acc",
+    "test/acc",
+    "test/acc_top5",
+]
 
 
 def test_metrics_json_has_the_contract_keys(cfg_factory, tmp_path):
@@ -62,14 +78,24 @@ def test_every_config_option_composes(cfg_factory):
 
 def cli(*args, cwd=REPO, timeout=300):
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "attnbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "attnbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 def test_cli_missing_data_root_is_one_clear_message(tmp_path):
-    proc = cli("data=imagenet", f"data.root={tmp_path / 'no_imagenet'}", f"hydra.run.dir={tmp_path / 'run'}",
-               "logger=none")
+    proc = cli(
+        "data=imagenet",
+        f"data.root={tmp_path / 'no_imagenet'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+    )
     assert proc.returncode == 2
     assert "no_imagenet" in proc.stderr and "train/<class name>" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

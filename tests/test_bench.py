@@ -22,12 +22,36 @@ def test_measured_flops_scale_as_each_mechanism_should():
     rows = []
     for mech in ("focal_modulation", "window_attention", "global_attention"):
         for size in (14, 28):
-            rows.append(measure({"family": "backbone", "mechanism": mech, "size": size, "dim": 32, "heads": 2,
-                                 "batch": 1, "repeats": 1, "device": "cpu"}))
+            rows.append(
+                measure(
+                    {
+                        "family": "backbone",
+                        "mechanism": mech,
+                        "size": size,
+                        "dim": 32,
+                        "heads": 2,
+                        "batch": 1,
+                        "repeats": 1,
+                        "device": "cpu",
+                    }
+                )
+            )
     for mech in ("full", "local_1d", "local_2d"):
         for size in (8, 16):
-            rows.append(measure({"family": "image_transformer", "mechanism": mech, "size": size, "dim": 32,
-                                 "heads": 2, "batch": 1, "repeats": 1, "device": "cpu"}))
+            rows.append(
+                measure(
+                    {
+                        "family": "image_transformer",
+                        "mechanism": mech,
+                        "size": size,
+                        "dim": 32,
+                        "heads": 2,
+                        "batch": 1,
+                        "repeats": 1,
+                        "device": "cpu",
+                    }
+                )
+            )
     g = growth(rows, "gflops")  # 4x tokens
     assert g[("focal_modulation", 28)] == pytest.approx(4.0, rel=0.05)
     assert g[("window_attention", 28)] == pytest.approx(4.0, rel=0.05)

@@ -45,8 +45,9 @@ def test_upscaled_batches_are_unnormalised_images_and_train_is_augmented():
     assert all(s.sum() >= 0.8 * base_x.sum() for s in shifted)  # the digit mostly stays in the frame
 
 
-@pytest.mark.parametrize("kwargs", [{"image_size": 4}, {"val_fraction": 0.6, "test_fraction": 0.5},
-                                    {"batch_size": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"image_size": 4}, {"val_fraction": 0.6, "test_fraction": 0.5}, {"batch_size": 0}]
+)
 def test_bad_settings_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         DigitsDataModule(**kwargs)

@@ -28,8 +28,9 @@ def make_imagefolder(root, classes=("cat", "dog")):
 
 
 def test_imagefolder_handles_real_world_files(tmp_path):
-    dm = ImageFolderDataModule(root=str(make_imagefolder(tmp_path / "imnet")), image_size=32, batch_size=4,
-                               num_classes=2)
+    dm = ImageFolderDataModule(
+        root=str(make_imagefolder(tmp_path / "imnet")), image_size=32, batch_size=4, num_classes=2
+    )
     dm.setup()
     assert len(dm.train_set) == 10 and dm.classes == ["cat", "dog"]  # 5 images per class, stray files skipped
     xs = [dm.val_set[i][0] for i in range(len(dm.val_set))]
@@ -57,8 +58,13 @@ def write_cifar10(root, n_train=20, n_test=8):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
+
     def batch(n):
-        return {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        return {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": list(rng.integers(0, 10, n)),
+        }
+
     for i in range(1, 6):
         pickle.dump(batch(n_train // 5), open(folder / f"data_batch_{i}", "wb"))
     pickle.dump(batch(n_test), open(folder / "test_batch", "wb"))
@@ -85,7 +91,9 @@ def write_mnist(root, n=12):
     for prefix, count in (("train", n), ("t10k", n // 2)):
         imgs = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, count).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + imgs.tobytes())
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, count, 28, 28) + imgs.tobytes()
+        )
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
     return root, imgs, labels
 

@@ -87,8 +87,11 @@ def inception_file(tmp_path_factory):
     no AuxLogits), with random values, saved as a plain state dict without num_batches_tracked."""
     torch.manual_seed(0)
     net = FIDInceptionV3()
-    state = {k: (torch.randn_like(v) * 0.05 if v.is_floating_point() and "running_var" not in k else v)
-             for k, v in net.net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: (torch.randn_like(v) * 0.05 if v.is_floating_point() and "running_var" not in k else v)
+        for k, v in net.net.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(state, path)
     return path, state
@@ -128,14 +131,22 @@ def test_inception_weights_path_reaches_the_task(inception_file, cfg_factory):
     from attnbench.train import instantiate
 
     path, state = inception_file
-    cfg = cfg_factory("model=sagan", f"metrics.inception_weights={path}", "model.ch=4", "data.image_size=16",
-                      "model.attn_res_g=8", "model.attn_res_d=8")
+    cfg = cfg_factory(
+        "model=sagan",
+        f"metrics.inception_weights={path}",
+        "model.ch=8",
+        "data.image_size=16",
+        "model.attn_res_g=8",
+        "model.attn_res_d=8",
+    )
     assert cfg.model.task.inception_weights == str(path)
     net = instantiate(cfg.model.net, _convert_="all")
     task = instantiate(cfg.model.task, net=net, _convert_="all")
-    scorer = task._build_scorer()
-    assert isinstance(scorer, FIDInceptionV3)
-    torch.testing.assert_close(scorer.net.fc.weight, state["fc.weight"])
+    task.setup("test")
+    assert isinstance(task.scorer, FIDInceptionV3) and task.cond_acc is None  # ImageNet classes: no agreement
+    torch.testing.assert_close(task.scorer.net.fc.weight, state["fc.weight"])
+    assert not any(k.startswith("scorer.") for k in task.state_dict())  # the scorer stays out of checkpoints
+    assert task.protocol["test/scorer"] == "inception"
 
 
 def _toy_data(n: int, seed: int):
@@ -152,7 +163,9 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
     train = DataLoader(_toy_data(256, 0), batch_size=32, shuffle=True)
     val = DataLoader(_toy_data(64, 1), batch_size=64)
     state = torch.random.get_rng_state()
-    model, info = ds.train_domain_classifier(train, val, in_channels=1, num_classes=2, epochs=3, seed=0, width=4)
+    model, info = ds.train_domain_classifier(
+        train, val, in_channels=1, num_classes=2, epochs=3, seed=0, width=4
+    )
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is untouched
     assert info["val_acc"] >= 0.95
     key = ds.cache_key("ToyData", 8, 1, 2, 256, seed=0)
@@ -164,5 +177,7 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
     torch.testing.assert_close(loaded(x), model(x))
     assert info2["val_acc"] == info["val_acc"]
     # the same seed trains the same scorer
-    again, _ = ds.train_domain_classifier(train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4)
+    again, _ = ds.train_domain_classifier(
+        train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4
+    )
     torch.testing.assert_close(again(x), model(x))

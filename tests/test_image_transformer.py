@@ -78,8 +78,15 @@ def test_local_1d_with_one_block_equals_full():
     torch.testing.assert_close(local(x), full(x), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("extra", [{}, {"num_classes": 3}, {"output": "dmol", "num_mixtures": 2},
-                                   {"norm": "post", "pos_encoding": "learned"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"num_classes": 3},
+        {"output": "dmol", "num_mixtures": 2},
+        {"norm": "post", "pos_encoding": "learned"},
+    ],
+)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cached_sampling_equals_naive(variant, extra):
     model = _model(variant, **extra).float()
@@ -156,9 +163,17 @@ def test_training_on_digits_learns(cfg_factory):
     writes the contract keys."""
     from conftest import run_cfg
 
-    cfg = cfg_factory("model=image_transformer", "data=digits", "model.net.dim=32", "model.net.depth=2",
-                      "model.net.ffn_dim=64", "trainer.max_epochs=4", "trainer.limit_train_batches=8",
-                      "model.task.sample_n=4", "model.task.score_samples=20")
+    cfg = cfg_factory(
+        "model=image_transformer",
+        "data=digits",
+        "model.net.dim=32",
+        "model.net.depth=2",
+        "model.net.ffn_dim=64",
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=8",
+        "model.task.sample_n=4",
+        "model.task.score_samples=20",
+    )
     metrics = run_cfg(cfg)
     assert metrics["status"] == "ok"
     assert metrics["val/bpd"] < 3.2 and metrics["test/bpd"] < 3.2

@@ -98,8 +98,10 @@ def test_cached_step_matches_forward(kind):
 
 def test_local_plans_grow_linearly():
     """Index tables and masks of the local variants are O(N · memory), never O(N²)."""
-    for kind, kw in (("local_1d", {"block_length": 16}), ("local_2d", {"query_shape": (4, 4),
-                                                                        "memory_flange": (2, 2)})):
+    for kind, kw in (
+        ("local_1d", {"block_length": 16}),
+        ("local_2d", {"query_shape": (4, 4), "memory_flange": (2, 2)}),
+    ):
         sizes = [block_plan(kind, s, 3 * s, **kw).mask.numel() / (3 * s * s) for s in (8, 16, 32)]
         assert max(sizes) == pytest.approx(min(sizes)), (kind, sizes)
 

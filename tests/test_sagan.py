@@ -1,7 +1,8 @@
-"""SAGAN: the self-attention block (paper Eq. 1-3), spectral norm, G/D shapes and conditioning, and training."""
+"""SAGAN: the self-attention block (paper Eq. 1-3), spectral norm, G/D shapes and conditioning, training."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -91,8 +92,9 @@ def _sn_sigmas(module: nn.Module) -> list[tuple[str, float]]:
 @pytest.mark.parametrize("mixer", ["self_attention", "focal_modulation"])
 def test_spectral_norm_on_every_layer_keeps_sigma_one(mixer):
     torch.manual_seed(0)
-    gan = create_model("sagan", image_size=16, channels=1, num_classes=3, ch=8, mixer=mixer,
-                       attn_res_g=8, attn_res_d=8)
+    gan = create_model(
+        "sagan", image_size=16, channels=1, num_classes=3, ch=8, mixer=mixer, attn_res_g=8, attn_res_d=8
+    )
     for net in (gan.generator, gan.discriminator):
         layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         sigmas = _sn_sigmas(net)
@@ -114,7 +116,7 @@ def test_spectral_norm_on_every_layer_keeps_sigma_one(mixer):
         for m in gan.modules():
             if hasattr(m, "parametrizations") and "weight" in m.parametrizations:
                 for _ in range(150):
-                    m.weight
+                    _ = m.weight
     for net in (gan.generator, gan.discriminator):
         for name, sigma in _sn_sigmas(net):
             assert sigma == pytest.approx(1.0, abs=0.03), name
@@ -124,8 +126,9 @@ def test_spectral_norm_on_every_layer_keeps_sigma_one(mixer):
 def test_generator_and_discriminator_shapes(size):
     torch.manual_seed(0)
     attn = size // 2 if size <= 32 else 32
-    gan = create_model("sagan", image_size=size, channels=3, num_classes=5, ch=8, attn_res_g=attn,
-                       attn_res_d=attn)
+    gan = create_model(
+        "sagan", image_size=size, channels=3, num_classes=5, ch=8, attn_res_g=attn, attn_res_d=attn
+    )
     z, y = torch.randn(2, 128), torch.tensor([0, 4])
     x = gan.generator(z, y)
     assert x.shape == (2, 3, size, size)
@@ -141,7 +144,9 @@ def test_gamma_zero_gan_equals_gan_without_attention():
     """At initialisation the attention block is the identity: G and D with self-attention compute exactly what
     the same networks without the block compute (given the same shared weights)."""
     torch.manual_seed(0)
-    with_attn = create_model("sagan", image_size=16, channels=1, num_classes=3, ch=8, attn_res_g=8, attn_res_d=8)
+    with_attn = create_model(
+        "sagan", image_size=16, channels=1, num_classes=3, ch=8, attn_res_g=8, attn_res_d=8
+    )
     torch.manual_seed(0)
     without = create_model("sagan", image_size=16, channels=1, num_classes=3, ch=8, mixer="none")
     shared = {k: v for k, v in with_attn.state_dict().items() if "mixers" not in k}
@@ -151,6 +156,27 @@ def test_gamma_zero_gan_equals_gan_without_attention():
     torch.testing.assert_close(with_attn.generator(z, y), without.generator(z, y))
     x = torch.rand(3, 1, 16, 16) * 2 - 1
     torch.testing.assert_close(with_attn.discriminator(x, y), without.discriminator(x, y))
+
+
+def test_shared_embedding_conditioning_differs_by_class_at_init():
+    """With BigGAN's shared class embedding (the config default) classes differ from the first step."""
+    torch.manual_seed(0)
+    gan = create_model(
+        "sagan",
+        image_size=16,
+        channels=1,
+        num_classes=4,
+        ch=8,
+        attn_res_g=8,
+        attn_res_d=8,
+        shared_dim=16,
+        class_input=True,
+    ).eval()
+    z = torch.randn(1, 128).repeat(4, 1)
+    x = gan.generator(z, torch.arange(4))
+    assert min((x[i] - x[j]).abs().mean().item() for i in range(4) for j in range(i + 1, 4)) > 1e-3
+    with pytest.raises(ConfigError, match="class_input"):
+        create_model("sagan", image_size=16, shared_dim=0, class_input=True, attn_res_g=8, attn_res_d=8)
 
 
 def test_conditional_samples_differ_by_class_and_projection_uses_label():
@@ -172,6 +198,39 @@ def test_conditional_samples_differ_by_class_and_projection_uses_label():
     assert s.std() > 1e-4
 
 
+@pytest.mark.parametrize("mixer", ["self_attention", "focal_modulation", "none"])
+def test_task_figures_sample_grid_and_mixer_maps(mixer):
+    from attnbench.tasks.gan import GANTask
+
+    torch.manual_seed(0)
+    net = create_model(
+        "sagan",
+        image_size=16,
+        channels=1,
+        num_classes=10,
+        ch=8,
+        mixer=mixer,
+        attn_res_g=8,
+        attn_res_d=8,
+        shared_dim=16,
+        class_input=True,
+    )
+    task = GANTask(net, grid_columns=4)
+    figs = task.figures(None)
+    grid = figs["samples"]
+    assert grid.dtype == np.uint8 and grid.shape == (10 * 17 + 1, 4 * 17 + 1, 3)  # one row per class
+    # rows are classes: with the same z per column, rows 0 and 1 differ
+    assert np.abs(grid[1:17].astype(int) - grid[18:34].astype(int)).mean() > 0.1
+    expected = {
+        "self_attention": {"samples", "attention"},
+        "focal_modulation": {"samples", "modulator"},
+        "none": {"samples"},
+    }[mixer]
+    assert set(figs) == expected
+    # nothing is left stored on the attention blocks
+    assert all(m.last_attention is None and not m.store_attention for m in net.attention_modules())
+
+
 def test_bad_config_values_raise_config_errors():
     with pytest.raises(ConfigError, match="mixer"):
         create_model("sagan", mixer="conv")
@@ -179,5 +238,82 @@ def test_bad_config_values_raise_config_errors():
         create_model("sagan", image_size=32, attn_res_g=64)
     with pytest.raises(ConfigError, match="image_size"):
         Generator(image_size=48)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        create_model("sagan", image_size=16, ch=4, attn_res_g=8, attn_res_d=8)
     with pytest.raises(ConfigError, match="d_channels"):
         Discriminator(image_size=32, channels=[8, 8])
+
+
+# a small SAGAN on 16x16 digits: trains in seconds per epoch on a CPU
+SMALL = [
+    "model=sagan",
+    "data.image_size=16",
+    "model.ch=16",
+    "model.attn_res_g=8",
+    "model.attn_res_d=8",
+    "model.task.val_samples=200",
+    "model.task.val_splits=2",
+    "model.task.test_samples=1000",
+    "model.task.test_splits=5",
+    "trainer.limit_val_batches=1",
+]
+QUIET = [
+    "logger=none",
+    "callbacks=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.mark.slow
+def test_short_training_on_digits_improves_is_and_fid(tmp_path):
+    from conftest import compose_cfg, run_cfg
+
+    untrained = run_cfg(compose_cfg([*SMALL, "train=false"], tmp_path / "untrained"))
+    trained = run_cfg(compose_cfg([*SMALL, "trainer.max_epochs=6"], tmp_path / "trained"))
+    for m in (untrained, trained):
+        assert m["status"] == "ok"
+        assert m["test/is_real"] > 8.0  # the domain scorer's ceiling on real test digits (max 10)
+        assert (
+            m["test/num_samples"] == 1000 and m["test/is_splits"] == 5 and m["test/fid_ref_samples"] == 1257
+        )
+    assert untrained["test/is"] < 1.2 and untrained["test/cond_acc"] < 0.15  # one blob for every z and class
+    assert trained["test/is"] > untrained["test/is"] + 0.4
+    assert trained["test/fid"] < 0.5 * untrained["test/fid"]
+
+
+@pytest.mark.slow
+def test_ddp_steps_each_optimizer_once_per_update_and_scores_like_one_process(tmp_path):
+    """Plain DDP (no find_unused_parameters) on 2 CPU processes: the run trains, each optimiser steps once per
+    update (4 D steps and, with n_dis=2, 2 G steps per process), and testing the same checkpoint with one or
+    two processes gives the same FID: the class-balanced samples from fixed noise are split across ranks and
+    the feature statistics are summed by torchmetrics."""
+    import json
+
+    from conftest import TEST_CACHE
+    from test_app import cli
+
+    args = [
+        *SMALL,
+        *QUIET,
+        f"paths.cache_dir={TEST_CACHE}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "model.task.n_dis=2",
+    ]
+    train = cli(*args, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'train'}", timeout=900)
+    assert train.returncode == 0, train.stderr[-3000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["gan_steps"] == {"d": 4, "g": 2}
+    opt_g, opt_d = state["optimizer_states"]
+    assert {int(s["step"]) for s in opt_g["state"].values()} == {2}
+    assert {int(s["step"]) for s in opt_d["state"].values()} == {4}
+    common = [*args, "train=false", f"ckpt_path={ckpt}"]
+    single = cli(*common, "trainer=cpu", f"hydra.run.dir={tmp_path / 'single'}", timeout=600)
+    ddp = cli(*common, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'ddp'}", timeout=900)
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("single", "ddp"))
+    assert a["test/fid"] == pytest.approx(b["test/fid"], rel=1e-4)
+    assert a["test/fid_ref_samples"] == b["test/fid_ref_samples"] == 1257
+    assert a["test/cond_acc"] == pytest.approx(b["test/cond_acc"], abs=1e-6)

@@ -8,15 +8,24 @@ import time
 
 import pytest
 import torch
+from test_app import cli
 
 from attnbench.report import build_report
-from test_app import cli
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model=timm", "model.name=resnet10t", "data.image_size=16", "logger=none", "callbacks.progress_bar=null",
-        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-        "trainer.max_epochs=1", "trainer.enable_model_summary=false"]
+TINY = [
+    "model=timm",
+    "model.name=resnet10t",
+    "data.image_size=16",
+    "logger=none",
+    "callbacks.progress_bar=null",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false",
+]
 
 
 def metrics(folder):
@@ -24,7 +33,9 @@ def metrics(folder):
 
 
 def test_sweep_goes_on_after_a_failed_job_and_report_lists_it(tmp_path):
-    proc = cli("-m", *TINY, "trainer=cpu", "model.net.num_classes=3,10", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    proc = cli(
+        "-m", *TINY, "trainer=cpu", "model.net.num_classes=3,10", "seed=0,1", f"hydra.sweep.dir={tmp_path}"
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]  # the exit code counts the failed jobs
     statuses = sorted(metrics(tmp_path / str(j))["status"] for j in range(4))
     assert statuses == ["failed", "failed", "ok", "ok"]
@@ -61,21 +72,32 @@ def test_ddp_test_accuracy_equals_single_process_on_same_checkpoint(tmp_path):
 
 
 def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
-    args = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
-            "trainer.deterministic=true", "data.batch_size=16"]
+    args = [
+        *TINY,
+        "trainer=cpu",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=8",
+        "trainer.deterministic=true",
+        "data.batch_size=16",
+    ]
     full = cli(*args, f"hydra.run.dir={tmp_path / 'full'}")
     assert full.returncode == 0, full.stderr[-2000:]
 
     run_dir = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "attnbench", *args, f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attnbench", *args, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL and last.exists(), "the run must be killed after its first epoch"
+    assert proc.returncode == -signal.SIGKILL and last.exists(), (
+        "the run must be killed after its first epoch"
+    )
     assert not (run_dir / "metrics.json").exists()
     resumed = cli(*args, "resume=true", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -93,12 +115,17 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
 
 
 def test_optuna_sweep_in_memory_returns_the_objective(tmp_path):
-    proc = cli("hparams_search=focalnet_optuna", "hydra.sweeper.n_trials=2", *TINY,
-               f"hydra.sweep.dir={tmp_path}")
+    proc = cli(
+        "hparams_search=focalnet_optuna", "hydra.sweeper.n_trials=2", *TINY, f"hydra.sweep.dir={tmp_path}"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import yaml
 
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     trials = [metrics(tmp_path / str(j))["val/acc"] for j in range(2)]
     assert best["best_value"] == pytest.approx(max(trials))
-    assert set(best["best_params"]) == {"model.task.lr", "model.task.weight_decay", "model.task.label_smoothing"}
+    assert set(best["best_params"]) == {
+        "model.task.lr",
+        "model.task.weight_decay",
+        "model.task.label_smoothing",
+    }

@@ -34,7 +34,8 @@ def heat(m: torch.Tensor) -> torch.Tensor:
 def overlay_grid(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.6) -> np.ndarray:
     """Two rows: the images ``[B, C, H, W]`` in [0, 1], then each with its map ``[B, h, w]`` (upsampled) overlaid."""
     images = to_rgb(images.detach().float().cpu())
-    maps = F.interpolate(maps.detach().float().cpu().unsqueeze(1), size=images.shape[-2:], mode="bilinear",
-                         align_corners=False).squeeze(1)
+    maps = F.interpolate(
+        maps.detach().float().cpu().unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False
+    ).squeeze(1)
     blended = (1 - alpha) * images + alpha * heat(maps)
     return image_grid(torch.cat([images, blended]), nrow=len(images))

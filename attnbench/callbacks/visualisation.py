@@ -31,7 +31,9 @@ class LogTaskFigures(pl.Callback):
         self.save_png = save_png
         self._batch = None
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if self._batch is None and batch_idx == 0:
             self._batch = batch  # the same first validation batch every epoch (val loaders do not shuffle)
 
@@ -56,7 +58,9 @@ class LogTaskFigures(pl.Callback):
         step, epoch = trainer.global_step, trainer.current_epoch
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="figures", images=list(figures.values()), caption=list(figures), step=step)
+                logger.log_image(
+                    key="figures", images=list(figures.values()), caption=list(figures), step=step
+                )
             elif isinstance(logger, TensorBoardLogger):
                 for name, img in figures.items():
                     logger.experiment.add_image(name, img, global_step=step, dataformats="HWC")

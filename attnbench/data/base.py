@@ -23,7 +23,9 @@ def require_dir(root: str | os.PathLike | None, name: str, layout: str) -> Path:
         raise ConfigError(f"data={name} needs data.root=/path/to/{name}; expected layout:\n{layout}")
     path = Path(os.path.expanduser(str(root)))
     if not path.is_dir():
-        raise ConfigError(f"data.root={str(root)!r} does not exist or is not a folder; data={name} expects:\n{layout}")
+        raise ConfigError(
+            f"data.root={str(root)!r} does not exist or is not a folder; data={name} expects:\n{layout}"
+        )
     if not any(path.iterdir()):
         raise ConfigError(f"data.root={str(root)!r} is empty; data={name} expects:\n{layout}")
     return path
@@ -49,7 +51,9 @@ class EpochShuffle(Sampler[int]):
         return self.num_samples
 
     def __iter__(self):
-        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        order = torch.randperm(
+            self.num_samples, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        )
         return iter(order.tolist())
 
 

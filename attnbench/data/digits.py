@@ -26,7 +26,9 @@ def load_digits_tensors(image_size: int = NATIVE_SIZE) -> tuple[torch.Tensor, to
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / MAX_LEVEL).unsqueeze(1)
     if image_size != NATIVE_SIZE:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )
         x = x.clamp_(0.0, 1.0)
     return x, torch.from_numpy(bunch.target.astype(np.int64))
 

@@ -8,8 +8,6 @@ The val split serves as the test split (ImageNet's test labels are not public).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -34,19 +32,25 @@ def is_image_file(path: str) -> bool:
 
 
 def train_transform(size: int) -> transforms.Compose:
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 def eval_transform(size: int, crop_pct: float = 0.875) -> transforms.Compose:
-    return transforms.Compose([
-        transforms.Resize(int(round(size / crop_pct)), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(size),
-        transforms.ToTensor(),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(
+                int(round(size / crop_pct)), interpolation=transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -59,7 +63,9 @@ class ImageFolderDataModule(ImageDataModule):
         for split in ("train", "val"):
             folder = root / split
             if not folder.is_dir():
-                raise ConfigError(f"data.root={str(self.root)!r} has no {split}/ folder; data={name} expects:\n{LAYOUT}")
+                raise ConfigError(
+                    f"data.root={str(self.root)!r} has no {split}/ folder; data={name} expects:\n{LAYOUT}"
+                )
             classes[split] = sorted(d.name for d in folder.iterdir() if d.is_dir())
             if not classes[split]:
                 raise ConfigError(f"{folder} holds no class folders; data={name} expects:\n{LAYOUT}")
@@ -74,8 +80,9 @@ class ImageFolderDataModule(ImageDataModule):
         self.root_path, self.crop_pct, self.classes = root, crop_pct, classes["train"]
 
     def _folder(self, split: str, transform) -> datasets.ImageFolder:
-        return datasets.ImageFolder(str(self.root_path / split), transform=transform, loader=load_rgb,
-                                    is_valid_file=is_image_file)
+        return datasets.ImageFolder(
+            str(self.root_path / split), transform=transform, loader=load_rgb, is_valid_file=is_image_file
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

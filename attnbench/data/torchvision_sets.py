@@ -15,13 +15,18 @@ from torchvision import datasets, transforms
 from attnbench.data.base import ImageDataModule, require_dir
 from attnbench.errors import ConfigError
 
+
 def _without_md5(cls):
     """torchvision's reader minus the md5 pass over the files (slow; a damaged file still fails to unpickle)."""
-    return type(cls.__name__, (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None},
-    })
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
 
 
 CIFAR10, CIFAR100 = _without_md5(datasets.CIFAR10), _without_md5(datasets.CIFAR100)
@@ -30,8 +35,16 @@ CIFAR10, CIFAR100 = _without_md5(datasets.CIFAR10), _without_md5(datasets.CIFAR1
 FORMATS = {
     "cifar10": (CIFAR10, ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"], 32),
     "cifar100": (CIFAR100, ["cifar-100-python/train", "cifar-100-python/test"], 32),
-    "mnist": (datasets.MNIST, ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
-                                "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"], 28),
+    "mnist": (
+        datasets.MNIST,
+        [
+            "MNIST/raw/train-images-idx3-ubyte",
+            "MNIST/raw/train-labels-idx1-ubyte",
+            "MNIST/raw/t10k-images-idx3-ubyte",
+            "MNIST/raw/t10k-labels-idx1-ubyte",
+        ],
+        28,
+    ),
 }
 
 
@@ -47,11 +60,15 @@ class TorchvisionDataModule(ImageDataModule):
         if name not in FORMATS:
             raise ConfigError(f"data name {name!r} unknown; expected one of {sorted(FORMATS)}")
         cls, required, native = FORMATS[name]
-        layout = "\n".join(f"  <root>/{r}" for r in required) + "\n(torchvision's format; nothing is downloaded)"
+        layout = (
+            "\n".join(f"  <root>/{r}" for r in required) + "\n(torchvision's format; nothing is downloaded)"
+        )
         root = require_dir(self.root, name, layout)
         missing = [r for r in required if not _exists(root, r)]
         if missing:
-            raise ConfigError(f"data.root={str(self.root)!r} lacks {missing[0]}; data={name} expects:\n{layout}")
+            raise ConfigError(
+                f"data.root={str(self.root)!r} lacks {missing[0]}; data={name} expects:\n{layout}"
+            )
         self.name, self.cls, self.native, self.root_path = name, cls, native, root
         self.val_size, self.split_seed, self.augment = int(val_size), split_seed, augment
 
@@ -74,7 +91,9 @@ class TorchvisionDataModule(ImageDataModule):
         eval_full = self.cls(root, train=True, download=False, transform=self._transforms(train=False))
         if not 0 < self.val_size < len(train_full):
             raise ConfigError(f"data.val_size={self.val_size} must be between 1 and {len(train_full) - 1}")
-        order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        self.train_set = Subset(train_full, order[self.val_size:])
+        order = torch.randperm(
+            len(train_full), generator=torch.Generator().manual_seed(self.split_seed)
+        ).tolist()
+        self.train_set = Subset(train_full, order[self.val_size :])
         self.val_set = Subset(eval_full, order[: self.val_size])
         self.test_set = self.cls(root, train=False, download=False, transform=self._transforms(train=False))

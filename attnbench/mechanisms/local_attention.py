@@ -63,8 +63,9 @@ def _pair(v) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=64)
-def block_plan(kind: str, rows: int, cols: int, block_length: int = 64, query_shape=(8, 8),
-               memory_flange=(8, 8)) -> BlockPlan:
+def block_plan(
+    kind: str, rows: int, cols: int, block_length: int = 64, query_shape=(8, 8), memory_flange=(8, 8)
+) -> BlockPlan:
     """Build the :class:`BlockPlan` of ``kind`` on a ``rows × cols`` grid (on CPU; cached)."""
     n = rows * cols
     if kind == "full":  # raster order; forward uses is_causal attention, no index tables
@@ -132,8 +133,16 @@ class GridSelfAttention(nn.Module):
     ``forward(x [B, N, D], grid=(rows, cols)) -> [B, N, D]`` with ``N = rows·cols`` in raster order.
     """
 
-    def __init__(self, dim: int, heads: int, kind: str = "local_2d", block_length: int = 64,
-                 query_shape=(8, 8), memory_flange=(8, 8), attn_dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        kind: str = "local_2d",
+        block_length: int = 64,
+        query_shape=(8, 8),
+        memory_flange=(8, 8),
+        attn_dropout: float = 0.0,
+    ):
         super().__init__()
         if kind not in ATTENTION_KINDS:
             raise ValueError(f"attention kind {kind!r} not in {ATTENTION_KINDS}")
@@ -143,8 +152,10 @@ class GridSelfAttention(nn.Module):
         self.block_length = int(block_length)
         self.query_shape, self.memory_flange = _pair(query_shape), _pair(memory_flange)
         if self.block_length < 1 or min(self.query_shape) < 1 or min(self.memory_flange) < 0:
-            raise ValueError(f"need block_length >= 1, query_shape >= 1 and memory_flange >= 0, got "
-                             f"{block_length}, {query_shape}, {memory_flange}")
+            raise ValueError(
+                f"need block_length >= 1, query_shape >= 1 and memory_flange >= 0, got "
+                f"{block_length}, {query_shape}, {memory_flange}"
+            )
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -221,6 +232,7 @@ class GridSelfAttention(nn.Module):
             plan = self.plan(*cache["grid"], x.device)
             blk, row = divmod(int(plan.slot[index]), plan.q_index.shape[1])
             idx = plan.kv_index[blk]
-            out = F.scaled_dot_product_attention(q, cache["k"][:, :, idx], cache["v"][:, :, idx],
-                                                 attn_mask=plan.mask[blk, row][None])
+            out = F.scaled_dot_product_attention(
+                q, cache["k"][:, :, idx], cache["v"][:, :, idx], attn_mask=plan.mask[blk, row][None]
+            )
         return self.proj(out.reshape(b, self.dim))

@@ -42,7 +42,11 @@ class DomainClassifier(nn.Module):
             if i:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):
-                layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(c, w, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                ]
                 c = w
         self.body = nn.Sequential(*layers)
         self.drop = nn.Dropout(0.2)
@@ -58,8 +62,15 @@ class DomainClassifier(nn.Module):
         return self.features_and_logits(x)[1]
 
 
-def cache_key(data_name: str, image_size: int, channels: int, num_classes: int, n_train: int, seed: int,
-              root: str | None = None) -> str:
+def cache_key(
+    data_name: str,
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    n_train: int,
+    seed: int,
+    root: str | None = None,
+) -> str:
     """A file-name-safe key: ``<data>-<S>px-<C>ch-<K>cls-n<N>-s<seed>-v<recipe>[-<hash of root>]``."""
     key = f"{data_name}-{image_size}px-{channels}ch-{num_classes}cls-n{n_train}-s{seed}-v{RECIPE_VERSION}"
     if root:

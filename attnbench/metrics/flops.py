@@ -23,7 +23,8 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 _cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 if _cpu_sdpa is not None and _cpu_sdpa not in flop_counter.flop_registry:
     flop_counter.register_flop_formula(_cpu_sdpa, get_raw=False)(
-        lambda q, k, v, *a, out_shape=None, **kw: _sdpa_cpu_flops(q, k, v))
+        lambda q, k, v, *a, out_shape=None, **kw: _sdpa_cpu_flops(q, k, v)
+    )
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ def frechet_distance(num_features: int) -> FrechetInceptionDistance:
 
 
 def inception_score(splits: int) -> InceptionScore:
-    """IS over precomputed ``[N, K]`` logits, mean and std over ``splits`` equal parts (Salimans et al. 2016)."""
+    """IS over precomputed ``[N, K]`` logits: mean and std over ``splits`` parts (Salimans et al. 2016)."""
     with warnings.catch_warnings():  # "will save all extracted features": N x K logits, small here
         warnings.filterwarnings("ignore", message=".*save all extracted features.*")
         return InceptionScore(feature=PrecomputedFeatures(0), splits=splits)
@@ -48,7 +48,7 @@ def quantize(x01: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def score(scorer: nn.Module, x01: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features [N, D], logits [N, K])`` of images ``[N, C, H, W]`` in [0, 1], in chunks of ``batch_size``."""
+    """``(features [N, D], logits [N, K])`` of images ``[N, C, H, W]`` in [0, 1], ``batch_size`` at a time."""
     feats, logits = [], []
     for chunk in quantize(x01).split(batch_size):
         f, lg = scorer.features_and_logits(chunk)

@@ -76,15 +76,32 @@ class FIDInceptionV3(nn.Module):
         net.Mixed_7b, net.Mixed_7c = _BlockE(1280, max_pool=False), _BlockE(2048, max_pool=True)
         self.net = net
         self.stem_and_blocks = [
-            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-            "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-            "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "maxpool1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "maxpool2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
         ]
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x.float(), size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            x.float(), size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+        )
         return 2 * x - 1
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,20 +118,29 @@ class FIDInceptionV3(nn.Module):
         """Load the FID Inception weights from the local file ``path`` (strict; see the module docstring)."""
         file = Path(os.path.expanduser(str(path)))
         if not file.is_file():
-            raise ConfigError(f"metrics.inception_weights={str(path)!r} is not a file; expected {WEIGHTS_NAME} "
-                              "(the FID Inception v3 weights of pytorch-fid / torch-fidelity) on local disk")
+            raise ConfigError(
+                f"metrics.inception_weights={str(path)!r} is not a file; expected {WEIGHTS_NAME} "
+                "(the FID Inception v3 weights of pytorch-fid / torch-fidelity) on local disk"
+            )
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
-            raise ConfigError(f"metrics.inception_weights={str(path)!r} could not be read as a torch "
-                              f"state dict ({type(err).__name__}: {err})") from None
+            raise ConfigError(
+                f"metrics.inception_weights={str(path)!r} could not be read as a torch "
+                f"state dict ({type(err).__name__}: {err})"
+            ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise ConfigError(f"metrics.inception_weights={str(path)!r} holds a {type(state).__name__}, "
-                              "expected a state dict")
-        state = {k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()
-                 if not k.split(".")[0].endswith("AuxLogits")}
+            raise ConfigError(
+                f"metrics.inception_weights={str(path)!r} holds a {type(state).__name__}, "
+                "expected a state dict"
+            )
+        state = {
+            k.removeprefix("module.").removeprefix("net."): v
+            for k, v in state.items()
+            if not k.split(".")[0].endswith("AuxLogits")
+        }
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:

@@ -69,14 +69,16 @@ def dmol_log_probs(params: torch.Tensor, levels: int) -> torch.Tensor:
 class DecoderBlock(nn.Module):
     """Self-attention + FFN with residuals; LayerNorm before (``pre``) or after (``post``) each sublayer."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attn_dropout: float, norm: str,
-                 **attn_kw):
+    def __init__(
+        self, dim: int, heads: int, ffn_dim: int, dropout: float, attn_dropout: float, norm: str, **attn_kw
+    ):
         super().__init__()
         self.pre = norm == "pre"
         self.attn = GridSelfAttention(dim, heads, attn_dropout=attn_dropout, **attn_kw)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+        )
         self.drop = nn.Dropout(dropout)
 
     def _sub(self, x, fn, norm):
@@ -104,24 +106,44 @@ class ImageTransformer(nn.Module):
     before it in :meth:`generation_order`.
     """
 
-    def __init__(self, image_size=8, channels: int = 1, levels: int = 256, dim: int = 128, depth: int = 4,
-                 heads: int = 4, ffn_dim: int | None = None, attention: str = "local_2d",
-                 block_length: int = 64,
-                 query_shape=(4, 4), memory_flange=(4, 4), dropout: float = 0.1, attn_dropout: float = 0.0,
-                 norm: str = "pre", pos_encoding: str = "sinusoidal", num_classes: int = 0,
-                 class_conditional: bool | None = None, output: str = "categorical", num_mixtures: int = 10):
+    def __init__(
+        self,
+        image_size=8,
+        channels: int = 1,
+        levels: int = 256,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        ffn_dim: int | None = None,
+        attention: str = "local_2d",
+        block_length: int = 64,
+        query_shape=(4, 4),
+        memory_flange=(4, 4),
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        norm: str = "pre",
+        pos_encoding: str = "sinusoidal",
+        num_classes: int = 0,
+        class_conditional: bool | None = None,
+        output: str = "categorical",
+        num_mixtures: int = 10,
+    ):
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         checks = [
             (attention in ATTENTION_KINDS, f"attention={attention!r}: expected one of {ATTENTION_KINDS}"),
             (norm in ("pre", "post"), f"norm={norm!r}: expected 'pre' or 'post'"),
-            (pos_encoding in ("sinusoidal", "learned"), f"pos_encoding={pos_encoding!r}: expected "
-                                                         "'sinusoidal' or 'learned'"),
+            (
+                pos_encoding in ("sinusoidal", "learned"),
+                f"pos_encoding={pos_encoding!r}: expected 'sinusoidal' or 'learned'",
+            ),
             (output in ("categorical", "dmol"), f"output={output!r}: expected 'categorical' or 'dmol'"),
             (levels >= 2, f"levels={levels}: expected >= 2"),
             (dim % heads == 0 and dim % 2 == 0, f"dim={dim} must be even and divisible by heads={heads}"),
-            (min(h, w, channels, depth) >= 1, f"image_size={image_size}, channels={channels}, depth={depth} "
-                                              "must be positive"),
+            (
+                min(h, w, channels, depth) >= 1,
+                f"image_size={image_size}, channels={channels}, depth={depth} must be positive",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -145,12 +167,17 @@ class ImageTransformer(nn.Module):
             self.col_embed = nn.Parameter(torch.randn(1, self.grid[1], dim) * 0.02)
         self.class_embed = nn.Embedding(num_classes, dim) if num_classes > 0 else None
         self.drop = nn.Dropout(dropout)
-        attn_kw = dict(kind=attention, block_length=block_length, query_shape=tuple(query_shape),
-                       memory_flange=tuple(memory_flange))
+        attn_kw = dict(
+            kind=attention,
+            block_length=block_length,
+            query_shape=tuple(query_shape),
+            memory_flange=tuple(memory_flange),
+        )
         try:
             self.blocks = nn.ModuleList(
                 DecoderBlock(dim, heads, ffn_dim or 4 * dim, dropout, attn_dropout, norm, **attn_kw)
-                for _ in range(depth))
+                for _ in range(depth)
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self.norm = nn.LayerNorm(dim) if norm == "pre" else nn.Identity()
@@ -182,8 +209,7 @@ class ImageTransformer(nn.Module):
     def _check(self, x: torch.Tensor, y):
         if x.dtype != torch.long or tuple(x.shape[1:]) != self.image_shape:
             shape = ", ".join(map(str, self.image_shape))
-            raise ValueError(f"expected LongTensor[B, {shape}], got {x.dtype} "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"expected LongTensor[B, {shape}], got {x.dtype} {tuple(x.shape)}")
         if self.class_embed is not None and y is None:
             raise ValueError("this model is class-conditional: pass labels y")
 
@@ -215,8 +241,14 @@ class ImageTransformer(nn.Module):
         return self._from_raster(self._out(h))
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Draw ``n`` images, LongTensor[n, C, H, W], one sub-pixel at a time in :meth:`generation_order`.
 
         With ``use_cache`` (default) each step runs only the new position through the decoder, reading the

@@ -5,7 +5,9 @@ BigGAN/SNGAN ResNet GANs the paper builds on (Miyato et al. 2018; Miyato & Koyam
 
 - Generator ``G(z: [B, z_dim], y: LongTensor[B]) -> [B, C, S, S]`` in [-1, 1]: linear z -> 4x4 map, ResNet
   up-blocks (class-conditional BatchNorm, ReLU, nearest 2x upsampling, 3x3 convs, 1x1 shortcut), then
-  BN-ReLU-conv3x3-tanh.
+  BN-ReLU-conv3x3-tanh. Class conditioning: per-class BN gains/biases (``shared_dim=0``, the SAGAN
+  release), or gains/biases as linear maps of a shared class embedding (``shared_dim>0``, BigGAN), which
+  ``class_input=True`` also concatenates with z at the input (BigGAN-deep).
 - Discriminator ``D(x: [B, C, S, S], y) -> [B]`` (raw scores): ResNet down-blocks (average pooling), ReLU,
   sum pooling over positions, ``linear(h) + <embed(y), h>`` (the projection term, Miyato & Koyama 2018).
 - Spectral normalisation (``torch.nn.utils.parametrizations.spectral_norm``) on every conv and linear of G
@@ -52,9 +54,16 @@ class FocalModulationBlock2d(nn.Module):
         return self.gamma * self.modulation(x) + x
 
 
-def make_mixer(mixer: str, channels: int, attn_variant: str, focal_window: int, focal_level: int) -> nn.Module:
+def make_mixer(
+    mixer: str, channels: int, attn_variant: str, focal_window: int, focal_level: int
+) -> nn.Module:
     """The block placed after a ResNet block: SAGAN self-attention, focal modulation, or nothing."""
     if mixer == "self_attention":
+        if channels % 8:
+            raise ConfigError(
+                f"the self-attention block gets {channels} channels; it needs a multiple of 8 (query/key "
+                "channels are C/8): widen the network (model.ch, g_channels/d_channels) or move attn_res_g/_d"
+            )
         return SelfAttention2d(channels, pooled=attn_variant == "official")
     if mixer == "focal_modulation":
         return FocalModulationBlock2d(channels, focal_window, focal_level)
@@ -151,29 +160,28 @@ def _check_size(image_size: int) -> int:
 
 
 def default_g_channels(image_size: int, ch: int) -> list[int]:
-    """Channels at resolutions 4, 8, ..., S: 4*ch everywhere up to 32 px (SNGAN/BigGAN CIFAR), else
-    ch * min(16, S / r) at resolution r (BigGAN 64/128 px)."""
+    """G widths at resolutions 4, 8, ..., S: ``ch * min(16, S / r)`` at resolution r (BigGAN's 64/128 px
+    layouts; halving the width each time the resolution doubles keeps the large maps cheap)."""
     res = [4 * 2**i for i in range(_check_size(image_size) - 1)]
-    if image_size <= 32:
-        return [4 * ch] * len(res)
     return [ch * min(16, image_size // r) for r in res]
 
 
 def default_d_layout(image_size: int, ch: int) -> tuple[list[int], list[bool]]:
-    """(output channels, downsample flags) of the D blocks: up to 32 px down to 8x8 then two plain blocks
-    at 4*ch; above, down to 4x4 then one plain block with ch * min(16, 2^i) channels."""
+    """(output widths, downsample flags) of the D blocks. Up to 32 px: down to 8x8 (at least once), then two
+    plain blocks (SNGAN/BigGAN CIFAR); above: down to 4x4, then one plain block (BigGAN 64/128 px). Widths
+    start at ``ch`` and double per block up to the first plain block, at most ``16 * ch``."""
     n = _check_size(image_size)
-    if image_size <= 32:
-        downs = [True] * max(1, n - 3) + [False, False]
-        return [4 * ch] * len(downs), downs
-    downs = [True] * (n - 2) + [False]
-    return [ch * min(16, 2**i) for i in range(len(downs))], downs
+    downs = [True] * max(1, n - 3) + [False, False] if image_size <= 32 else [True] * (n - 2) + [False]
+    first_plain = downs.index(False)
+    return [ch * min(16, 2 ** min(i, first_plain)) for i in range(len(downs))], downs
 
 
 def _check_res(name: str, res: set[int], valid: list[int]) -> None:
     bad = sorted(res - set(valid))
     if bad:
-        raise ConfigError(f"{name}={sorted(res)}: no block outputs resolution {bad}; valid resolutions: {valid}")
+        raise ConfigError(
+            f"{name}={sorted(res)}: no block outputs resolution {bad}; valid resolutions: {valid}"
+        )
 
 
 def _ortho_init(module: nn.Module) -> None:
@@ -218,24 +226,30 @@ class Generator(nn.Module):
         chans = list(channels) if channels else default_g_channels(image_size, ch)
         res = [4 * 2**i for i in range(len(chans))]
         if res[-1] != image_size:
-            raise ConfigError(f"g_channels={chans} gives {res[-1]} px images, expected {len(res)} entries "
-                              f"ending at image_size={image_size}")
+            raise ConfigError(
+                f"g_channels={chans} gives {res[-1]} px images, expected {len(res)} entries "
+                f"ending at image_size={image_size}"
+            )
         attn = _as_res_set(attn_res) if mixer != "none" else set()
         _check_res("attn_res_g", attn, res[1:])
         self.z_dim, self.num_classes, self.image_size = z_dim, num_classes, image_size
         self.bottom_channels = chans[0]
         cond_dim = shared_dim if (shared_dim and num_classes) else None
         if class_input and not cond_dim:
-            raise ConfigError("class_input=true feeds the shared class embedding to G's first layer: it needs "
-                              "shared_dim > 0 and num_classes > 0")
+            raise ConfigError(
+                "class_input=true feeds the shared class embedding to G's first layer: it needs "
+                "shared_dim > 0 and num_classes > 0"
+            )
         self.class_input = bool(class_input)
         self.linear = nn.Linear(z_dim + (cond_dim if class_input else 0), chans[0] * 16)
         self.shared = nn.Embedding(num_classes, cond_dim) if cond_dim else None
-        self.blocks = nn.ModuleList(GBlock(chans[i], chans[i + 1], num_classes, cond_dim)
-                                    for i in range(len(chans) - 1))
+        self.blocks = nn.ModuleList(
+            GBlock(chans[i], chans[i + 1], num_classes, cond_dim) for i in range(len(chans) - 1)
+        )
         self.mixers = nn.ModuleList(
             make_mixer(mixer, chans[i + 1], attn_variant, focal_window, focal_level)
-            if res[i + 1] in attn else nn.Identity()
+            if res[i + 1] in attn
+            else nn.Identity()
             for i in range(len(chans) - 1)
         )
         self.out_bn = nn.BatchNorm2d(chans[-1])
@@ -274,8 +288,10 @@ class Discriminator(nn.Module):
         chans, downs = default_d_layout(image_size, ch)
         if channels:
             if len(channels) != len(chans):
-                raise ConfigError(f"d_channels={list(channels)} must have {len(chans)} entries for "
-                                  f"image_size={image_size} (downsampling pattern {downs})")
+                raise ConfigError(
+                    f"d_channels={list(channels)} must have {len(chans)} entries for "
+                    f"image_size={image_size} (downsampling pattern {downs})"
+                )
             chans = list(channels)
         res, r = [], image_size
         for d in downs:
@@ -285,13 +301,17 @@ class Discriminator(nn.Module):
         _check_res("attn_res_d", attn, sorted(set(res)))
         self.num_classes = num_classes
         cins = [in_channels] + chans[:-1]
-        self.blocks = nn.ModuleList(DBlock(cins[i], chans[i], downs[i], preact=i > 0) for i in range(len(chans)))
+        self.blocks = nn.ModuleList(
+            DBlock(cins[i], chans[i], downs[i], preact=i > 0) for i in range(len(chans))
+        )
         # a resolution shared by several plain blocks gets its mixer after the first of them only
         placed, mixers = set(), []
         for i in range(len(chans)):
             use = res[i] in attn and res[i] not in placed
             placed |= {res[i]} if use else set()
-            mixers.append(make_mixer(mixer, chans[i], attn_variant, focal_window, focal_level) if use else nn.Identity())
+            mixers.append(
+                make_mixer(mixer, chans[i], attn_variant, focal_window, focal_level) if use else nn.Identity()
+            )
         self.mixers = nn.ModuleList(mixers)
         self.linear = nn.Linear(chans[-1], 1)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
@@ -363,9 +383,23 @@ def sagan(
         raise ConfigError(f"model.mixer={mixer!r}: expected one of {', '.join(MIXERS)}")
     if attn_variant not in ATTN_VARIANTS:
         raise ConfigError(f"model.attn_variant={attn_variant!r}: expected one of {', '.join(ATTN_VARIANTS)}")
-    common = dict(image_size=image_size, num_classes=num_classes, mixer=mixer, attn_variant=attn_variant,
-                  focal_window=focal_window, focal_level=focal_level)
-    g = Generator(out_channels=channels, z_dim=z_dim, ch=g_ch or ch, channels=g_channels, attn_res=attn_res_g,
-                  shared_dim=shared_dim, class_input=class_input, **common)
+    common = dict(
+        image_size=image_size,
+        num_classes=num_classes,
+        mixer=mixer,
+        attn_variant=attn_variant,
+        focal_window=focal_window,
+        focal_level=focal_level,
+    )
+    g = Generator(
+        out_channels=channels,
+        z_dim=z_dim,
+        ch=g_ch or ch,
+        channels=g_channels,
+        attn_res=attn_res_g,
+        shared_dim=shared_dim,
+        class_input=class_input,
+        **common,
+    )
     d = Discriminator(in_channels=channels, ch=d_ch or ch, channels=d_channels, attn_res=attn_res_d, **common)
     return SAGAN(g, d)

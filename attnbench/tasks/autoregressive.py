@@ -53,8 +53,11 @@ class AutoregressiveTask(BaseTask):
         self.levels = int(levels)
         self.conditional = bool(getattr(net, "class_conditional", False))
         self.metrics = nn.ModuleDict(
-            {f"{split}_{name}": metric() for split in ("val", "test")
-             for name, metric in (("loss", MeanMetric), ("bpd", BitsPerDim))}
+            {
+                f"{split}_{name}": metric()
+                for split in ("val", "test")
+                for name, metric in (("loss", MeanMetric), ("bpd", BitsPerDim))
+            }
         )
         self.last_sample_s: float | None = None
         self.scorer: nn.Module | None = None  # kept out of the module tree and checkpoints
@@ -78,8 +81,9 @@ class AutoregressiveTask(BaseTask):
         target = self.quantise(x)
         loss = F.cross_entropy(self(target, y), target)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(target))
-        self.log("train/bpd", nats_to_bpd(loss), prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=len(target))
+        self.log(
+            "train/bpd", nats_to_bpd(loss), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target)
+        )
         return loss
 
     def _evaluate(self, batch, split: str) -> None:
@@ -89,8 +93,14 @@ class AutoregressiveTask(BaseTask):
         self.metrics[f"{split}_loss"].update(nll / target.numel(), weight=target.numel())
         self.metrics[f"{split}_bpd"].update_nll(nll, target.numel())
         for name in ("loss", "bpd"):
-            self.log(f"{split}/{name}", self.metrics[f"{split}_{name}"], prog_bar=name == "bpd",
-                     on_step=False, on_epoch=True, batch_size=len(target))
+            self.log(
+                f"{split}/{name}",
+                self.metrics[f"{split}_{name}"],
+                prog_bar=name == "bpd",
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(target),
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -108,13 +118,25 @@ class AutoregressiveTask(BaseTask):
         if getattr(dm, "train_set", None) is None:
             dm.setup("fit")
         channels = int(self.net.image_shape[0])
-        key = ds.cache_key(type(dm).__name__, int(dm.image_size), channels, int(num_classes),
-                           len(dm.train_set), hp.scorer_seed, getattr(dm, "root", None))
+        key = ds.cache_key(
+            type(dm).__name__,
+            int(dm.image_size),
+            channels,
+            int(num_classes),
+            len(dm.train_set),
+            hp.scorer_seed,
+            getattr(dm, "root", None),
+        )
         path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
         if self.trainer.is_global_zero and not path.is_file():
             model, info = ds.train_domain_classifier(
-                dm.train_dataloader(), dm.val_dataloader(), channels, int(num_classes),
-                epochs=hp.scorer_epochs, seed=hp.scorer_seed)
+                dm.train_dataloader(),
+                dm.val_dataloader(),
+                channels,
+                int(num_classes),
+                epochs=hp.scorer_epochs,
+                seed=hp.scorer_seed,
+            )
             ds.save_scorer(path, model, {**info, "key": key})
         self.trainer.strategy.barrier("domain_scorer")
         model, self.scorer_info = ds.load_scorer(path)
@@ -138,9 +160,14 @@ class AutoregressiveTask(BaseTask):
         metric = gm.inception_score(self.hparams.score_splits).to(self.device)
         metric.update(gm.score(self.scorer.to(self.device), x01)[1])
         is_mean, is_std = metric.compute()
-        self.log_dict({"test/sample_is": is_mean, "test/sample_is_std": is_std,
-                       "test/sample_s_per_image": torch.tensor(per_image, device=self.device)},
-                      sync_dist=True)
+        self.log_dict(
+            {
+                "test/sample_is": is_mean,
+                "test/sample_is_std": is_std,
+                "test/sample_s_per_image": torch.tensor(per_image, device=self.device),
+            },
+            sync_dist=True,
+        )
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")

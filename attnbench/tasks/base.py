@@ -3,9 +3,9 @@ parameter count and FLOPs per sample (for throughput and metrics.json)."""
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-import pytorch_lightning as pl
 
 from attnbench.metrics.flops import forward_flops
 from attnbench.tasks.optim import param_groups, warmup_cosine

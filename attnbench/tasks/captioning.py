@@ -35,7 +35,9 @@ class CaptioningTask(BaseTask):
         net: the captioner (``net.vocab``, ``net.attention_mode``, ``net(images, captions)``,
             ``net.beam_search``).
         mean, std: per-channel normalisation applied on-device to images in [0, 1].
-        alpha_c: λ of the doubly stochastic regularisation.
+        alpha_c: λ of the doubly stochastic regularisation with soft attention (Sec. 4.2.1).
+        alpha_c_hard: the same λ with hard attention (the paper introduces the term for soft attention; on
+            digit_captions any λ > 0 kept hard attention at uniform weights).
         reinforce_weight, entropy_weight: λ_r and λ_e of the hard-attention objective.
         baseline_decay: the moving-average baseline's decay (0.9 in the paper).
         expected_prob: hard attention: per-image chance of using the expected context (0.5 in the paper).
@@ -51,8 +53,9 @@ class CaptioningTask(BaseTask):
         mean: list[float],
         std: list[float],
         alpha_c: float = 1.0,
-        reinforce_weight: float = 1.0,
-        entropy_weight: float = 0.01,
+        alpha_c_hard: float = 0.0,
+        reinforce_weight: float = 0.1,
+        entropy_weight: float = 0.001,
         baseline_decay: float = 0.9,
         expected_prob: float = 0.5,
         beam_size: int = 3,
@@ -109,8 +112,9 @@ class CaptioningTask(BaseTask):
         ce, mask = self.word_losses(out["logits"], captions)
         n_words = mask.sum().clamp_min(1)
         terms = {"ce": ce.sum() / n_words}
-        if self.net.attention_mode != "none" and hp.alpha_c:
-            terms["doubly_stochastic"] = hp.alpha_c * doubly_stochastic_penalty(out["alphas"], mask).mean()
+        lam = {"soft": hp.alpha_c, "hard": hp.alpha_c_hard}.get(self.net.attention_mode, 0.0)
+        if lam:
+            terms["doubly_stochastic"] = lam * doubly_stochastic_penalty(out["alphas"], mask).mean()
         if "log_probs" in out and self.training:
             reward = -ce.sum(1).detach()  # log p(y | s, a) per caption
             if torch.isnan(self.baseline):

@@ -40,8 +40,12 @@ class ClassificationTask(BaseTask):
     ):
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
         self.save_hyperparameters(ignore=["net"])
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict(
             {
@@ -83,8 +87,14 @@ class ClassificationTask(BaseTask):
         self.metrics[f"{split}_acc"].update(logits, y)
         self.metrics[f"{split}_acc_top5"].update(logits, y)
         for name in ("loss", "acc", "acc_top5"):
-            self.log(f"{split}/{name}", self.metrics[f"{split}_{name}"], prog_bar=name == "acc",
-                     on_step=False, on_epoch=True, batch_size=len(y))
+            self.log(
+                f"{split}/{name}",
+                self.metrics[f"{split}_{name}"],
+                prog_bar=name == "acc",
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(y),
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

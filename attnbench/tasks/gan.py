@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import pytorch_lightning as pl
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -41,12 +41,13 @@ class GANTask(pl.LightningModule):
     """Trains ``net`` (``.generator(z, y) -> [B, C, S, S]`` in [-1, 1], ``.discriminator(x, y) -> [B]``,
     ``.z_dim``, ``.num_classes``) on batches ``(x in [0, 1], y)``.
 
-    Logs ``train/d_loss``, ``train/g_loss``, ``train/d_real``, ``train/d_fake``; ``val/loss`` and ``test/loss``
-    (D's hinge loss on held-out real images against fresh samples), ``val/is``, ``val/fid``; ``test/is``,
-    ``test/is_std``, ``test/fid``, ``test/is_real``, ``test/is_real_std`` and the protocol: ``test/num_samples``,
-    ``test/is_splits``, ``test/fid_ref_samples``, ``test/is_real_samples``, ``test/scorer_val_acc`` (domain
-    scorer only), ``val/cond_acc`` and ``test/cond_acc`` (domain scorer: the fraction of samples classified as
-    the class they were generated for). ``self.protocol`` holds the string fields (scorer kind, reference split).
+    Logs ``train/d_loss``, ``train/g_loss``, ``train/d_real``, ``train/d_fake``; ``val/loss`` and
+    ``test/loss`` (D's hinge loss on held-out real images against fresh samples), ``val/is``, ``val/fid``;
+    ``test/is``, ``test/is_std``, ``test/fid``, ``test/is_real``, ``test/is_real_std`` and the protocol:
+    ``test/num_samples``, ``test/is_splits``, ``test/fid_ref_samples``, ``test/is_real_samples``,
+    ``test/is_real_splits``, ``test/scorer_val_acc`` (domain scorer only); ``val/cond_acc`` and
+    ``test/cond_acc`` (domain scorer: the fraction of samples classified as the class they were generated
+    for). ``self.protocol`` holds the string fields (scorer kind, reference split).
     """
 
     def __init__(
@@ -80,9 +81,16 @@ class GANTask(pl.LightningModule):
             raise ConfigError(f"n_dis={n_dis}: expected at least one D step per G step")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"ema_decay={ema_decay}: expected a value in [0, 1)")
-        if val_splits < 1 or test_splits < 1 or val_samples < 2 * val_splits or test_samples < 2 * test_splits:
-            raise ConfigError(f"val/test samples ({val_samples}, {test_samples}) must be at least twice the "
-                              f"number of IS splits ({val_splits}, {test_splits}), and splits >= 1")
+        if (
+            val_splits < 1
+            or test_splits < 1
+            or val_samples < 2 * val_splits
+            or test_samples < 2 * test_splits
+        ):
+            raise ConfigError(
+                f"val/test samples ({val_samples}, {test_samples}) must be at least twice the "
+                f"number of IS splits ({val_splits}, {test_splits}), and splits >= 1"
+            )
         self.save_hyperparameters(ignore=["net"])
         self.automatic_optimization = False
         self.net = net
@@ -118,7 +126,9 @@ class GANTask(pl.LightningModule):
         from pytorch_lightning.strategies import DDPStrategy
 
         strategy = self.trainer.strategy if self._trainer is not None else None
-        return isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False)
+        return isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get(
+            "find_unused_parameters", False
+        )
 
     @contextmanager
     def _sampling(self, generator: nn.Module):
@@ -138,7 +148,9 @@ class GANTask(pl.LightningModule):
         z_all = torch.randn(n, self.z_dim, generator=gen)[idx]
         y_all = (idx % max(1, self.num_classes)) if labels is None else labels[idx]
         with self._sampling(self.eval_generator) as g:
-            for z, y in zip(z_all.split(self.hparams.eval_batch_size), y_all.split(self.hparams.eval_batch_size)):
+            for z, y in zip(
+                z_all.split(self.hparams.eval_batch_size), y_all.split(self.hparams.eval_batch_size)
+            ):
                 y = y.to(self.device)
                 yield (g(z.to(self.device), y if self.num_classes else None).float() + 1) / 2, y
 
@@ -153,8 +165,10 @@ class GANTask(pl.LightningModule):
             self.test_is = gm.inception_score(self.hparams.test_splits)
             self.real_is = gm.inception_score(self.real_splits())
             self.real_count = SumMetric()
-            # class agreement of samples: the scorer's prediction equals the conditioning label (domain scorer)
-            self.cond_acc = MulticlassAccuracy(self.num_classes, average="micro") if self._scorer_labels() else None
+            # class agreement: the scorer's prediction equals the conditioning label (domain scorer only)
+            self.cond_acc = (
+                MulticlassAccuracy(self.num_classes, average="micro") if self._scorer_labels() else None
+            )
             self.protocol = {
                 "test/scorer": self.scorer.kind,
                 "test/fid_reference": self.hparams.fid_reference,
@@ -163,8 +177,11 @@ class GANTask(pl.LightningModule):
 
     def _scorer_labels(self) -> bool:
         """True when the scorer's classes are the data set's classes (the domain scorer)."""
-        return self.num_classes > 1 and getattr(self.scorer, "kind", "") == "domain" and int(
-            self.scorer.num_classes) == self.num_classes
+        return (
+            self.num_classes > 1
+            and getattr(self.scorer, "kind", "") == "domain"
+            and int(self.scorer.num_classes) == self.num_classes
+        )
 
     def real_splits(self) -> int:
         """IS splits for the real test images: as for samples, but at least 100 images per split (a split's
@@ -184,18 +201,31 @@ class GANTask(pl.LightningModule):
 
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "train_dataloader"):
-            raise ConfigError("GAN metrics without metrics.inception_weights need a data module whose training "
-                              "split trains the domain scorer")
+            raise ConfigError(
+                "GAN metrics without metrics.inception_weights need a data module whose training "
+                "split trains the domain scorer"
+            )
         if getattr(dm, "train_set", None) is None:
             dm.setup("fit")
         channels = int(getattr(dm, "channels", None) or 3)
-        key = ds.cache_key(type(dm).__name__, int(dm.image_size), channels, self.num_classes,
-                           len(dm.train_set), hp.scorer_seed, getattr(dm, "root", None))
+        key = ds.cache_key(
+            type(dm).__name__,
+            int(dm.image_size),
+            channels,
+            self.num_classes,
+            len(dm.train_set),
+            hp.scorer_seed,
+            getattr(dm, "root", None),
+        )
         path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
         if self.trainer.is_global_zero and not path.is_file():
             model, info = ds.train_domain_classifier(
-                dm.train_dataloader(), dm.val_dataloader(), channels, self.num_classes,
-                epochs=hp.scorer_epochs, seed=hp.scorer_seed,
+                dm.train_dataloader(),
+                dm.val_dataloader(),
+                channels,
+                self.num_classes,
+                epochs=hp.scorer_epochs,
+                seed=hp.scorer_seed,
             )
             ds.save_scorer(path, model, {**info, "key": key})
         self.trainer.strategy.barrier("domain_scorer")
@@ -249,9 +279,18 @@ class GANTask(pl.LightningModule):
         self.manual_backward(d_loss)
         opt_d.step()
         self.d_steps += 1
-        self.log_dict({"train/d_loss": d_loss.detach(), "train/d_real": d_real.detach().mean(),
-                       "train/d_fake": d_fake.detach().mean()}, on_step=True, on_epoch=True, batch_size=b,
-                      sync_dist=True, prog_bar=False)
+        self.log_dict(
+            {
+                "train/d_loss": d_loss.detach(),
+                "train/d_real": d_real.detach().mean(),
+                "train/d_fake": d_fake.detach().mean(),
+            },
+            on_step=True,
+            on_epoch=True,
+            batch_size=b,
+            sync_dist=True,
+            prog_bar=False,
+        )
 
         # G step after every n_dis D steps
         if self.d_steps % self.hparams.n_dis == 0:
@@ -262,13 +301,21 @@ class GANTask(pl.LightningModule):
             opt_g.step()
             self.g_steps += 1
             self._update_ema()
-            self.log("train/g_loss", g_loss.detach(), on_step=True, on_epoch=True, batch_size=b, sync_dist=True,
-                     prog_bar=True)
+            self.log(
+                "train/g_loss",
+                g_loss.detach(),
+                on_step=True,
+                on_epoch=True,
+                batch_size=b,
+                sync_dist=True,
+                prog_bar=True,
+            )
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         """``ema <- decay * ema + (1 - decay) * G`` on parameters, with decay warmed up as
-        ``min(decay, (1 + t) / (10 + t))``; buffers (BatchNorm statistics, spectral-norm vectors) are copied."""
+        ``min(decay, (1 + t) / (10 + t))``; buffers (BatchNorm statistics, spectral-norm vectors) are
+        copied."""
         if self.g_ema is None:
             return
         t = self.g_steps - self.hparams.ema_start
@@ -294,7 +341,7 @@ class GANTask(pl.LightningModule):
         with self._sampling(self.eval_generator) as g:
             fake = g(z, y)
         s = self.net.discriminator(torch.cat([x, fake]), None if y is None else torch.cat([y, y]))
-        return F.relu(1 - s[: x.shape[0]]).mean() + F.relu(1 + s[x.shape[0]:]).mean()
+        return F.relu(1 - s[: x.shape[0]]).mean() + F.relu(1 + s[x.shape[0] :]).mean()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -318,7 +365,9 @@ class GANTask(pl.LightningModule):
             torch.manual_seed(self.hparams.scorer_seed)  # a fixed pass over an augmented training split
             for i, (x, _) in enumerate(loader):
                 if i % world == rank:
-                    feats, _ = gm.score(self._scorer_to_device(), x.to(self.device), self.hparams.eval_batch_size)
+                    feats, _ = gm.score(
+                        self._scorer_to_device(), x.to(self.device), self.hparams.eval_batch_size
+                    )
                     self.fid.update(feats, real=True)
 
     def _generated_scores(self, n: int, seed: int, is_metric) -> None:
@@ -358,17 +407,24 @@ class GANTask(pl.LightningModule):
         real_mean, real_std = self.real_is.compute()
         n_real = self.real_count.compute()
         values = {
-            "test/is": is_mean, "test/is_std": is_std, "test/fid": fid,
-            "test/is_real": real_mean, "test/is_real_std": real_std,
-            "test/num_samples": float(hp.test_samples), "test/is_splits": float(hp.test_splits),
-            "test/fid_ref_samples": float(self.fid.real_features_num_samples),
-            "test/is_real_samples": float(n_real), "test/is_real_splits": float(self.real_is.splits),
+            "test/is": is_mean,
+            "test/is_std": is_std,
+            "test/fid": fid,
+            "test/is_real": real_mean,
+            "test/is_real_std": real_std,
+            "test/num_samples": float(hp.test_samples),
+            "test/is_splits": float(hp.test_splits),
+            "test/fid_ref_samples": float(self.all_gather(self.fid.real_features_num_samples).sum()),
+            "test/is_real_samples": float(n_real),
+            "test/is_real_splits": float(self.real_is.splits),
         }
         values.update({f"test/{k}": float(v) for k, v in self._cond_acc().items()})
         if "val_acc" in self.scorer_info:
             values["test/scorer_val_acc"] = float(self.scorer_info["val_acc"])
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()},
-                      sync_dist=True)
+        self.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()},
+            sync_dist=True,
+        )
         for m in (self.test_is, self.real_is, self.real_count, self.fid):
             m.reset()
 
@@ -420,29 +476,41 @@ class GANTask(pl.LightningModule):
 
 
 def attention_figure(x01: torch.Tensor, beta: torch.Tensor, n_queries: int = 4) -> np.ndarray:
-    """Rows: samples ``[B, C, S, S]``; columns: the sample with the query points, then for each query the
-    attention over key positions (``beta: [B, N_q, N_k]``, square grids) upsampled and overlaid."""
+    """Rows: samples ``[B, C, S, S]``; columns: the sample with its query points (one colour each), then for
+    each query the attention over key positions (``beta: [B, N_q, N_k]``, square grids) upsampled and
+    overlaid, with that query marked in its colour."""
     from attnbench.callbacks.render import heat, image_grid, to_rgb
 
     b, nq, nk = beta.shape
     hq, hk = int(math.isqrt(nq)), int(math.isqrt(nk))
     s = x01.shape[-1]
     # queries spread over the map: centre, then points a quarter of the way in from each corner
-    picks = [(hq // 2, hq // 2), (hq // 4, hq // 4), (hq // 4, 3 * hq // 4), (3 * hq // 4, hq // 4),
-             (3 * hq // 4, 3 * hq // 4)][: max(1, n_queries)]
+    picks = [
+        (hq // 2, hq // 2),
+        (hq // 4, hq // 4),
+        (hq // 4, 3 * hq // 4),
+        (3 * hq // 4, hq // 4),
+        (3 * hq // 4, 3 * hq // 4),
+    ][: max(1, n_queries)]
     imgs = to_rgb(x01.float().cpu())
     if s < 96:  # small images: enlarge (nearest) so maps and query marks stay readable
         s = s * -(-96 // s)
         imgs = F.interpolate(imgs, size=(s, s), mode="nearest")
     marked = imgs.clone()
     cell = s / hq
+    colours = torch.tensor(
+        [[0.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [0.2, 0.4, 1.0], [1.0, 1.0, 1.0]]
+    )
     tiles = []
-    for r, c in picks:
+    for q, (r, c) in enumerate(picks):
         y0, x0 = int(r * cell), int(c * cell)
         y1, x1 = max(y0 + 1, int((r + 1) * cell)), max(x0 + 1, int((c + 1) * cell))
-        marked[:, :, y0:y1, x0:x1] = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+        colour = colours[q].view(1, 3, 1, 1)
+        marked[:, :, y0:y1, x0:x1] = colour
         m = beta[:, r * hq + c].float().cpu().view(b, hk, hk)
         m = F.interpolate(m.unsqueeze(1), size=(s, s), mode="nearest").squeeze(1)
-        tiles.append(0.4 * imgs + 0.6 * heat(m))
+        tile = 0.4 * imgs + 0.6 * heat(m)
+        tile[:, :, y0:y1, x0:x1] = colour  # the query of this map, in its colour
+        tiles.append(tile)
     columns = torch.stack([marked] + tiles, dim=1).flatten(0, 1)  # [B * (1 + Q), 3, S, S], row-major
     return image_grid(columns, nrow=1 + len(picks))

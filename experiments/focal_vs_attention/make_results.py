@@ -111,13 +111,20 @@ def render(groups: dict[str, list[dict]], problems: list[str], runs_dir: Path) -
         for key, _, fmt in COLUMNS:
             cells.append(summary([v for r in runs if (v := value(r, key)) is not None], fmt))
         lines.append(f"| {mixer} | {len(runs)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Runs", "", "| run | seed | test acc | val acc | test loss | tested checkpoint |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | seed | test acc | val acc | test loss | tested checkpoint |",
+        "|---|---|---|---|---|---|",
+    ]
     for mixer in order:
         for r in sorted(groups[mixer], key=lambda r: str(r.get("run/seed"))):
             ckpt = Path(str(r.get("test/ckpt", ""))).stem
-            acc, val, loss = (summary([v for v in [value(r, k)] if v is not None], f) for k, f in
-                              (("test/acc", "{:.4f}"), ("val/acc", "{:.4f}"), ("test/loss", "{:.3f}")))
+            acc, val, loss = (
+                summary([v for v in [value(r, k)] if v is not None], f)
+                for k, f in (("test/acc", "{:.4f}"), ("val/acc", "{:.4f}"), ("test/loss", "{:.3f}"))
+            )
             lines.append(f"| {r['_run']} | {r.get('run/seed')} | {acc} | {val} | {loss} | {ckpt} |")
     if problems:
         lines += ["", "Runs left out:", ""] + [f"- {p}" for p in problems]

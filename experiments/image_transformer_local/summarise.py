@@ -37,6 +37,17 @@ def load_net(run: Path):
     return cfg, net.eval()
 
 
+def label(cfg) -> str:
+    """The attention variant and its context size, e.g. ``local_1d (block 32)``."""
+    kind, net = str(cfg.model.attention), cfg.model.net
+    if kind == "local_1d":
+        return f"local_1d (block {net.block_length})"
+    if kind == "local_2d":
+        q, f = list(net.query_shape), list(net.memory_flange)
+        return f"local_2d (query {q[0]}×{q[1]}, flange {f[0]}/{f[1]})"
+    return kind
+
+
 def time_sampling(net, n: int, use_cache: bool):
     start = time.perf_counter()
     x = net.sample(n, generator=torch.Generator().manual_seed(0), use_cache=use_cache)
@@ -63,7 +74,7 @@ def main() -> None:
             row["cached_s"], a = time_sampling(net, args.n, True)
             row["naive_s"], b = time_sampling(net, args.n, False)
             row["same"] = bool(torch.equal(a, b))
-        rows.setdefault(str(cfg.model.attention), []).append(row)
+        rows.setdefault(label(cfg), []).append(row)
     lines = [
         "# Image Transformer on digits: full vs local 1D vs local 2D attention",
         "",
@@ -86,10 +97,9 @@ def main() -> None:
             return format(values[0], fmt)
         return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
-    for variant in ("full", "local_1d", "local_2d"):
-        rs = rows.get(variant, [])
-        if not rs:
-            continue
+    for variant in sorted(rows, key=lambda v: (v.split()[0] != "full", v)):
+        rs = rows[variant]
+
         def get(key, rs=rs):
             return [r["m"].get(key) for r in rs]
 
@@ -102,11 +112,27 @@ def main() -> None:
     cfg = next(iter(rows.values()))[0]["cfg"] if rows else None
     if cfg is not None:
         net = OmegaConf.to_container(cfg.model.net, resolve=True)
-        knobs = {k: net[k] for k in ("dim", "depth", "heads", "ffn_dim", "dropout", "block_length",
-                                     "query_shape", "memory_flange") if k in net}
-        lines += ["", f"Model: {knobs}; trainer.max_epochs={cfg.trainer.max_epochs}, "
-                  f"data.batch_size={cfg.data.batch_size}.", "",
-                  "val/bpd is the value logged at the last validation (the test uses the best checkpoint)."]
+        knobs = {
+            k: net[k]
+            for k in (
+                "dim",
+                "depth",
+                "heads",
+                "ffn_dim",
+                "dropout",
+                "block_length",
+                "query_shape",
+                "memory_flange",
+            )
+            if k in net
+        }
+        lines += [
+            "",
+            f"Model: {knobs}; trainer.max_epochs={cfg.trainer.max_epochs}, "
+            f"data.batch_size={cfg.data.batch_size}.",
+            "",
+            "val/bpd is the value logged at the last validation (the test uses the best checkpoint).",
+        ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
