@@ -2,13 +2,19 @@
 
 import pytest
 import torch
+from conftest import run_cfg
 from hydra.utils import instantiate
 
-from conftest import run_cfg
 from attnbench.train import build_task
 
-TINY = ["model=focalnet", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.batch_size=16"]
+TINY = [
+    "model=focalnet",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.batch_size=16",
+]
 
 
 def task_for(cfg_factory, *overrides):
@@ -24,6 +30,43 @@ def test_channels_last_gives_the_same_logits(cfg_factory):
     cl.load_state_dict(plain.state_dict())
     x = torch.rand(2, 1, 32, 32)
     assert torch.allclose(plain(x), cl(x), atol=1e-5)
+
+
+def saved_activation_bytes(net, x) -> tuple[int, dict]:
+    """Bytes autograd keeps for the backward pass of ``net(x).sum()``, and the gradients it then computes."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = net(x).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+    return total, grads
+
+
+@pytest.mark.parametrize("mixer", ["focal_modulation", "window_attention"])
+def test_gradient_checkpointing_same_gradients_less_saved_memory(cfg_factory, mixer):
+    """model.grad_checkpointing=true: identical gradients in training mode (stochastic depth on: the RNG is
+    replayed in the recomputation) while autograd stores a fraction of the activations."""
+    torch.manual_seed(0)
+    plain = task_for(cfg_factory, f"model.mixer={mixer}").net.train()
+    ckpt = task_for(cfg_factory, f"model.mixer={mixer}", "model.grad_checkpointing=true").net.train()
+    assert all(stage.grad_checkpointing for stage in ckpt.layers)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(8, 1, 32, 32)
+    torch.manual_seed(1)
+    plain_bytes, plain_grads = saved_activation_bytes(plain, x)
+    torch.manual_seed(1)
+    ckpt_bytes, ckpt_grads = saved_activation_bytes(ckpt, x)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    for name, g in plain_grads.items():
+        assert torch.allclose(g, ckpt_grads[name], atol=1e-6, rtol=1e-5), name
+    assert ckpt_bytes < 0.5 * plain_bytes, (ckpt_bytes, plain_bytes)
 
 
 @pytest.mark.slow
@@ -52,6 +95,13 @@ def test_gradient_accumulation_halves_optimizer_steps(cfg_factory, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bf16_compile_channels_last(cfg_factory):
-    metrics = run_cfg(cfg_factory(*TINY, "trainer=gpu", "trainer.precision=bf16-mixed", "model.compile=true",
-                                  "model.channels_last=true"))
+    metrics = run_cfg(
+        cfg_factory(
+            *TINY,
+            "trainer=gpu",
+            "trainer.precision=bf16-mixed",
+            "model.compile=true",
+            "model.channels_last=true",
+        )
+    )
     assert metrics["status"] == "ok"

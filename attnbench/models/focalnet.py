@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.focal_modulation import FocalModulation, LayerNorm2d
@@ -149,17 +150,24 @@ class Block(nn.Module):
 
 
 class Stage(nn.Module):
-    """Optional 2x downsampling followed by ``len(blocks)`` blocks."""
+    """Optional 2x downsampling followed by ``len(blocks)`` blocks.
 
-    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]):
+    With ``grad_checkpointing`` (training only) each block's activations are recomputed in the backward pass
+    instead of stored (``torch.utils.checkpoint``, non-reentrant; the RNG state is replayed, so dropout and
+    stochastic depth draw the same masks twice): less memory for one extra forward per block.
+    """
+
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module], grad_checkpointing: bool = False):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = grad_checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
+        recompute = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
 
@@ -202,6 +210,7 @@ class FocalNet(nn.Module):
         use_overlap_down, use_post_norm, layerscale_value: options of the large FocalNets.
         drop_rate, proj_drop_rate, attn_drop_rate: dropout before the head / after projections / on attention.
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
+        grad_checkpointing: recompute each block's activations in the backward pass (memory for time).
     """
 
     def __init__(
@@ -228,6 +237,7 @@ class FocalNet(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         depths = tuple(int(d) for d in depths)
@@ -264,7 +274,7 @@ class FocalNet(nn.Module):
                     dim, mod, name, mlp_ratio=mlp_ratio, drop_path=rates[sum(depths[:i]) + j],
                     layerscale_value=layerscale_value, use_post_norm=use_post_norm, proj_drop=proj_drop_rate,
                 ))  # fmt: skip
-            stages.append(Stage(down, blocks))
+            stages.append(Stage(down, blocks, grad_checkpointing))
         self.layers = nn.Sequential(*stages)
         self.norm = LayerNorm2d(self.num_features, eps=1e-5)
         self.head = ClassifierHead(self.num_features, num_classes, drop=drop_rate)
@@ -291,6 +301,11 @@ class FocalNet(nn.Module):
         if tuple(pos.shape[-2:]) != tuple(size):
             pos = F.interpolate(pos, size=tuple(size), mode="bicubic", align_corners=False)
         return pos
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: recompute block activations in the backward pass (saves memory, costs time)."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in_chans, H, W] -> normalised last-stage map [B, num_features, H/32, W/32]."""

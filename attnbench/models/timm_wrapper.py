@@ -9,10 +9,24 @@ import torch.nn as nn
 from attnbench.errors import ConfigError
 
 
-def timm_model(name: str, num_classes: int, in_chans: int = 3, img_size: int | None = None,
-               pretrained: str | None = None, **kwargs) -> nn.Module:
+def timm_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    img_size: int | None = None,
+    pretrained: str | None = None,
+    grad_checkpointing: bool = False,
+    **kwargs,
+) -> nn.Module:
     """``timm.create_model(name, ...)``. ``img_size`` goes to architectures that take it (ViT, Swin, ...);
-    ``pretrained`` is a local checkpoint path, never a download."""
+    ``pretrained`` is a local checkpoint path, never a download; ``grad_checkpointing`` uses timm's switch."""
+    model = _create(name, num_classes, in_chans, img_size, pretrained, **kwargs)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def _create(name: str, num_classes: int, in_chans: int, img_size: int | None, pretrained: str | None, **kwargs):
     import timm
 
     if not timm.is_model(name):
