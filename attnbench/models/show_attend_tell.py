@@ -282,8 +282,9 @@ class ShowAttendTell(nn.Module):
         feats, grid = self.encode(images)
         b, n_loc, k, v = feats.shape[0], feats.shape[1], beam_size, len(self.vocab)
         mode = self.eval_mode()
-        feats = feats.repeat_interleave(k, dim=0)  # [B*K, L, D]
-        proj = self.attention.project(feats) if mode != "none" else None
+        # W_a a once per image (not per beam), then one copy per beam: [B*K, L, D] and [B*K, L, A]
+        proj = self.attention.project(feats).repeat_interleave(k, dim=0) if mode != "none" else None
+        feats = feats.repeat_interleave(k, dim=0)
         state = self.init_state(feats)
         scores = feats.new_full((b, k), float("-inf"))
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first expansion has no duplicates
