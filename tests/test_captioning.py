@@ -46,6 +46,23 @@ def test_attention_weights_sum_to_one_and_context_is_their_expectation():
     assert torch.allclose(alpha, torch.softmax(e, -1), atol=1e-6)
 
 
+def test_cpu_inference_chunks_give_the_training_path_weights(monkeypatch):
+    """Under no_grad on CPU the attention MLP runs in row chunks with tanh in place: same alpha, and the
+    projected features are left untouched (they are reused at every step)."""
+    import attnbench.mechanisms.additive_attention as additive
+
+    torch.manual_seed(0)
+    att = AdditiveAttention(feat_dim=6, hidden_dim=5, attn_dim=4, gate=False)
+    proj, h = att.project(torch.randn(10, 7, 6)).detach(), torch.randn(10, 5)
+    reference = att.weights(proj, h).detach()
+    kept = proj.clone()
+    monkeypatch.setattr(additive, "CPU_CHUNK_ELEMENTS", 3 * 7 * 4)  # 3 rows per chunk: 4 chunks
+    with torch.no_grad():
+        chunked = att.weights(proj, h)
+    assert torch.allclose(chunked, reference, atol=1e-6)
+    assert torch.equal(proj, kept)
+
+
 def test_hard_attention_samples_follow_alpha_and_expected_context_is_used_when_asked():
     torch.manual_seed(0)
     att = AdditiveAttention(feat_dim=4, hidden_dim=3, attn_dim=8, gate=True)
