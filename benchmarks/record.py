@@ -21,7 +21,10 @@ import sys
 from pathlib import Path
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nEvery section below is written by `benchmarks/record.py` from the output of the command it names.\n"
+HEADER = (
+    "# Benchmark results\n\n"
+    "Every section below is written by `benchmarks/record.py` from the output of the command it names.\n"
+)
 
 
 def machine() -> str:
