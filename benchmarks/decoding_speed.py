@@ -53,7 +53,8 @@ def sampling(args) -> list[str]:
         cached, naive, same = [], [], True
         for _ in range(args.repeats):
             t_c, a = timed(partial(net.sample, args.n, generator=torch.Generator().manual_seed(1)))
-            naive_call = partial(net.sample, args.n, generator=torch.Generator().manual_seed(1), use_cache=False)
+            gen = torch.Generator().manual_seed(1)
+            naive_call = partial(net.sample, args.n, generator=gen, use_cache=False)
             t_n, b = timed(naive_call)
             cached.append(t_c)
             naive.append(t_n)

@@ -47,20 +47,38 @@ def test_attention_weights_sum_to_one_and_context_is_their_expectation():
 
 
 def test_cpu_inference_chunks_give_the_training_path_weights(monkeypatch):
-    """Under no_grad on CPU the attention MLP runs in row chunks with tanh in place: same alpha, and the
-    projected features are left untouched (they are reused at every step)."""
+    """Under no_grad on CPU the attention MLP runs in image chunks through one reused buffer, with
+    tanh(u) = 2 sigmoid(2u) - 1: same alpha as the autograd path (1 or K rows per image), and the projected
+    features are left untouched (they are reused at every step)."""
     import attnbench.mechanisms.additive_attention as additive
 
     torch.manual_seed(0)
     att = AdditiveAttention(feat_dim=6, hidden_dim=5, attn_dim=4, gate=False)
-    proj, h = att.project(torch.randn(10, 7, 6)).detach(), torch.randn(10, 5)
-    reference = att.weights(proj, h).detach()
+    proj = att.project(torch.randn(10, 7, 6)).detach()
     kept = proj.clone()
-    monkeypatch.setattr(additive, "CPU_CHUNK_ELEMENTS", 3 * 7 * 4)  # 3 rows per chunk: 4 chunks
-    with torch.no_grad():
-        chunked = att.weights(proj, h)
-    assert torch.allclose(chunked, reference, atol=1e-6)
+    monkeypatch.setattr(additive, "CPU_CHUNK_ELEMENTS", 3 * 7 * 4)  # 3 rows per chunk
+    for k in (1, 3):  # 4 chunks of 3, 3, 3, 1 images; then 10 chunks of one image (3 rows each)
+        h = torch.randn(10 * k, 5)
+        reference = att.weights(proj.repeat_interleave(k, dim=0), h).detach()
+        with torch.no_grad():
+            chunked = att.weights(proj, h)
+        assert torch.allclose(chunked, reference, atol=1e-6)
     assert torch.equal(proj, kept)
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard", "none"])
+def test_beams_share_their_image_features_without_copies(mode):
+    """K decoder rows per image (beam search) give what one copy of the features per row gives."""
+    torch.manual_seed(0)
+    att = AdditiveAttention(feat_dim=6, hidden_dim=5, attn_dim=4).double()
+    feats, h = torch.randn(4, 7, 6, dtype=torch.float64), torch.randn(12, 5, dtype=torch.float64)
+    with torch.no_grad():
+        z, alpha, _ = att(feats, h, mode=mode, sample=False)
+        z_ref, alpha_ref, _ = att(feats.repeat_interleave(3, dim=0), h, mode=mode, sample=False)
+    assert torch.allclose(alpha, alpha_ref, atol=1e-12)
+    assert torch.allclose(z, z_ref, atol=1e-12)
+    with pytest.raises(ValueError, match="13 rows, not a multiple of the 4 images"):
+        att(feats, torch.randn(13, 5, dtype=torch.float64), mode=mode)
 
 
 def test_hard_attention_samples_follow_alpha_and_expected_context_is_used_when_asked():

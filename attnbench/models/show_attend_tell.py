@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.errors import ConfigError
@@ -282,10 +281,9 @@ class ShowAttendTell(nn.Module):
         feats, grid = self.encode(images)
         b, n_loc, k, v = feats.shape[0], feats.shape[1], beam_size, len(self.vocab)
         mode = self.eval_mode()
-        # W_a a once per image (not per beam), then one copy per beam: [B*K, L, D] and [B*K, L, A]
-        proj = self.attention.project(feats).repeat_interleave(k, dim=0) if mode != "none" else None
-        feats = feats.repeat_interleave(k, dim=0)
-        state = self.init_state(feats)
+        # W_a a once per image; the K beams of an image share feats [B, L, D] and proj [B, L, A] (no copies)
+        proj = self.attention.project(feats) if mode != "none" else None
+        state = tuple(s.repeat_interleave(k, dim=0) for s in self.init_state(feats))  # [B*K, N] each
         scores = feats.new_full((b, k), float("-inf"))
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first expansion has no duplicates
         words = torch.full((b * k,), self.start_id, dtype=torch.long, device=feats.device)
@@ -296,13 +294,16 @@ class ShowAttendTell(nn.Module):
         frozen_row = feats.new_full((v,), float("-inf"))
         frozen_row[self.pad_id] = 0.0  # a finished beam continues with <pad> at no cost
         offsets = (torch.arange(b, device=feats.device) * k)[:, None]
+        logp_buf = feats.new_empty(b * k, v)
         for _ in range(max_len):
             logits, state, alpha, _ = self.step(words, state, feats, proj, mode)
-            logp = F.log_softmax(logits, dim=-1)
+            # [B*K, V] work in one reused buffer (a fresh multi-MiB tensor per op costs page faults)
+            logp = torch.log_softmax(logits, dim=-1, out=logp_buf)
             logp[:, self.pad_id] = float("-inf")  # never generated: padding and <start>
             logp[:, self.start_id] = float("-inf")
-            logp = torch.where(finished[:, None], frozen_row, logp)
-            cand = (scores.reshape(b * k, 1) + logp).view(b, k * v)
+            if bool(finished.any()):
+                logp[finished] = frozen_row
+            cand = logp.add_(scores.reshape(b * k, 1)).view(b, k * v)
             scores, idx = cand.topk(k, dim=1)  # [B, K]
             src = (offsets + torch.div(idx, v, rounding_mode="floor")).view(-1)
             words = (idx % v).view(-1)
