@@ -1,6 +1,7 @@
 """attnbench: controlled comparisons of attention and focal modulation in vision models.
 
-Layers (each imports only the ones below it): mechanisms → models → tasks / data / metrics → callbacks → train.
+Layers (each imports only the ones below it):
+mechanisms → models → tasks / data / metrics → callbacks → train.
 """
 
 __version__ = "0.1.0"

@@ -223,7 +223,8 @@ def bench_loader(overrides: list[str], batches: int) -> None:
     load_rate, step_rate = loader_only(), step_only()
     print(
         f"loader alone: {load_rate:.0f} samples/s   training step alone: {step_rate:.0f} samples/s   "
-        f"ratio loader/step: {load_rate / step_rate:.2f} (> 1: the loader keeps up; num_workers={dm.num_workers})"
+        f"ratio loader/step: {load_rate / step_rate:.2f} "
+        f"(> 1: the loader keeps up; num_workers={dm.num_workers})"
     )
 
 

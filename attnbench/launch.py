@@ -27,7 +27,8 @@ DDP_ENV = (
 
 
 def job_worker_command(local_rank: int) -> tuple[list[str], str]:
-    """``python -m attnbench <this job's overrides> hydra.run.dir=<job folder>`` for DDP worker ``local_rank``."""
+    """``python -m attnbench <this job's overrides> hydra.run.dir=<job folder>``
+    for DDP worker ``local_rank``."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 

@@ -86,7 +86,8 @@ class Group:
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
-    """Finished runs (with metrics.json) and unfinished job folders (.hydra but no metrics.json) under root."""
+    """Finished runs (with metrics.json) and unfinished job folders (.hydra but no metrics.json)
+    under root."""
     runs, unfinished = [], []
     for hydra_dir in sorted(root.rglob(".hydra")):
         folder = hydra_dir.parent

@@ -57,7 +57,8 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path`` if given, ``<out>/checkpoints/last.ckpt`` if ``resume``."""
+    """The checkpoint to resume from: ``ckpt_path`` if given,
+    ``<out>/checkpoints/last.ckpt`` if ``resume``."""
     ckpt = cfg.get("ckpt_path")
     if ckpt:
         if not Path(str(ckpt)).is_file():
@@ -81,8 +82,8 @@ def refuse_reuse(out: Path, resuming: bool) -> None:
     taken = [p for p in (out / METRICS_FILE, out / "checkpoints") if p.exists()]
     if taken:
         raise ConfigError(
-            f"output folder {out} already holds a run ({', '.join(p.name for p in taken)}); refusing to overwrite "
-            "it. Choose another hydra.run.dir, or resume=true to continue that run."
+            f"output folder {out} already holds a run ({', '.join(p.name for p in taken)}); "
+            "refusing to overwrite it. Choose another hydra.run.dir, or resume=true to continue that run."
         )
 
 
@@ -192,8 +193,8 @@ def checkpoint_plugins(cfg: DictConfig) -> list:
 
 
 def build_task(cfg: DictConfig, datamodule):
-    """Instantiate ``cfg.model.net`` (plus ``datamodule.model_kwargs()`` when the data decides e.g. a vocabulary),
-    then ``cfg.model.task`` around it."""
+    """Instantiate ``cfg.model.net`` (plus ``datamodule.model_kwargs()`` when the data decides e.g. a
+    vocabulary), then ``cfg.model.task`` around it."""
 
     for key in ("net", "task"):
         if key not in cfg.model or "_target_" not in cfg.model[key]:

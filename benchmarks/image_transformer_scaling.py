@@ -202,7 +202,8 @@ def update_section(path: str, table_text: str, argv: str) -> None:
             START,
             "## Image Transformer attention: full vs local 1D vs local 2D as the image grows",
             "",
-            f"Measured {dt.date.today().isoformat()} with torch {torch.__version__}, {os.cpu_count()} CPU cores "
+            f"Measured {dt.date.today().isoformat()} with torch {torch.__version__}, "
+            f"{os.cpu_count()} CPU cores "
             "shared with other jobs (times are indicative; ratios within one row are the robust part), by",
             f"`python benchmarks/image_transformer_scaling.py {argv}`.",
             "",
@@ -210,8 +211,10 @@ def update_section(path: str, table_text: str, argv: str) -> None:
             "",
             "Reading: a flat `µs / position` (growth ≈ 1) means cost linear in the number of positions;",
             "`full` grows linearly per position (quadratic in total). `full_math` stores the N × N scores",
-            "(quadratic memory); `full` uses the fused causal kernel (no N × N matrix stored, quadratic time).",
-            "local_1d: blocks of 256, memory 512; local_2d: 8 × 32 query blocks with 8-row / 16-column flanges",
+            "(quadratic memory); `full` uses the fused causal kernel "
+            "(no N × N matrix stored, quadratic time).",
+            "local_1d: blocks of 256, memory 512; "
+            "local_2d: 8 × 32 query blocks with 8-row / 16-column flanges",
             "on the H × 3W grid.",
             END,
         ]

@@ -44,7 +44,7 @@ def test_metrics_json_has_the_contract_keys(cfg_factory, tmp_path):
 
 def test_failure_is_recorded_and_reraised(cfg_factory, tmp_path):
     cfg = cfg_factory(*QUICK, "model.net.num_classes=3")  # labels 3..9 are out of range for the head
-    with pytest.raises(Exception):
+    with pytest.raises(IndexError, match="out of bounds"):  # cross-entropy's target check
         run_cfg(cfg)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "failed" and "Error" in record["error"] and record["run/model"]

@@ -19,13 +19,17 @@ def test_sections_are_replaced_in_place_and_failures_record_nothing(tmp_path, mo
     results = tmp_path / "RESULTS.md"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     py = sys.executable
-    assert record.main(["a", "--results", str(results), "--", py, "-c", "print('| x |\\n|---|\\n| 1 |')"]) == 0
+    assert (
+        record.main(["a", "--results", str(results), "--", py, "-c", "print('| x |\\n|---|\\n| 1 |')"]) == 0
+    )
     assert record.main(["b", "--results", str(results), "--", py, "-c", "print('ratio 2.5')"]) == 0
     first = results.read_text()
     assert "| 1 |" in first and "```\nratio 2.5\n```" in first  # tables as they are, other text quoted
     assert f"OMP_NUM_THREADS=1 {py} -c" in first  # the command, with the thread setting it ran under
     # re-recording a replaces only a, in place
-    assert record.main(["a", "--results", str(results), "--", py, "-c", "print('| x |\\n|---|\\n| 7 |')"]) == 0
+    assert (
+        record.main(["a", "--results", str(results), "--", py, "-c", "print('| x |\\n|---|\\n| 7 |')"]) == 0
+    )
     second = results.read_text()
     assert "| 7 |" in second and "| 1 |" not in second and "ratio 2.5" in second
     assert second.index("<!-- a:start -->") < second.index("<!-- b:start -->")

@@ -1,4 +1,5 @@
-"""Training knobs as config: precision, torch.compile, channels_last, gradient accumulation (CPU where it can)."""
+"""Training knobs as config: precision, torch.compile, channels_last, gradient accumulation
+(CPU where it can)."""
 
 import pytest
 import torch

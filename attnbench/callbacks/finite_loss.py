@@ -26,7 +26,10 @@ class FiniteLossGuard(pl.Callback):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads or all(torch.isfinite(g).all() for g in grads):
             return
-        where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
+        where = (
+            f"global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
+        )
         if self.action == "stop":
             raise NonFiniteLossError(
                 f"non-finite loss/gradients at {where}; lower the learning rate, enable gradient clipping "

@@ -23,7 +23,8 @@ def image_grid(x: torch.Tensor, nrow: int, pad: int = 1) -> np.ndarray:
 
 
 def heat(m: torch.Tensor) -> torch.Tensor:
-    """Maps ``[B, H, W]`` (any range) → per-map min-max normalised RGB heat ``[B, 3, H, W]`` (black→red→yellow)."""
+    """Maps ``[B, H, W]`` (any range) → per-map min-max normalised RGB heat ``[B, 3, H, W]``
+    (black→red→yellow)."""
     m = m.detach().float()
     lo = m.flatten(1).min(1).values.view(-1, 1, 1)
     hi = m.flatten(1).max(1).values.view(-1, 1, 1)
@@ -32,7 +33,8 @@ def heat(m: torch.Tensor) -> torch.Tensor:
 
 
 def overlay_grid(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.6) -> np.ndarray:
-    """Two rows: the images ``[B, C, H, W]`` in [0, 1], then each with its map ``[B, h, w]`` (upsampled) overlaid."""
+    """Two rows: the images ``[B, C, H, W]`` in [0, 1], then each with its map ``[B, h, w]``
+    (upsampled) overlaid."""
     images = to_rgb(images.detach().float().cpu())
     maps = F.interpolate(
         maps.detach().float().cpu().unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False

@@ -74,7 +74,8 @@ class ImageFolderDataModule(ImageDataModule):
             raise ConfigError(f"train/ and val/ under {root} have different class folders (e.g. {missing})")
         if self.num_classes is not None and len(classes["train"]) != int(self.num_classes):
             raise ConfigError(
-                f"{root / 'train'} has {len(classes['train'])} class folders but data.num_classes={self.num_classes}; "
+                f"{root / 'train'} has {len(classes['train'])} class folders "
+                f"but data.num_classes={self.num_classes}; "
                 f"set data.num_classes={len(classes['train'])}"
             )
         self.root_path, self.crop_pct, self.classes = root, crop_pct, classes["train"]

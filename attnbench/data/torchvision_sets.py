@@ -17,7 +17,8 @@ from attnbench.errors import ConfigError
 
 
 def _without_md5(cls):
-    """torchvision's reader minus the md5 pass over the files (slow; a damaged file still fails to unpickle)."""
+    """torchvision's reader minus the md5 pass over the files
+    (slow; a damaged file still fails to unpickle)."""
     return type(
         cls.__name__,
         (cls,),

@@ -146,15 +146,18 @@ class WindowAttention(nn.Module):
         # Training on CPU: a bias that needs its gradient sends SDPA to its unfused math path, which adds
         # -inf row checks and copies (0.8x the explicit product below, fwd+bwd); elsewhere SDPA's kernels win.
         explicit = self.explicit_attn or (
-            q.device.type == "cpu" and torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
+            q.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and self.relative_position_bias_table.requires_grad
         )
         if explicit:
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1) + bias
             attn = self.attn_map(attn.softmax(dim=-1))
             out = F.dropout(attn, drop, self.training) @ v
         else:
-            # 4-d [B·nW, heads, N, d] inputs reach the fused kernels (5-d ones fall back to the slow math path,
-            # 2-4x slower on CPU); a per-window mask (shifted windows) is expanded over the batch to match
+            # 4-d [B·nW, heads, N, d] inputs reach the fused kernels (5-d ones fall back to the slow math
+            # path, 2-4x slower on CPU); a per-window mask (shifted windows) is expanded over the batch to
+            # match
             q4, k4, v4 = (t.reshape(b * nw, self.num_heads, n, self.head_dim) for t in (q, k, v))
             if bias.shape[0] > 1:
                 bias = bias.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, self.num_heads, n, n)

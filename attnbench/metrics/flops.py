@@ -29,7 +29,8 @@ if _cpu_sdpa is not None and _cpu_sdpa not in flop_counter.flop_registry:
 
 @torch.no_grad()
 def forward_flops(module: nn.Module, *inputs: torch.Tensor, **kwargs) -> int:
-    """FLOPs of one ``module(*inputs, **kwargs)`` call (the module's train/eval mode is restored afterwards)."""
+    """FLOPs of one ``module(*inputs, **kwargs)`` call
+    (the module's train/eval mode is restored afterwards)."""
     was_training = module.training
     module.eval()
     try:

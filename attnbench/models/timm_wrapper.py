@@ -26,7 +26,9 @@ def timm_model(
     return model
 
 
-def _create(name: str, num_classes: int, in_chans: int, img_size: int | None, pretrained: str | None, **kwargs):
+def _create(
+    name: str, num_classes: int, in_chans: int, img_size: int | None, pretrained: str | None, **kwargs
+):
     import timm
 
     if not timm.is_model(name):
