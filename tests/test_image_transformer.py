@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from attnbench.metrics.bpd import BitsPerDim, nats_to_bpd
 from attnbench.models import create_model
@@ -130,6 +131,27 @@ def test_bpd_is_a_mean_over_sub_pixels_not_batches():
     metric.update(logits[1:], target[1:])
     ref = -logits.gather(1, target[:, None]).mean() / math.log(2)
     assert metric.compute().item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_bpd_from_summed_nats_matches_logits_and_is_never_stale():
+    """``update(sum_nats=, count=)`` (the task's form) counts as an update for torchmetrics: same value as the
+    logits form, no "compute before update" warning, and no cached result after a further update."""
+    import warnings
+
+    logits = torch.log_softmax(torch.randn(6, 4, 1, 2, 2), 1)
+    target = torch.randint(0, 4, (6, 1, 2, 2))
+    ref = BitsPerDim()
+    ref.update(logits, target)
+    metric = BitsPerDim()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric.update(sum_nats=F.cross_entropy(logits[:2], target[:2], reduction="sum"), count=8)
+        first = metric.compute().item()
+        metric.update(sum_nats=F.cross_entropy(logits[2:], target[2:], reduction="sum"), count=16)
+        assert metric.compute().item() != first
+    assert metric.compute().item() == pytest.approx(ref.compute().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="takes"):
+        metric.update(logits)
 
 
 class _Uniform(torch.nn.Module):

@@ -19,11 +19,11 @@ def nats_to_bpd(nats: float | torch.Tensor) -> float | torch.Tensor:
 
 
 class BitsPerDim(Metric):
-    """``update(logits [B, levels, ...], target LongTensor[B, ...])``; ``compute()``: mean bits per
-    sub-pixel.
+    """``update(logits [B, levels, ...], target LongTensor[B, ...])`` or ``update(sum_nats=, count=)``
+    (already summed negative log-likelihoods); ``compute()``: mean bits per sub-pixel.
 
-    ``logits`` may be unnormalised (a log-softmax is applied). ``update_nll(sum_nats, count)`` adds already
-    summed negative log-likelihoods instead.
+    ``logits`` may be unnormalised (a log-softmax is applied). Both forms go through ``update``, so
+    torchmetrics' bookkeeping (update count, cached result) stays right.
     """
 
     full_state_update = False
@@ -34,11 +34,23 @@ class BitsPerDim(Metric):
         self.add_state("nats", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        nll = F.cross_entropy(logits.float(), target, reduction="sum")
-        self.update_nll(nll, target.numel())
-
-    def update_nll(self, sum_nats: torch.Tensor, count: int) -> None:
+    def update(
+        self,
+        logits: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        *,
+        sum_nats: torch.Tensor | None = None,
+        count: int | None = None,
+    ) -> None:
+        if (
+            (logits is None) == (sum_nats is None)
+            or (logits is None) != (target is None)
+            or ((sum_nats is None) != (count is None))
+        ):
+            raise ValueError("BitsPerDim.update takes (logits, target) or (sum_nats=, count=)")
+        if logits is not None:
+            sum_nats = F.cross_entropy(logits.float(), target, reduction="sum")
+            count = target.numel()
         self.nats += sum_nats.detach().to(torch.float64)
         self.count += int(count)
 

@@ -91,7 +91,7 @@ class AutoregressiveTask(BaseTask):
         target = self.quantise(x)
         nll = F.cross_entropy(self(target, y).float(), target, reduction="sum")
         self.metrics[f"{split}_loss"].update(nll / target.numel(), weight=target.numel())
-        self.metrics[f"{split}_bpd"].update_nll(nll, target.numel())
+        self.metrics[f"{split}_bpd"].update(sum_nats=nll, count=target.numel())
         for name in ("loss", "bpd"):
             self.log(
                 f"{split}/{name}",
