@@ -144,7 +144,9 @@ class AutoregressiveTask(BaseTask):
 
     def setup(self, stage: str) -> None:
         if self.scorer is None and int(self.hparams.score_samples) > 0 and stage in ("fit", "test"):
-            self.scorer = self._build_scorer()  # here, not at test time: it trains with gradients
+            # built here, not at test time (it trains with gradients); set past nn.Module's registration so
+            # it stays out of the module tree (train/eval switches) and out of checkpoints
+            object.__setattr__(self, "scorer", self._build_scorer())
 
     def on_test_epoch_end(self) -> None:
         n = int(self.hparams.score_samples)
