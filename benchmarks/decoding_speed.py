@@ -10,6 +10,9 @@ Image Transformer (Parmar et al. 2018): ``--n`` images of ``size`` x ``size`` x 
 sub-pixel one step; local_1d blocks of 256 (memory 512), local_2d 8 x 32 query blocks with 8-row / 16-column
 flanges, full = causal attention over the whole prefix. Show-Attend-Tell (Xu et al. 2015), soft attention,
 beam 5: the paper's sizes (14 x 14 grid, 512-d, 10,000 words) and the digit_captions default captioner.
+The captioners have random weights and ``<end>`` suppressed, so every search runs all ``--max-len`` steps
+(random weights would otherwise end most captions after a word or two at small vocabularies): the per-step
+cost is what is compared.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def beam(args) -> list[str]:
             cnn_pools=st["pools"], embed_dim=st["embed"], hidden_dim=st["hidden"], attn_dim=st["attn"],
             dropout=0.0,
         ).eval()  # fmt: skip
+        with torch.no_grad():
+            net.out.bias[net.end_id] = float("-inf")  # no caption ends: every search runs max_len steps
         hw = st["image"] if isinstance(st["image"], tuple) else (st["image"], st["image"])
         images = torch.randn(args.batch, 1, *hw)
         with torch.no_grad():

@@ -170,6 +170,44 @@ def test_batched_beam_search_returns_the_per_image_best_captions():
             assert torch.allclose(batched["alphas"][i, :n], single["alphas"][0, :n], atol=1e-9)
 
 
+def test_images_with_a_final_answer_leave_the_batch_with_unchanged_results(monkeypatch):
+    """Captions of different lengths in one batch: an image whose answer is final (its best finished beam
+    outscores every open one) stops being decoded (fewer rows per step), and every image still gets exactly
+    its one-image-at-a-time result and the result of the search run to max_len without leaving."""
+    net = tiny_model()
+    with torch.no_grad():
+        net.out.bias[net.end_id] = 0.16  # <end> likely for some images, not for others (fixed seeds)
+    g = torch.Generator().manual_seed(0)
+    scale = torch.logspace(-1, 1.3, 8, dtype=torch.float64)[:, None, None, None]
+    images = torch.randn(8, 1, 8, 32, dtype=torch.float64, generator=g) * scale
+    rows_per_step = []
+    step = net.step
+    monkeypatch.setattr(
+        net, "step", lambda words, *a, **kw: rows_per_step.append(len(words)) or step(words, *a, **kw)
+    )
+    batched = net.beam_search(images, beam_size=3, max_len=8, length_norm=0.0)
+    assert len(set(batched["lengths"].tolist())) > 1  # the batch mixes caption lengths
+    assert rows_per_step[0] == 8 * 3 and rows_per_step[-1] < rows_per_step[0]  # finished images left
+    assert batched["tokens"].shape[1] == len(rows_per_step)
+    # the search that keeps every image to the end: length_norm -> 0+ ranks alike but never leaves early
+    rows_per_step.clear()
+    full = net.beam_search(images, beam_size=3, max_len=8, length_norm=1e-12)
+    assert rows_per_step == [8 * 3] * 8
+    assert torch.equal(batched["lengths"], full["lengths"])
+    assert torch.allclose(batched["scores"], full["scores"], atol=1e-9)
+    for i, n in enumerate(full["lengths"].tolist()):
+        assert batched["tokens"][i, :n].tolist() == full["tokens"][i, :n].tolist()
+    for i in range(len(images)):
+        single = net.beam_search(images[i : i + 1], beam_size=3, max_len=8, length_norm=0.0)
+        t = single["tokens"].shape[1]
+        assert batched["tokens"][i, :t].tolist() == single["tokens"][0].tolist()
+        assert (batched["tokens"][i, t:] == net.pad_id).all()
+        assert batched["lengths"][i] == single["lengths"][0]
+        assert batched["scores"][i].item() == pytest.approx(single["scores"][0].item(), abs=1e-9)
+        n = int(single["lengths"][0])
+        assert torch.allclose(batched["alphas"][i, :n], single["alphas"][0, :n], atol=1e-9)
+
+
 @torch.no_grad()
 def sequence_logprob(net, image, words) -> float:
     captions = torch.tensor([[net.start_id, *words]])

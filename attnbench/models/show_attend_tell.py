@@ -266,46 +266,72 @@ class ShowAttendTell(nn.Module):
         """Beam search over all images of the batch at once (``beam_size=1`` is greedy decoding).
 
         ``<pad>`` and ``<start>`` are never generated. Finished beams (those that emitted ``<end>``) stay in
-        the beam with their score frozen. The answer per
-        image is the best finished beam by ``score / length**length_norm`` (0: plain log-probability), or
-        the best unfinished one when no beam emitted ``<end>`` within ``max_len`` words.
+        the beam with their score frozen. The answer per image is the best finished beam by
+        ``score / length**length_norm`` (0: plain log-probability), or the best unfinished one when no beam
+        emitted ``<end>`` within ``max_len`` words. An image leaves the batch once its answer is final (all
+        its beams finished, or, with ``length_norm=0``, its best finished beam outscores every open one), so
+        later steps run only on images still decoding; the answers are those of the full search.
 
         Args:
             images: normalised ``[B, C, H, W]``.
 
         Returns:
             ``tokens [B, T]`` (word ids without ``<start>``, ``<pad>`` after ``<end>``), ``lengths [B]``
-            (words including ``<end>`` when emitted), ``alphas [B, T, L]``, ``scores [B]`` (summed
-            log-probabilities), ``grid`` ``LongTensor[2]`` = (h, w) of the attention grid.
+            (words including ``<end>`` when emitted), ``alphas [B, T, L]`` (meaningful up to ``lengths``),
+            ``scores [B]`` (summed log-probabilities), ``grid`` ``LongTensor[2]`` = (h, w) of the attention
+            grid.
         """
         feats, grid = self.encode(images)
         b, n_loc, k, v = feats.shape[0], feats.shape[1], beam_size, len(self.vocab)
+        dev = feats.device
         mode = self.eval_mode()
         # W_a a once per image; the K beams of an image share feats [B, L, D] and proj [B, L, A] (no copies)
         proj = self.attention.project(feats) if mode != "none" else None
         state = tuple(s.repeat_interleave(k, dim=0) for s in self.init_state(feats))  # [B*K, N] each
         scores = feats.new_full((b, k), float("-inf"))
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first expansion has no duplicates
-        words = torch.full((b * k,), self.start_id, dtype=torch.long, device=feats.device)
-        finished = torch.zeros(b * k, dtype=torch.bool, device=feats.device)
-        lengths = torch.zeros(b * k, dtype=torch.long, device=feats.device)
-        hist = torch.zeros(b * k, 0, dtype=torch.long, device=feats.device)
+        words = torch.full((b * k,), self.start_id, dtype=torch.long, device=dev)
+        finished = torch.zeros(b * k, dtype=torch.bool, device=dev)
+        lengths = torch.zeros(b * k, dtype=torch.long, device=dev)
+        hist = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
         hist_alpha = feats.new_zeros(b * k, 0, n_loc)
         frozen_row = feats.new_full((v,), float("-inf"))
         frozen_row[self.pad_id] = 0.0  # a finished beam continues with <pad> at no cost
-        offsets = (torch.arange(b, device=feats.device) * k)[:, None]
         logp_buf = feats.new_empty(b * k, v)
+        # results of the images that left the batch (rows: image * K + beam)
+        images_left = torch.arange(b, device=dev)  # the images still decoding, in row order
+        out = {
+            "tokens": torch.full((b * k, max_len), self.pad_id, dtype=torch.long, device=dev),
+            "alphas": feats.new_zeros(b * k, max_len, n_loc),
+            "lengths": torch.zeros(b * k, dtype=torch.long, device=dev),
+            "finished": torch.zeros(b * k, dtype=torch.bool, device=dev),
+            "scores": feats.new_empty(b, k),
+        }
+
+        def retire(done: Tensor) -> None:
+            """Copy the rows of the images in ``done`` (bool over the images still decoding) into ``out``."""
+            rows_done = done.repeat_interleave(k)
+            rows_out = (images_left[done][:, None] * k + torch.arange(k, device=dev)).view(-1)
+            out["tokens"][rows_out, : hist.shape[1]] = hist[rows_done]
+            out["alphas"][rows_out, : hist.shape[1]] = hist_alpha[rows_done]
+            out["lengths"][rows_out] = lengths[rows_done]
+            out["finished"][rows_out] = finished[rows_done]
+            out["scores"][images_left[done]] = scores[done]
+
         for _ in range(max_len):
+            n = images_left.numel()
             logits, state, alpha, _ = self.step(words, state, feats, proj, mode)
-            # [B*K, V] work in one reused buffer (a fresh multi-MiB tensor per op costs page faults)
-            logp = torch.log_softmax(logits, dim=-1, out=logp_buf)
+            # [N*K, V] work in one reused buffer (a fresh multi-MiB tensor per op costs page faults)
+            logp = torch.log_softmax(logits, dim=-1, out=logp_buf[: n * k])
             logp[:, self.pad_id] = float("-inf")  # never generated: padding and <start>
             logp[:, self.start_id] = float("-inf")
             if bool(finished.any()):
                 logp[finished] = frozen_row
-            cand = logp.add_(scores.reshape(b * k, 1)).view(b, k * v)
-            scores, idx = cand.topk(k, dim=1)  # [B, K]
-            src = (offsets + torch.div(idx, v, rounding_mode="floor")).view(-1)
+            cand = logp.add_(scores.reshape(n * k, 1)).view(n, k * v)
+            scores, idx = cand.topk(k, dim=1)  # [N, K]
+            src = (torch.arange(n, device=dev)[:, None] * k + torch.div(idx, v, rounding_mode="floor")).view(
+                -1
+            )
             words = (idx % v).view(-1)
             state = (state[0][src], state[1][src])
             hist = torch.cat([hist[src], words[:, None]], 1)
@@ -313,19 +339,39 @@ class ShowAttendTell(nn.Module):
             was_finished = finished[src]
             lengths = lengths[src] + (~was_finished).long()
             finished = was_finished | (words == self.end_id)
-            if bool(finished.all()):
-                break
-        lengths_f = lengths.view(b, k).clamp_min(1).to(scores.dtype)
-        ranked = scores / lengths_f.pow(length_norm) if length_norm else scores.clone()
-        fin = finished.view(b, k)
+            fin = finished.view(n, k)
+            done = fin.all(1)
+            if not length_norm:
+                # log-probabilities are <= 0, so an open beam's score can only fall: once an image's best
+                # finished beam scores at least as high as its open ones, no later step can change its answer
+                best_fin = scores.masked_fill(~fin, float("-inf")).amax(1)
+                best_open = scores.masked_fill(fin, float("-inf")).amax(1)
+                done |= fin.any(1) & (best_fin >= best_open)
+            if bool(done.any()):  # these images' answers are final
+                retire(done)
+                keep, rows_keep = ~done, (~done).repeat_interleave(k)
+                images_left = images_left[keep]
+                if images_left.numel() == 0:
+                    break
+                feats = feats[keep]
+                proj = proj[keep] if proj is not None else None
+                state = (state[0][rows_keep], state[1][rows_keep])
+                scores, words, finished = scores[keep], words[rows_keep], finished[rows_keep]
+                lengths, hist, hist_alpha = lengths[rows_keep], hist[rows_keep], hist_alpha[rows_keep]
+        if images_left.numel():  # reached max_len
+            retire(torch.ones(images_left.numel(), dtype=torch.bool, device=dev))
+        steps = hist.shape[1]
+        lengths_f = out["lengths"].view(b, k).clamp_min(1).to(feats.dtype)
+        ranked = out["scores"] / lengths_f.pow(length_norm) if length_norm else out["scores"].clone()
+        fin = out["finished"].view(b, k)
         # prefer finished beams; an image with none takes its best truncated beam (no crash)
         ranked = torch.where(fin | ~fin.any(1, keepdim=True), ranked, ranked.new_tensor(float("-inf")))
-        best = torch.arange(b, device=feats.device) * k + ranked.argmax(1)
+        best = torch.arange(b, device=dev) * k + ranked.argmax(1)
         return {
-            "tokens": hist[best],
-            "lengths": lengths[best],
-            "alphas": hist_alpha[best],
-            "scores": scores.view(-1)[best],
+            "tokens": out["tokens"][best, :steps],
+            "lengths": out["lengths"][best],
+            "alphas": out["alphas"][best, :steps],
+            "scores": out["scores"].view(-1)[best],
             "grid": torch.tensor(grid),
         }
 
