@@ -329,9 +329,8 @@ class ShowAttendTell(nn.Module):
                 logp[finished] = frozen_row
             cand = logp.add_(scores.reshape(n * k, 1)).view(n, k * v)
             scores, idx = cand.topk(k, dim=1)  # [N, K]
-            src = (torch.arange(n, device=dev)[:, None] * k + torch.div(idx, v, rounding_mode="floor")).view(
-                -1
-            )
+            beam_of = torch.div(idx, v, rounding_mode="floor")  # which beam each candidate extends
+            src = (torch.arange(n, device=dev)[:, None] * k + beam_of).view(-1)
             words = (idx % v).view(-1)
             state = (state[0][src], state[1][src])
             hist = torch.cat([hist[src], words[:, None]], 1)
