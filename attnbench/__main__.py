@@ -2,7 +2,8 @@
 
 Bad input (ConfigError) is printed as one message without a traceback and exits with code 2. In a multirun,
 a failing job is recorded in its metrics.json and the sweep goes on; the exit code is then the number of
-failed jobs.
+failed jobs. SIGTERM/SIGINT save a checkpoint, record ``status: interrupted`` and exit with 128 + the signal
+number (143, 130), also stopping a sweep.
 """
 
 from __future__ import annotations
@@ -31,11 +32,18 @@ _failed_jobs: list[str] = []
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float | None:
+    from attnbench.callbacks.interrupt import RunInterrupted
     from attnbench.summary import print_summary
     from attnbench.train import _is_multirun, is_global_zero, run
 
     try:
         metrics = run(cfg)
+    except RunInterrupted as err:  # recorded as "interrupted"; a sweep stops too
+        print(
+            f"{err}: checkpoint saved; continue with resume=true hydra.run.dir={cfg.paths.output_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(err.exit_code)
     except ConfigError as err:
         _report_failure(f"error: {err}", cfg)
         if not _is_multirun():

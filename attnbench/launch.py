@@ -48,9 +48,13 @@ def job_worker_command(local_rank: int) -> tuple[list[str], str]:
 
 def patch_ddp_relaunch() -> None:
     """Make Lightning's subprocess launcher start workers with ``job_worker_command`` (idempotent)."""
-    from lightning_fabric.strategies.launchers import subprocess_script
+    import importlib
 
-    subprocess_script._hydra_subprocess_cmd = job_worker_command
+    # pytorch_lightning's launcher imports the function by name: patch the name in both modules
+    for name in ("lightning_fabric", "pytorch_lightning"):
+        module = importlib.import_module(f"{name}.strategies.launchers.subprocess_script")
+        if hasattr(module, "_hydra_subprocess_cmd"):
+            module._hydra_subprocess_cmd = job_worker_command
 
 
 def reset_distributed(saved_env: dict[str, str | None]) -> None:

@@ -40,6 +40,8 @@ SHOWN = (
 )
 IGNORED_OVERRIDES = (
     "seed",
+    "resume",
+    "ckpt_path",
     "hydra.",
     "trainer.enable_progress_bar",
     "logger",
@@ -61,8 +63,13 @@ class Run:
 
     @property
     def settings(self) -> set[str]:
-        """The run's overrides without its seed and bookkeeping: what seeds are averaged over."""
-        return {o for o in self.overrides if not o.lstrip("+~").startswith(IGNORED_OVERRIDES)}
+        """The run's overrides without its seed and bookkeeping: what seeds are averaged over. A key given
+        twice (a resume appends its overrides, e.g. a longer ``trainer.max_epochs``) counts with its last
+        value."""
+        last: dict[str, str] = {}
+        for o in self.overrides:
+            last[o.split("=", 1)[0].lstrip("+~")] = o
+        return {o for o in last.values() if not o.lstrip("+~").startswith(IGNORED_OVERRIDES)}
 
 
 @dataclass
@@ -85,33 +92,56 @@ class Group:
         return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
 
-def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
-    """Finished runs (with metrics.json) and unfinished job folders (.hydra but no metrics.json)
-    under root."""
+def read_metrics(path: Path) -> dict[str, Any] | str:
+    """A run's ``metrics.json`` as a dict, or the reason it cannot be read (truncated, not an object)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"unreadable ({type(err).__name__}: {str(err)[:80]})"
+    if not isinstance(record, dict):
+        return f"not a JSON object (a {type(record).__name__})"
+    return record
+
+
+def find_runs(root: Path, skipped: list[tuple[Path, str]] | None = None) -> tuple[list[Run], list[Path]]:
+    """Finished runs (with metrics.json) and unfinished job folders (.hydra but no metrics.json) under root.
+    ``metrics.json`` files that cannot be read are left out and appended to ``skipped`` with the reason."""
+    skipped = skipped if skipped is not None else []
     runs, unfinished = [], []
+    seen: set[Path] = set()
     for hydra_dir in sorted(root.rglob(".hydra")):
         folder = hydra_dir.parent
         overrides_file = hydra_dir / "overrides.yaml"
         overrides = _read_overrides(overrides_file) if overrides_file.is_file() else []
         metrics_file = folder / "metrics.json"
-        if metrics_file.is_file():
-            try:
-                runs.append(Run(folder, json.loads(metrics_file.read_text()), overrides))
-            except json.JSONDecodeError:
-                unfinished.append(folder)
-        else:
+        seen.add(folder)
+        if not metrics_file.is_file():
             unfinished.append(folder)
-    seen = {r.folder for r in runs}
+            continue
+        record = read_metrics(metrics_file)
+        if isinstance(record, str):
+            skipped.append((metrics_file, record))
+        else:
+            runs.append(Run(folder, record, overrides))
     for metrics_file in sorted(root.rglob("metrics.json")):  # runs without a .hydra folder
-        if metrics_file.parent not in seen:
-            runs.append(Run(metrics_file.parent, json.loads(metrics_file.read_text()), []))
+        if metrics_file.parent in seen:
+            continue
+        record = read_metrics(metrics_file)
+        if isinstance(record, str):
+            skipped.append((metrics_file, record))
+        else:
+            runs.append(Run(metrics_file.parent, record, []))
     return runs, unfinished
 
 
 def _read_overrides(path: Path) -> list[str]:
     import yaml
 
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+    try:
+        listed = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in listed] if isinstance(listed, list) else []
 
 
 def shared_settings(runs: list[Run]) -> set[str]:
@@ -160,6 +190,49 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+class OwnFiles:
+    """The report writes only files it wrote itself: ``.attnbench-report.json`` in the output folder lists
+    each file it wrote with its SHA-256. A file of the same name that is not listed, or was changed since,
+    belongs to someone else and is kept: the report takes the next free name (``report-2.md``) instead."""
+
+    MANIFEST = ".attnbench-report.json"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        try:
+            self.owned = json.loads((folder / self.MANIFEST).read_text())
+            if not isinstance(self.owned, dict):
+                self.owned = {}
+        except (OSError, ValueError):
+            self.owned = {}
+        self.renamed: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _digest(path: Path) -> str:
+        import hashlib
+
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def _mine(self, path: Path) -> bool:
+        return not path.exists() or self.owned.get(path.name) == self._digest(path)
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name``: itself if free or ours, else ``stem-N.suffix``."""
+        candidate, n = self.folder / name, 2
+        stem, suffix = Path(name).stem, Path(name).suffix
+        while not self._mine(candidate):
+            candidate, n = self.folder / f"{stem}-{n}{suffix}", n + 1
+        if candidate.name != name:
+            self.renamed.append((name, candidate.name))
+        return candidate
+
+    def wrote(self, path: Path) -> None:
+        self.owned[path.name] = self._digest(path)
+        tmp = self.folder / f"{self.MANIFEST}.tmp"
+        tmp.write_text(json.dumps(self.owned, indent=1, sort_keys=True))
+        tmp.replace(self.folder / self.MANIFEST)
+
+
 def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False) -> bool:
     """Scatter of per-configuration means with std error bars; False when no configuration has both."""
     pts = [(g.key, g.mean_std(x), g.mean_std(y)) for g in groups]
@@ -190,7 +263,9 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
     """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text."""
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
-    runs, unfinished = find_runs(root)
+    files = OwnFiles(out)
+    skipped: list[tuple[Path, str]] = []
+    runs, unfinished = find_runs(root, skipped)
     groups = group_runs(runs)
     failed = [r for r in runs if r.status != "ok"]
     main = metric or primary_metric(groups)
@@ -203,7 +278,8 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
             key=lambda g: (g.mean_std(main) or (-math.inf if reverse else math.inf, 0, 0))[0], reverse=reverse
         )
     header, rows = table(groups, metrics)
-    with open(out / "report.csv", "w", newline="") as f:
+    csv_path = files.path("report.csv")
+    with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["configuration", "runs"] + [c for m in metrics for c in (f"{m} mean", f"{m} std")])
         for g in groups:
@@ -212,6 +288,7 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
                 ms = g.mean_std(m)
                 row += [ms[0], ms[1]] if ms else ["", ""]
             writer.writerow(row)
+    files.wrote(csv_path)
     plots = []
     if main:
         for x, name, logx in (
@@ -219,8 +296,10 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
             ("params", "metric_vs_params.png", True),
             ("flops_per_sample", "metric_vs_flops.png", True),
         ):
-            if plot(groups, x, main, out / name, logx):
-                plots.append(name)
+            target = files.path(name)
+            if plot(groups, x, main, target, logx):
+                files.wrote(target)
+                plots.append(target.name)
     text = [
         f"# Report: {root}",
         "",
@@ -236,10 +315,22 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
         text += [f"- `{r.folder}`: {str(r.metrics.get('error', 'unknown error'))[:300]}" for r in failed]
     if unfinished:
         text += ["", f"## Unfinished ({len(unfinished)})", ""] + [f"- `{p}`" for p in unfinished]
+    if skipped:
+        text += ["", f"## Skipped records ({len(skipped)})", ""] + [f"- `{p}`: {why}" for p, why in skipped]
     if plots:
         text += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    md_path = files.path("report.md")
+    if files.renamed:
+        text += ["", "## Files", ""] + [
+            f"- `{new}`: `{old}` in this folder was not written by the report and is kept"
+            for old, new in files.renamed
+        ]
     md = "\n".join(text) + "\n"
-    (out / "report.md").write_text(md)
+    md_path.write_text(md)
+    files.wrote(md_path)
+    for old, new in files.renamed:
+        note = f"note: {out / old} was not written by attnbench.report; kept it and wrote {new}"
+        print(note, file=sys.stderr)
     return md
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from attnbench.errors import ConfigError
 from attnbench.launch import patch_ddp_relaunch, reset_distributed, snapshot_env
@@ -75,16 +77,23 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     return None
 
 
-def refuse_reuse(out: Path, resuming: bool) -> None:
-    """Never overwrite a finished or started run: its metrics.json or checkpoints mean the folder is taken."""
-    if resuming:
-        return
-    taken = [p for p in (out / METRICS_FILE, out / "checkpoints") if p.exists()]
-    if taken:
+def read_checkpoint(path: str, ident: dict[str, Any], cfg: DictConfig) -> dict:
+    """Load a checkpoint safely (tensors and plain data only) and check that it was made by this kind of
+    run; ConfigError when it is unreadable, not a Lightning checkpoint, or of another model or mixer."""
+    from attnbench.callbacks.run_identity import identity_mismatch
+    from attnbench.safe_files import load_torch_file
+
+    checkpoint = load_torch_file(path, what="ckpt_path")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        got = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ConfigError(
-            f"output folder {out} already holds a run ({', '.join(p.name for p in taken)}); "
-            "refusing to overwrite it. Choose another hydra.run.dir, or resume=true to continue that run."
+            f"ckpt_path={path!r} is not a Lightning checkpoint of an attnbench run (no state_dict; got "
+            f"{got}); for plain weights use model.pretrained=FILE"
         )
+    mismatch = identity_mismatch(checkpoint, {**ident, **checkpoint_identity_of(cfg)})
+    if mismatch:
+        raise ConfigError(f"ckpt_path={path!r} belongs to another model: {mismatch}")
+    return checkpoint
 
 
 def is_global_zero() -> bool:
@@ -104,12 +113,21 @@ def to_number(v: Any) -> Any:
 
 
 def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json`` atomically (temp file + rename) and return its path."""
+    """Write ``metrics.json`` atomically (temp file + rename) and return its path. On a full disk the
+    record is retried without the traceback (a few hundred bytes may still fit), then printed to stderr."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / METRICS_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: to_number(v) for k, v in metrics.items()}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    record = {k: to_number(v) for k, v in metrics.items()}
+    for attempt in (record, {k: v for k, v in record.items() if k != "traceback"}):
+        try:
+            tmp.write_text(json.dumps(attempt, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+            return path
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            failure = err
+    print(f"error: could not write {path} ({failure}); the record:\n{json.dumps(record)}", file=sys.stderr)
     return path
 
 
@@ -138,25 +156,22 @@ def build_callbacks(cfg: DictConfig) -> list:
     ]
 
 
-def build_loggers(cfg: DictConfig, ident: dict[str, Any], ckpt: str | None = None) -> list:
+def build_loggers(cfg: DictConfig, ident: dict[str, Any], wandb_id: str | None = None) -> list:
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is None or "_target_" not in lcfg:
             continue
         if name == "wandb":
-            loggers.append(build_wandb(cfg, lcfg, ident, ckpt))
+            loggers.append(build_wandb(cfg, lcfg, ident, wandb_id))
         else:
             loggers.append(instantiate(lcfg))
     return loggers
 
 
-def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], ckpt: str | None = None):
+def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], run_id: str | None = None):
     """WandbLogger with a default name, group (the sweep folder in multirun) and tags (model, variant, data);
     resuming from a checkpoint continues the W&B run stored in it."""
-    from attnbench.callbacks.wandb_resume import read_wandb_run_id
-
     kw: dict[str, Any] = {}
-    run_id = read_wandb_run_id(ckpt) if ckpt else None
     if run_id:
         kw.update(id=run_id, resume="allow")
     if not lcfg.get("name"):
@@ -192,6 +207,35 @@ def checkpoint_plugins(cfg: DictConfig) -> list:
     return [AtomicCheckpointIO()] if isinstance(strategy, str) and "fsdp" not in strategy else []
 
 
+CAPTION_DATA = "data=digit_captions (embedded), data=coco, data=flickr8k or data=flickr30k"
+
+
+def check_model_fits_data(cfg: DictConfig, datamodule) -> None:
+    """A captioner needs a captions data set and only a captioner takes one; a classifier's head must have
+    the data set's number of classes."""
+    captioner = str(cfg.model.net.get("name", "")) == "show_attend_tell"
+    captions = hasattr(datamodule, "model_kwargs")
+    ident = run_identity(cfg)
+    if captioner and not captions:
+        raise ConfigError(
+            f"model=show_attend_tell needs a captions data set, but data={ident['data']} holds labelled "
+            f"images; expected {CAPTION_DATA}"
+        )
+    if captions and not captioner:
+        raise ConfigError(
+            f"data={ident['data']} holds captions, which only model=show_attend_tell reads; "
+            f"model={ident['model']} expects an image data set (e.g. data=digits, cifar10, imagenet)"
+        )
+    classes = getattr(datamodule, "num_classes", None)
+    for node in ("net", "task"):
+        given = cfg.model[node].get("num_classes", None) if node in cfg.model else None
+        if given is not None and classes is not None and given != classes:
+            raise ConfigError(
+                f"model.{node}.num_classes={given!r}, but data={ident['data']} has {classes} classes; "
+                f"expected {classes} (or drop the override)"
+            )
+
+
 def build_task(cfg: DictConfig, datamodule):
     """Instantiate ``cfg.model.net`` (plus ``datamodule.model_kwargs()`` when the data decides e.g. a
     vocabulary), then ``cfg.model.task`` around it."""
@@ -201,10 +245,17 @@ def build_task(cfg: DictConfig, datamodule):
             raise ConfigError(
                 f"model config needs a `{key}` entry with a _target_; got keys {list(cfg.model)}"
             )
+    check_model_fits_data(cfg, datamodule)
     extra = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
     # plain Python containers (not ListConfig) so hyper-parameters in checkpoints load with weights_only
-    net = instantiate(cfg.model.net, **extra, _convert_="all")
-    task = instantiate(cfg.model.task, net=net, _convert_="all")
+    try:
+        net = instantiate(cfg.model.net, **extra, _convert_="all")
+        task = instantiate(cfg.model.task, net=net, _convert_="all")
+    except OmegaConfBaseException as err:  # e.g. ${data.num_classes} on a data set without classes
+        raise ConfigError(
+            f"model={run_identity(cfg)['model']} cannot be configured for data={run_identity(cfg)['data']}: "
+            f"{str(err).splitlines()[0]}"
+        ) from None
     return net, task
 
 
@@ -212,46 +263,119 @@ def build_task(cfg: DictConfig, datamodule):
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as ``cfg`` says; return the final metrics (also written to ``metrics.json``).
 
-    Raises ConfigError for bad input (before anything is built or written); any other failure is recorded
-    in metrics.json with ``status: failed`` and re-raised.
+    Order (see ``attnbench.run_folder``): claim the folder (lock), refuse a folder that holds another run,
+    restore the saved configuration on ``resume``, validate the configuration, read the checkpoint, build
+    data/model/trainer. Any failure up to here is raised and leaves the folder as it was (a ConfigError is
+    bad input: exit code 2). Then the run's record (``.hydra/``) is written and training starts; from then on
+    every ending is recorded in ``metrics.json``: ``ok``, ``failed`` (with the error) or ``interrupted``.
     """
+    from attnbench.run_folder import FolderLock
+
     out = output_dir(cfg)
-    ckpt = resume_checkpoint(cfg, out)
-    refuse_reuse(out, resuming=ckpt is not None or not is_global_zero())  # DDP workers share the folder
+    lead = is_global_zero()  # DDP workers share the lead's folder, claim and record
+    lock = FolderLock(out).acquire() if lead else None
+    try:
+        return _run_in_claimed_folder(cfg, out, lead)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, Any]:
+    from attnbench.callbacks.interrupt import InterruptFlag, RunInterrupted
+    from attnbench.run_folder import refuse_taken, restore_saved_config, save_record
+    from attnbench.validate import validate_config
+
+    resuming = bool(cfg.get("resume"))
+    if resuming:
+        cfg = restore_saved_config(cfg, out)
+    elif lead:
+        refuse_taken(out, cfg.get("ckpt_path"))
+    validate_config(cfg)
     ident = run_identity(cfg)
-    metrics: dict[str, Any] = {"status": "running", **{f"run/{k}": v for k, v in ident.items()}}
+    ckpt = resume_checkpoint(cfg, out)
+    checkpoint = read_checkpoint(ckpt, ident, cfg) if ckpt else None
+
     started = time.perf_counter()
     saved_env = snapshot_env()
     patch_ddp_relaunch()
+    flag = InterruptFlag()
     try:
-        metrics.update(_run(cfg, out, ckpt, ident))
+        built = _build(cfg, out, ident, ckpt, checkpoint, flag)
+    except BaseException as err:
+        if lead and _is_multirun() and not isinstance(err, KeyboardInterrupt):
+            # a record for the sweep's report that does not make the folder count as a run
+            write_metrics(
+                out,
+                {
+                    "status": "failed",
+                    "stage": "setup",
+                    "error": f"{type(err).__name__}: {err}",
+                    **{f"run/{k}": v for k, v in ident.items()},
+                },
+            )
+        reset_distributed(saved_env)
+        raise
+    del checkpoint
+    if lead:
+        save_record(out, cfg, resumed=resuming)
+    metrics: dict[str, Any] = {"status": "running", **{f"run/{k}": v for k, v in ident.items()}}
+    flag.install()
+    try:
+        metrics.update(_fit_and_test(cfg, out, ckpt, built, flag))
         metrics["status"] = "ok"
+    except RunInterrupted as err:
+        metrics.update(status="interrupted", error=str(err), **built.partial_results())
+        log.warning("run %s; resume with: resume=true hydra.run.dir=%s", err, out)
+        raise
     except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
         metrics.update(
             status="failed",
             error=f"{type(err).__name__}: {err}",
             traceback="".join(traceback.format_exception(err))[-4000:],
+            **built.partial_results(),
         )
         raise
     finally:
+        flag.restore()
         metrics["time/total_s"] = time.perf_counter() - started
-        if is_global_zero():
+        if lead:
             path = write_metrics(out, metrics)
             log.info("metrics written to %s", path)
         reset_distributed(saved_env)
     return metrics
 
 
-def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) -> dict[str, Any]:
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+class _Built:
+    """What ``_build`` made: everything a run needs before it writes its first record."""
 
-    from attnbench.callbacks.throughput import SamplesThroughput
+    def __init__(self, **kw: Any):
+        self.__dict__.update(kw)
+
+    def partial_results(self) -> dict[str, Any]:
+        guard = _find(self.callbacks, "FiniteLossGuard")
+        return guard.summary() if guard is not None else {}
+
+
+def _find(callbacks: list, name: str):
+    return next((c for c in callbacks if type(c).__name__ == name), None)
+
+
+def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
+    import pytorch_lightning as pl
+
+    from attnbench.callbacks.interrupt import GracefulInterrupt
+    from attnbench.callbacks.run_identity import RunIdentityStamp, state_dict_mismatch
+    from attnbench.callbacks.wandb_resume import wandb_run_id
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)  # validates data.root first: no model is built for a missing data set
     net, task = build_task(cfg, datamodule)
-    loggers = build_loggers(cfg, ident, ckpt)
+    if checkpoint is not None:
+        mismatch = state_dict_mismatch(checkpoint["state_dict"], task.state_dict())
+        if mismatch:
+            raise ConfigError(f"ckpt_path={ckpt!r} does not fit model={ident['model']}: {mismatch}")
+    loggers = build_loggers(cfg, ident, wandb_run_id(checkpoint) if checkpoint is not None else None)
     callbacks = build_callbacks(cfg)
     if not loggers:  # nothing to send learning rates to (logger=none)
         from pytorch_lightning.callbacks import LearningRateMonitor
@@ -261,33 +385,57 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
         from attnbench.callbacks.wandb_resume import WandbRunId
 
         callbacks.append(WandbRunId())
+    callbacks.append(RunIdentityStamp({**ident, **checkpoint_identity_of(cfg)}))
+    callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
     )
+    return _Built(
+        datamodule=datamodule, net=net, task=task, loggers=loggers, callbacks=callbacks, trainer=trainer
+    )
 
-    params = sum(p.numel() for p in net.parameters())
+
+def checkpoint_identity_of(cfg: DictConfig) -> dict[str, Any]:
+    """Identity fields beyond ``run_identity``: the architecture's name and the task class."""
+    return {
+        "name": cfg.model.get("name", None) or cfg.model.net.get("_target_"),
+        "task": cfg.model.task.get("_target_"),
+    }
+
+
+def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, flag) -> dict[str, Any]:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from attnbench.callbacks.throughput import SamplesThroughput
+
+    trainer, task, datamodule = built.trainer, built.task, built.datamodule
+    loggers, callbacks = built.loggers, built.callbacks
+    params = sum(p.numel() for p in built.net.parameters())
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
 
     results: dict[str, Any] = {"params": params}
     if cfg.get("train", True):
         t0 = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         results["time/fit_s"] = time.perf_counter() - t0
         results.update(trainer.callback_metrics)
+        flag.check()
     if cfg.get("test", True):
         checkpointer = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best = checkpointer.best_model_path if checkpointer is not None and cfg.get("train", True) else ""
         test_ckpt = best or (ckpt if not cfg.get("train", True) else None)
         results["test/ckpt"] = test_ckpt or "current weights"
-        trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         results.update(getattr(task, "protocol", None) or {})  # non-numeric protocol fields (e.g. GAN scorer)
+        flag.check()
     throughput = next((c for c in callbacks if isinstance(c, SamplesThroughput)), None)
     if throughput is not None and throughput.samples_per_sec:
         results["throughput/train_samples_per_sec"] = throughput.samples_per_sec
     if getattr(task, "flops_per_sample", None):
         results["flops_per_sample"] = task.flops_per_sample
+    results.update(built.partial_results())
     for lg in loggers:
         lg.finalize("success")
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -302,8 +450,6 @@ def _run(cfg: DictConfig, out: Path, ckpt: str | None, ident: dict[str, Any]) ->
 
 def _finish_wandb() -> None:
     """End the W&B run so that the next job of a multirun starts its own."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()

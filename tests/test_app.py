@@ -42,12 +42,18 @@ def test_metrics_json_has_the_contract_keys(cfg_factory, tmp_path):
     assert on_disk["test/ckpt"].endswith(".ckpt")  # tested with the best checkpoint
 
 
-def test_failure_is_recorded_and_reraised(cfg_factory, tmp_path):
-    cfg = cfg_factory(*QUICK, "model.net.num_classes=3")  # labels 3..9 are out of range for the head
-    with pytest.raises(IndexError, match="out of bounds"):  # cross-entropy's target check
-        run_cfg(cfg)
+def test_failure_is_recorded_and_reraised(cfg_factory, tmp_path, monkeypatch):
+    from attnbench.tasks.classification import ClassificationTask
+
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("boom in training_step")
+
+    monkeypatch.setattr(ClassificationTask, "training_step", broken_step)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_cfg(cfg_factory(*QUICK))
     record = json.loads((tmp_path / "metrics.json").read_text())
-    assert record["status"] == "failed" and "Error" in record["error"] and record["run/model"]
+    assert record["status"] == "failed" and "boom" in record["error"] and record["run/model"]
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()  # the run had started: its record exists
 
 
 def test_a_used_output_folder_is_never_overwritten(cfg_factory, tmp_path):

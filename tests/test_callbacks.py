@@ -116,7 +116,7 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(cfg_factor
             "trainer.limit_test_batches=1",
         )
     )
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6
     best = [p for p in (tmp_path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
     assert len(best) == 1

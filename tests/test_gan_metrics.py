@@ -122,7 +122,7 @@ def test_inception_weights_bad_files_are_config_errors(inception_file, tmp_path)
         load_fid_inception(wrong)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="could not be read"):
+    with pytest.raises(ConfigError, match="garbage.pth.*not a readable torch checkpoint"):
         load_fid_inception(garbage)
 
 

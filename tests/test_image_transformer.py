@@ -202,5 +202,5 @@ def test_training_on_digits_learns(cfg_factory):
     assert metrics["test/loss"] == pytest.approx(metrics["test/bpd"] * math.log(2), rel=1e-4)
     assert 1.0 <= metrics["test/sample_is"] <= 10.0 and metrics["test/sample_s_per_image"] > 0
     # the digit scorer helps at test time but is no part of the model: not in its checkpoint
-    state = torch.load(metrics["test/ckpt"], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(metrics["test/ckpt"], map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("net.") for k in state) and not any(k.startswith("scorer.") for k in state)

@@ -89,7 +89,7 @@ def test_bf16_mixed_trains_on_cpu(cfg_factory):
 @pytest.mark.slow
 def test_gradient_accumulation_halves_optimizer_steps(cfg_factory, tmp_path):
     run_cfg(cfg_factory(*TINY, "trainer.accumulate_grad_batches=2"))
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2  # 4 batches, one optimizer step per 2
 
 

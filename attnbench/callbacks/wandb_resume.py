@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
+from attnbench.callbacks.run_identity import callback_state
+
 
 class WandbRunId(pl.Callback):
     """Stores the active W&B run id in each checkpoint (``checkpoint["callbacks"]["WandbRunId"]``)."""
@@ -24,12 +26,7 @@ class WandbRunId(pl.Callback):
         self.run_id = state_dict.get("run_id") or self.run_id
 
 
-def read_wandb_run_id(ckpt_path: str) -> str | None:
-    """The W&B run id stored in a checkpoint file, if any."""
-    import torch
-
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if "WandbRunId" in str(key) and isinstance(state, dict):
-            return state.get("run_id")
-    return None
+def wandb_run_id(checkpoint: dict) -> str | None:
+    """The W&B run id stored in a checkpoint (already loaded with ``safe_files.load_torch_file``), if any."""
+    state = callback_state(checkpoint, "WandbRunId")
+    return state.get("run_id") if state else None

@@ -101,6 +101,20 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
+    def check_facts(self, name: str, num_classes: int | None = None, channels: int | None = None) -> None:
+        """Refuse ``data.num_classes`` / ``data.channels`` that contradict what data set ``name`` holds
+        (the model's head and stem are built from them: a wrong value fails mid-training or silently)."""
+        facts = (("num_classes", num_classes, "classes"), ("channels", channels, "channels"))
+        for key, actual, what in facts:
+            given = getattr(self, key)
+            if actual is None or given is None:
+                continue
+            if isinstance(given, bool) or not isinstance(given, int) or given != actual:
+                raise ConfigError(
+                    f"data.{key}={given!r}, but data={name} has {actual} {what}; "
+                    f"expected data.{key}={actual} (or drop the override)"
+                )
+
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from attnbench.data.base import ImageDataModule, require_dir
+from attnbench.data.files import SkipsBrokenImages
 from attnbench.errors import ConfigError
 
 log = logging.getLogger("attnbench")
@@ -155,7 +156,7 @@ def read_karpathy(
     return splits, skipped
 
 
-class KarpathyImages(Dataset):
+class KarpathyImages(SkipsBrokenImages, Dataset):
     """Images with their captions: ``(x float[3, S, S] in [0, 1], {caption, refs})``."""
 
     def __init__(
@@ -173,6 +174,9 @@ class KarpathyImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
+        return self.load_robust(i, self._load, lambda j: self.items[j][0])
+
+    def _load(self, i: int):
         import numpy as np
         from PIL import Image
 
@@ -229,12 +233,8 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
             )
         if not self.splits["train"]:
             raise ConfigError(f"data={dataset}: {json_path} has no training images with sentences")
-        first = self.splits["train"][0][0]
-        if not first.is_file():
-            raise ConfigError(
-                f"data={dataset}: image {first} (the first training image) does not exist; "
-                f"expected:\n{expected}"
-            )
+        self.check_facts(dataset, channels=3)
+        self._check_images(dataset, expected)
         self.dataset, self.max_caption_len = dataset, max_caption_len
         self.vocab = Vocabulary.from_captions(
             (s for _, ss in self.splits["train"] for s in ss), min_word_freq
@@ -247,6 +247,27 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
             len(self.vocab),
             min_word_freq,
         )
+
+    def _check_images(self, dataset: str, expected: str) -> None:
+        """Every listed image exists (one stat per file, before training starts): refuse the data set when
+        none do (a wrong root), else drop the missing ones with a warning naming them."""
+        total = sum(len(v) for v in self.splits.values())
+        missing = {k: [it for it in v if not it[0].is_file()] for k, v in self.splits.items()}
+        n_missing = sum(len(v) for v in missing.values())
+        if not n_missing:
+            return
+        example = next(it[0] for v in missing.values() for it in v)
+        if n_missing == total or len(missing["train"]) == len(self.splits["train"]):
+            raise ConfigError(
+                f"data={dataset}: {n_missing} of the {total} images listed in the split file do not exist "
+                f"(e.g. {example}); expected:\n{expected}"
+            )
+        shown = ", ".join(str(it[0]) for v in missing.values() for it in v[:3])
+        log.warning(
+            "data=%s: %d listed image(s) do not exist and are left out: %s", dataset, n_missing, shown
+        )
+        gone = {id(it) for v in missing.values() for it in v}
+        self.splits = {k: [it for it in v if id(it) not in gone] for k, v in self.splits.items()}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

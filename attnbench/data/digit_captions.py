@@ -113,6 +113,7 @@ class DigitCaptionsDataModule(CaptionDataModule):
         self.min_digits, self.max_digits = int(min_digits), int(max_digits)
         self.sizes = (int(train_size), int(val_size), int(test_size))
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.check_facts("digit_captions", channels=1)
         self.vocab = Vocabulary(DIGIT_WORDS)
         self.channels = 1
 

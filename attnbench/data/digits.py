@@ -84,6 +84,7 @@ class DigitsDataModule(ImageDataModule):
             )
         if self.image_size < NATIVE_SIZE:
             raise ConfigError(f"data.image_size={self.image_size}: digits are 8x8, expected image_size >= 8")
+        self.check_facts("digits", num_classes=10, channels=1)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.augment = split_seed, augment
         self.num_classes, self.channels, self.levels = 10, 1, MAX_LEVEL + 1

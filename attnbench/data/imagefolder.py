@@ -2,16 +2,21 @@
 
 Standard transforms (Inception-style RandomResizedCrop + flip for training; resize to image_size/0.875 and
 centre crop for evaluation); ImageNet mean/std are applied by the task, on-device. Real-world files are
-handled: greyscale, CMYK and RGBA images are converted to RGB, files that are not images are skipped.
+handled: greyscale, CMYK and RGBA images are converted to RGB, files that are not images are skipped, symlink
+loops are not followed, and an image that cannot be decoded (empty, truncated, not an image) is skipped with
+a warning naming it (``data.files``).
 The val split serves as the test split (ImageNet's test labels are not public).
 """
 
 from __future__ import annotations
 
+import os
+
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from attnbench.data.base import ImageDataModule, require_dir
+from attnbench.data.files import SkipsBrokenImages, nonempty, walk_files
 from attnbench.errors import ConfigError
 
 LAYOUT = """  <root>/train/<class name>/<image files>   (one folder per class)
@@ -29,6 +34,23 @@ def load_rgb(path: str):
 
 def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
+
+
+class SafeImageFolder(SkipsBrokenImages, datasets.ImageFolder):
+    """torchvision's ImageFolder whose scan survives symlink loops and skips empty files, and whose items
+    skip files that cannot be decoded (``data.files``)."""
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples = []
+        for name in sorted(class_to_idx):
+            paths = [p for p in walk_files(os.path.join(directory, name)) if is_image_file(p)]
+            samples += [(p, class_to_idx[name]) for p in nonempty(paths, os.path.join(directory, name))]
+        if not samples and not allow_empty:
+            raise ConfigError(f"{directory} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+        return samples
+
+    def __getitem__(self, index: int):
+        return self.load_robust(index, super().__getitem__, lambda j: self.samples[j][0])
 
 
 def train_transform(size: int) -> transforms.Compose:
@@ -78,12 +100,11 @@ class ImageFolderDataModule(ImageDataModule):
                 f"but data.num_classes={self.num_classes}; "
                 f"set data.num_classes={len(classes['train'])}"
             )
+        self.check_facts(name, channels=3)  # every image is converted to RGB
         self.root_path, self.crop_pct, self.classes = root, crop_pct, classes["train"]
 
     def _folder(self, split: str, transform) -> datasets.ImageFolder:
-        return datasets.ImageFolder(
-            str(self.root_path / split), transform=transform, loader=load_rgb, is_valid_file=is_image_file
-        )
+        return SafeImageFolder(str(self.root_path / split), transform=transform, loader=load_rgb)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

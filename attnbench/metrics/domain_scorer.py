@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnbench.safe_files import load_torch_file
+
 RECIPE_VERSION = 1
 
 
@@ -137,7 +139,7 @@ def save_scorer(path: Path, model: DomainClassifier, info: dict) -> None:
 
 
 def load_scorer(path: Path) -> tuple[DomainClassifier, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_torch_file(path, what="domain scorer cache")
     model = DomainClassifier(**blob["config"])
     model.load_state_dict(blob["state_dict"])
     model.eval()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torchvision.models import inception as tv
 
 from attnbench.errors import ConfigError
+from attnbench.safe_files import load_torch_file
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -122,13 +123,7 @@ class FIDInceptionV3(nn.Module):
                 f"metrics.inception_weights={str(path)!r} is not a file; expected {WEIGHTS_NAME} "
                 "(the FID Inception v3 weights of pytorch-fid / torch-fidelity) on local disk"
             )
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
-            raise ConfigError(
-                f"metrics.inception_weights={str(path)!r} could not be read as a torch "
-                f"state dict ({type(err).__name__}: {err})"
-            ) from None
+        state = load_torch_file(file, what="metrics.inception_weights")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):

@@ -18,7 +18,6 @@ official microsoft/FocalNet layout (remapped by :func:`remap_official`); nothing
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from attnbench.mechanisms.focal_modulation import FocalModulation, LayerNorm2d
 from attnbench.mechanisms.global_attention import GlobalAttention
 from attnbench.mechanisms.window_attention import WindowAttention
 from attnbench.models.registry import register_model
+from attnbench.safe_files import YACS_CONFIG, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -469,12 +469,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # the official FocalNet checkpoints pickle their training config next to the weights
-        log.warning("%s holds pickled objects besides tensors; loading it with weights_only=False", path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    # the official microsoft/FocalNet checkpoints pickle their yacs training config next to the weights:
+    # it is admitted as a plain dict stand-in; any other object is refused (it could run code)
+    obj = load_torch_file(path, allow=YACS_CONFIG, what="model.pretrained")
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

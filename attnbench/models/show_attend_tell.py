@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.additive_attention import MODES, AdditiveAttention
 from attnbench.models.registry import register_model
+from attnbench.safe_files import load_torch_file
 
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
 TORCHVISION_TRUNKS = (
@@ -78,7 +79,7 @@ def _load_local_weights(net: nn.Module, path: str, head_prefixes: tuple[str, ...
 
     if not os.path.isfile(path):
         raise ConfigError(f"encoder_weights={path!r} is not a file; expected a torchvision state dict (.pth)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, what="model.encoder_weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

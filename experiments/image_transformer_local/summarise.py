@@ -32,7 +32,7 @@ def load_net(run: Path):
     ckpt = json.loads((run / "metrics.json").read_text()).get("test/ckpt")
     if not ckpt or not Path(ckpt).is_file():
         return cfg, None
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
     return cfg, net.eval()
 

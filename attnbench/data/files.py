@@ -1,0 +1,70 @@
+"""Image files from real-world folders: walked without following symlink loops, and an image that cannot be
+decoded (zero bytes, truncated, not an image despite its extension) is skipped with a warning naming it,
+never a crash in the middle of an epoch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("attnbench")
+
+MAX_CONSECUTIVE_BROKEN = 32
+
+
+def walk_files(top: str | os.PathLike) -> Iterator[str]:
+    """Every file under ``top`` (sorted, symlinks followed), each real folder visited once: a symlink loop
+    (a link to a parent folder) ends the walk of that branch instead of recursing forever."""
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            yield os.path.join(folder, name)
+
+
+def nonempty(paths: list[str], where: str) -> list[str]:
+    """``paths`` without zero-byte files (found at scan time, named in one warning)."""
+    empty = [p for p in paths if os.path.getsize(p) == 0]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        log.warning("%s: skipping %d empty image file(s): %s", where, len(empty), shown)
+    gone = set(empty)
+    return [p for p in paths if p not in gone]
+
+
+class SkipsBrokenImages:
+    """Mixin for a map-style data set of image files: ``load_robust(i, load, path_of)`` returns ``load(i)``,
+    or, when item ``i``'s file cannot be decoded, warns once naming the file and returns the next decodable
+    item (so the epoch keeps its length and never crashes)."""
+
+    _broken: set[str]
+
+    def load_robust(self, i: int, load: Callable[[int], Any], path_of: Callable[[int], str]) -> Any:
+        from PIL import Image
+
+        if not hasattr(self, "_broken"):
+            self._broken = set()
+        n = len(self)  # type: ignore[arg-type]
+        for step in range(min(n, MAX_CONSECUTIVE_BROKEN)):
+            j = (i + step) % n
+            try:
+                return load(j)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                path = str(path_of(j))
+                if path not in self._broken:
+                    self._broken.add(path)
+                    message = f"skipping unreadable image {path} ({type(err).__name__}: {err})"
+                    warnings.warn(message, stacklevel=2)
+        raise RuntimeError(
+            f"{MAX_CONSECUTIVE_BROKEN} consecutive images from {Path(str(path_of(i))).parent} could not be "
+            "decoded; check the data set's files"
+        )

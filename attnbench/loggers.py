@@ -1,0 +1,38 @@
+"""Loggers whose files keep a run's whole history.
+
+Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it starts in a folder that has one, so a resumed run
+would lose every row logged before the stop. ``CSVLogger`` here appends instead: the rows before the stop
+stay, the resumed run's rows follow (with the same columns, widened if new metrics appear).
+TensorBoard needs nothing: each start writes a new event file beside the earlier ones.
+"""
+
+from __future__ import annotations
+
+import csv
+
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, minus the deletion of an existing ``metrics.csv``: its columns are read back
+    so that later rows line up with the earlier ones."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(header)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """``pytorch_lightning.loggers.CSVLogger`` that appends to the run's ``metrics.csv`` (see module doc)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -1,0 +1,332 @@
+"""A run folder is append-only: it belongs to one run, which only ``resume=true`` continues.
+
+Rules (README: "What attnbench promises"):
+
+- **Claim.** A launch takes an exclusive lock on its folder (``.attnbench.lock``: ``flock`` on a file that
+  holds the owner's pid, host and start time). A second live process in the same folder is refused; the
+  kernel drops the lock of a process that died, so a stale lock file never blocks a later launch.
+- **Taken.** A folder holds a run once its record exists: ``.hydra/config.yaml`` (written by
+  ``save_record`` when the run starts, after every check passed), ``checkpoints/`` or a ``metrics.json``
+  of a run that started. A new launch into such a folder is refused before anything is written; Hydra itself
+  writes nothing there (``hydra.output_subdir: null``; the job log opens lazily).
+- **Resume.** ``resume=true`` continues the run saved in the folder with the configuration saved in
+  ``.hydra/config.yaml``; from the command line it takes only what may change when a run is continued
+  (``RESUMABLE``) and refuses any other differing value, naming the key and both values. The saved
+  ``overrides.yaml`` keeps the original overrides, the resume's are appended.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from attnbench.errors import ConfigError
+
+LOCK_FILE = ".attnbench.lock"
+RECORD_DIR = ".hydra"
+METRICS_FILE = "metrics.json"
+
+# config keys that may differ when a run is continued: stopping criteria, devices and strategy (the
+# checkpoint stays valid across DDP layouts), loggers' online/offline, and what only changes the terminal or
+# the loading speed. Entries ending in "." cover a whole subtree; "*" matches one key.
+RESUMABLE = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "logger.*.offline",
+    "callbacks.progress_bar.",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "resume",
+    "ckpt_path",
+    "paths.",
+)
+# strategies whose checkpoints are laid out differently (sharded): never switched on resume
+_SHARDED = ("fsdp", "deepspeed")
+
+
+# ------------------------------------------------------------------------------------------------ claim
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/.attnbench.lock``, held until ``release()`` or process exit."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.path, self.fd = folder, folder / LOCK_FILE, -1
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                owner = _read_owner(fd)
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise ConfigError(
+                        f"run folder {self.folder} is in use by another attnbench process ({owner}); "
+                        "exactly one launch may write a folder. Wait for it, or choose another hydra.run.dir"
+                    ) from None
+                raise
+            # the file may have been unlinked by its previous owner between open and flock: retry then
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        started = _dt.datetime.now().isoformat(timespec="seconds")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)  # closing drops the flock
+        self.fd = -1
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 200).decode(errors="replace").strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+# ------------------------------------------------------------------------------------------------ taken
+def run_markers(folder: Path) -> list[str]:
+    """What in ``folder`` shows that it holds a run (empty: the folder is free)."""
+    import json
+
+    found = []
+    if (folder / RECORD_DIR / "config.yaml").is_file():
+        found.append(f"{RECORD_DIR}/config.yaml")
+    if (folder / "checkpoints").exists():
+        found.append("checkpoints/")
+    metrics = folder / METRICS_FILE
+    if metrics.is_file():
+        try:
+            record = json.loads(metrics.read_text())
+        except (ValueError, OSError):
+            record = {}
+        if not (isinstance(record, dict) and record.get("stage") == "setup"):  # a setup failure is no run
+            found.append(METRICS_FILE)
+    return found
+
+
+def refuse_taken(folder: Path, ckpt_path: Any = None) -> None:
+    taken = run_markers(folder)
+    if not taken:
+        return
+    hint = (
+        "ckpt_path= starts a new run from a checkpoint and needs a fresh folder; to continue the run saved "
+        "there, use resume=true"
+        if ckpt_path
+        else "Choose another hydra.run.dir, or resume=true to continue that run"
+    )
+    raise ConfigError(
+        f"output folder {folder} already holds a run ({', '.join(taken)}); refusing to overwrite it. {hint}."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ record
+def hydra_runtime() -> Any | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.instance().cfg if HydraConfig.initialized() else None
+    except ImportError:
+        return None
+
+
+def command_overrides() -> list[str]:
+    """The overrides of this launch's command line (empty outside the Hydra app)."""
+    hydra = hydra_runtime()
+    return [str(o) for o in hydra.hydra.overrides.task] if hydra is not None else []
+
+
+def save_record(folder: Path, cfg: DictConfig, resumed: bool) -> None:
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` (what Hydra would write, but only
+    once the run has passed every check). On resume the overrides are appended to the saved ones."""
+    record = folder / RECORD_DIR
+    record.mkdir(parents=True, exist_ok=True)
+    overrides = command_overrides()
+    if resumed and (record / "overrides.yaml").is_file():
+        saved = OmegaConf.load(record / "overrides.yaml")
+        overrides = [*(str(o) for o in saved), *overrides]
+    _atomic_save(OmegaConf.create(overrides), record / "overrides.yaml")
+    _atomic_save(cfg, record / "config.yaml")
+    hydra = hydra_runtime()
+    if hydra is not None and not resumed:
+        _atomic_save(hydra, record / "hydra.yaml")
+
+
+def _atomic_save(node: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    OmegaConf.save(node, tmp)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def restore_saved_config(cfg: DictConfig, folder: Path) -> DictConfig:
+    """The configuration to continue the run in ``folder`` with: the saved one, with the resumable values
+    of ``cfg`` applied. Raises ConfigError naming any other value that differs from the saved run."""
+    saved_file = folder / RECORD_DIR / "config.yaml"
+    if not saved_file.is_file():
+        last = folder / "checkpoints" / "last.ckpt"
+        lacks = f"{saved_file}" + ("" if last.is_file() else f" nor {last}")
+        raise ConfigError(
+            f"resume=true but {folder} holds no saved run: there is no {lacks}. Pass the run's folder "
+            "(hydra.run.dir=DIR) written by attnbench, or start a new run from a checkpoint: ckpt_path=FILE"
+        )
+    saved = OmegaConf.load(saved_file)
+    with open_dict(saved):
+        saved.paths = cfg.paths  # the same folder: paths that resolve into it compare equal
+    overrides = command_overrides()
+    keys = _override_keys(overrides) if overrides else None  # None: compare everything (Python API)
+    restored = saved.copy()
+    refused = []
+    for key, new, old in _differences(cfg, saved, keys):
+        if _resumable(key, new, old):
+            OmegaConf.update(restored, key, new, merge=False, force_add=True)
+        else:
+            refused.append(f"{key}: saved run has {old!r}, this command {new!r}")
+    if refused:
+        raise ConfigError(
+            f"resume=true continues the run in {folder} with its saved configuration; these values differ "
+            f"and cannot change when a run is continued: {'; '.join(refused)}. Drop them from the command, "
+            "or start a new run in a new folder (ckpt_path=FILE starts from that run's weights)"
+        )
+    OmegaConf.update(restored, "resume", True, force_add=True)
+    OmegaConf.update(restored, "ckpt_path", cfg.get("ckpt_path"), force_add=True)
+    return restored
+
+
+def _override_keys(overrides: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key.startswith("hydra.") or key == "hydra" or o.package:
+            continue
+        keys.append(key)
+    return keys
+
+
+def _plain(node: Any, key: str) -> Any:
+    value = OmegaConf.select(node, key, throw_on_missing=False, default=None) if key else node
+    if isinstance(value, (DictConfig, ListConfig)):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except Exception:  # noqa: BLE001 - an interpolation that needs another context: compare as written
+            return OmegaConf.to_container(value, resolve=False)
+    return value
+
+
+def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, value
+
+
+def _differences(
+    cfg: DictConfig, saved: DictConfig, keys: list[str] | None
+) -> Iterator[tuple[str, Any, Any]]:
+    """``(leaf key, new value, saved value)`` for each leaf under ``keys`` (all when None) that differs."""
+    for top in keys if keys is not None else sorted(set(cfg) | set(saved)):
+        if top == "paths" or top.startswith("paths."):
+            continue
+        new, old = dict(_leaves(_plain(cfg, top), top)), dict(_leaves(_plain(saved, top), top))
+        for leaf in sorted(set(new) | set(old)):
+            if new.get(leaf) != old.get(leaf):
+                yield leaf, new.get(leaf), old.get(leaf)
+
+
+def _resumable(key: str, new: Any, old: Any) -> bool:
+    parts = key.split(".")
+    for pattern in RESUMABLE:
+        if pattern.endswith("."):
+            if key.startswith(pattern) or key == pattern[:-1]:
+                break
+            continue
+        p = pattern.split(".")
+        if len(p) == len(parts) and all(a in ("*", b) for a, b in zip(p, parts)):
+            break
+    else:
+        return False
+    if key == "trainer.strategy":  # a sharded checkpoint only resumes under its own strategy
+        return not any(s in str(v).lower() for v in (new, old) for s in _SHARDED)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ hydra
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class RunFolderGuard(_HydraCallback):
+    """Hydra callback: checks that must happen before Hydra touches the output folder.
+
+    - ``hydra.run.dir`` that is a file: one clear error (Hydra's mkdir would raise FileExistsError).
+    - A sweep folder's earlier ``multirun.yaml`` / ``optimization_results.yaml`` are kept under a dated name
+      before the sweeper writes its own (each job folder then follows the run-folder rules).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check_dir(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        self._check_dir(sweep, "hydra.sweep.dir")
+        for name in ("multirun.yaml", "optimization_results.yaml"):
+            old = sweep / name
+            if old.is_file():
+                stamp = _dt.datetime.fromtimestamp(old.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+                kept = old.with_name(f"{old.stem}.{stamp}{old.suffix}")
+                n = 1
+                while kept.exists():
+                    kept, n = old.with_name(f"{old.stem}.{stamp}-{n}{old.suffix}"), n + 1
+                os.replace(old, kept)
+
+    @staticmethod
+    def _check_dir(path: Any, key: str) -> None:
+        p = Path(str(path))
+        for parent in (p, *p.parents):
+            if parent.exists() and not parent.is_dir():
+                _fail(f"{key}={str(path)!r}: {parent} is a file, not a folder; expected a folder path")
+            if parent.is_dir():
+                break
