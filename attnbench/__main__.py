@@ -32,6 +32,11 @@ _failed_jobs: list[str] = []
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float | None:
+    return run_app(cfg)
+
+
+def run_app(cfg: DictConfig) -> float | None:
+    """Run one job; bad input exits 2, an interrupted run 128 + signal; returns the optimised metric."""
     from attnbench.callbacks.interrupt import RunInterrupted
     from attnbench.summary import print_summary
     from attnbench.train import _is_multirun, is_global_zero, run
@@ -68,6 +73,10 @@ def _report_failure(message: str, cfg: DictConfig) -> None:
 
 def main() -> None:
     app()
+    exit_with_failures()
+
+
+def exit_with_failures() -> None:
     if _failed_jobs:
         print(f"{len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
         sys.exit(min(len(_failed_jobs), 125))

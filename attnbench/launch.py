@@ -33,11 +33,13 @@ def job_worker_command(local_rank: int) -> tuple[list[str], str]:
     from hydra.utils import get_original_cwd
 
     hc = HydraConfig.get()
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = main_spec.name.removesuffix(".__main__") if main_spec is not None else "attnbench"
     overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     command = [
         sys.executable,
         "-m",
-        "attnbench",
+        module,  # attnbench or attnbench.eval
         *overrides,
         f"hydra.run.dir={hc.runtime.output_dir}",
         "hydra.output_subdir=null",

@@ -207,7 +207,7 @@ def restore_saved_config(cfg: DictConfig, folder: Path) -> DictConfig:
     with open_dict(saved):
         saved.paths = cfg.paths  # the same folder: paths that resolve into it compare equal
     overrides = command_overrides()
-    keys = _override_keys(overrides) if overrides else None  # None: compare everything (Python API)
+    keys = override_keys(overrides) if overrides else None  # None: compare everything (Python API)
     restored = saved.copy()
     refused = []
     for key, new, old in _differences(cfg, saved, keys):
@@ -226,7 +226,7 @@ def restore_saved_config(cfg: DictConfig, folder: Path) -> DictConfig:
     return restored
 
 
-def _override_keys(overrides: list[str]) -> list[str]:
+def override_keys(overrides: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     keys = []

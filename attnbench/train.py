@@ -58,6 +58,15 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(str(cfg.paths.output_dir))
 
 
+def requeued_on_slurm(out: Path) -> bool:
+    """A job that SLURM requeued (preemption, time limit) reruns its command into the same folder: that is a
+    resume of the run saved there, not a new launch."""
+    from attnbench.run_folder import RECORD_DIR
+
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return restarts.isdigit() and int(restarts) > 0 and (out / RECORD_DIR / "config.yaml").is_file()
+
+
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint to resume from: ``ckpt_path`` if given,
     ``<out>/checkpoints/last.ckpt`` if ``resume``."""
@@ -68,6 +77,10 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         return str(ckpt)
     if cfg.get("resume"):
         last = out / "checkpoints" / "last.ckpt"
+        # Lightning's SLURM requeue handler (SIGUSR1) saves hpc_ckpt_N.ckpt: continue from the newest
+        hpc = sorted(out.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if hpc and (not last.is_file() or hpc[-1].stat().st_mtime > last.stat().st_mtime):
+            return str(hpc[-1])
         if not last.is_file():
             raise ConfigError(
                 f"resume=true but {last} does not exist; pass ckpt_path=FILE or a run folder "
@@ -186,7 +199,11 @@ def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], run_id
     if lcfg.get("offline", True):
         os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    return instantiate(lcfg, **kw)
+    from attnbench.quiet import without_anonymous
+
+    logger = instantiate(lcfg, **kw)
+    without_anonymous(logger)
+    return logger
 
 
 def _is_multirun() -> bool:
@@ -286,6 +303,14 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     from attnbench.run_folder import refuse_taken, restore_saved_config, save_record
     from attnbench.validate import validate_config
 
+    if not cfg.get("resume") and requeued_on_slurm(out):
+        log.info(
+            "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
+            os.environ.get("SLURM_RESTART_COUNT"),
+            out,
+        )
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, "resume", True, force_add=True)
     resuming = bool(cfg.get("resume"))
     if resuming:
         cfg = restore_saved_config(cfg, out)
@@ -367,7 +392,9 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
     from attnbench.callbacks.interrupt import GracefulInterrupt
     from attnbench.callbacks.run_identity import RunIdentityStamp, state_dict_mismatch
     from attnbench.callbacks.wandb_resume import wandb_run_id
+    from attnbench.quiet import quiet_known_noise
 
+    quiet_known_noise()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)  # validates data.root first: no model is built for a missing data set
     net, task = build_task(cfg, datamodule)

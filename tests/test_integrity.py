@@ -425,3 +425,16 @@ def test_cifar_arrays_match_the_file(tmp_path):
     raw = pickle.load(open(root / "cifar-10-batches-py" / "test_batch", "rb"))
     np.testing.assert_array_equal(data[3], raw["data"][3].reshape(3, 32, 32).transpose(1, 2, 0))
     assert labels == [int(v) for v in raw["labels"]]
+
+
+def test_a_job_requeued_by_slurm_continues_its_run(tmp_path, finished_run, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run[0], folder)
+    args = [*QUICK, "logger=csv", "callbacks=default", "callbacks.progress_bar=null"]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_cfg(compose_cfg(args, folder))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the same command, rerun by SLURM after a requeue
+    metrics = run_cfg(compose_cfg(args, folder))
+    assert metrics["status"] == "ok" and metrics["test/acc"] == finished_run[1]["test/acc"]

@@ -47,6 +47,17 @@ class BaseTask(pl.LightningModule):
     def example_input(self, batch_size: int) -> tuple[torch.Tensor, ...] | None:
         return None
 
+    @property
+    def example_input_array(self):
+        """One sample's forward inputs, from ``example_input``: Lightning's model summary counts the
+        network's FLOPs with it (without it the summary reads "Total FLOPs: 0")."""
+        example = self.example_input(1)
+        return example[0] if example is not None and len(example) == 1 else example
+
+    @example_input_array.setter
+    def example_input_array(self, value) -> None:
+        pass  # derived from example_input()
+
     def on_fit_start(self) -> None:
         example = self.example_input(1)
         if example is not None and self.flops_per_sample is None:

@@ -139,6 +139,19 @@ class CaptioningTask(BaseTask):
             self.normalise(x), beam_size=beam_size, max_len=hp.max_len, length_norm=hp.length_norm
         )
 
+    def forward(self, images: torch.Tensor, captions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher-forced decoding of normalised ``images [B, C, H, W]`` with ``captions [B, T]``."""
+        return self.net(images, captions)
+
+    def example_input(self, batch_size: int):
+        """One training image's shape (from the data module, once it is set up) and an 8-token caption."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        train_set = getattr(dm, "train_set", None)
+        if train_set is None or len(train_set) == 0:
+            return None
+        image = train_set[0][0]
+        return torch.zeros(batch_size, *image.shape), torch.zeros(batch_size, 8, dtype=torch.long)
+
     # ------------------------------------------------------------------------------------------- steps
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

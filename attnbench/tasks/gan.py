@@ -96,7 +96,9 @@ class GANTask(pl.LightningModule):
         self.net = net
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.g_ema = copy.deepcopy(net.generator).eval().requires_grad_(False) if ema else None
+        # the EMA generator is only ever run inside _sampling(), which puts it in eval mode (running BatchNorm
+        # statistics) for that call; otherwise it follows the module's mode like every other submodule
+        self.g_ema = copy.deepcopy(net.generator).requires_grad_(False) if ema else None
         self.z_dim, self.num_classes = int(net.z_dim), int(net.num_classes)
         self.d_steps = 0
         self.g_steps = 0
@@ -111,12 +113,6 @@ class GANTask(pl.LightningModule):
         """The generator used for samples and metrics: the EMA copy when enabled."""
         return self.g_ema if self.g_ema is not None else self.net.generator
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.g_ema is not None:
-            self.g_ema.eval()  # the EMA generator always samples with its running BatchNorm statistics
-        return self
-
     def _to_net(self, x01: torch.Tensor) -> torch.Tensor:
         x = x01 * 2 - 1
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
@@ -129,6 +125,19 @@ class GANTask(pl.LightningModule):
         return isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get(
             "find_unused_parameters", False
         )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``G(z, y)``: images in [-1, 1] (the model summary counts FLOPs with ``example_input_array``)."""
+        return self.net.generator(z, y if self.num_classes else None)
+
+    @property
+    def example_input_array(self):
+        y = torch.zeros(1, dtype=torch.long) if self.num_classes else None
+        return (torch.zeros(1, self.z_dim), y)
+
+    @example_input_array.setter
+    def example_input_array(self, value) -> None:
+        pass
 
     @contextmanager
     def _sampling(self, generator: nn.Module):

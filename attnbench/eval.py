@@ -1,0 +1,52 @@
+"""``python -m attnbench.eval ckpt_path=FILE [overrides]``: evaluate a checkpoint into ``outputs/eval/...``.
+
+The entry point of lightning-hydra-template's ``eval.py``: ``train=false``, test only, ``ckpt_path``
+required. A checkpoint inside a run folder (``<run>/checkpoints/*.ckpt``) is evaluated with that run's saved
+configuration (``<run>/.hydra/config.yaml``: model, mixer, data, ...), so the command needs nothing else; the
+command line's overrides apply on top (a beam size, a test split, a logger). Its own ``metrics.json`` and
+``.hydra/`` go into the eval folder; the run folder is only read. ``python -m attnbench train=false
+ckpt_path=FILE`` does the same with the command line's configuration alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from attnbench.__main__ import config_dir, run_app
+
+
+def with_saved_run_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the configuration of the run that wrote ``cfg.ckpt_path`` underneath, if there is one."""
+    from attnbench.run_folder import RECORD_DIR, command_overrides, override_keys
+
+    saved_file = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / RECORD_DIR / "config.yaml"
+    if not saved_file.is_file():
+        return cfg
+    saved = OmegaConf.load(saved_file)
+    with open_dict(saved):
+        saved.paths = cfg.paths
+        for key in ("task_name", "train", "test", "ckpt_path", "resume"):
+            saved[key] = cfg.get(key)
+    for key in override_keys(command_overrides()):
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    return saved
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def app(cfg: DictConfig) -> float | None:
+    return run_app(with_saved_run_config(cfg))
+
+
+def main() -> None:
+    from attnbench.__main__ import exit_with_failures
+
+    app()
+    exit_with_failures()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
