@@ -37,6 +37,7 @@ def app(cfg: DictConfig) -> float | None:
 
 def run_app(cfg: DictConfig) -> float | None:
     """Run one job; bad input exits 2, an interrupted run 128 + signal; returns the optimised metric."""
+    from attnbench.callbacks.atomic_checkpoint import CheckpointWriteError
     from attnbench.callbacks.interrupt import RunInterrupted
     from attnbench.summary import print_summary
     from attnbench.train import _is_multirun, is_global_zero, run
@@ -44,11 +45,16 @@ def run_app(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
     except RunInterrupted as err:  # recorded as "interrupted"; a sweep stops too
+        saved = f"checkpoint saved to {err.saved}" if err.saved else "no new checkpoint"
         print(
-            f"{err}: checkpoint saved; continue with resume=true hydra.run.dir={cfg.paths.output_dir}",
-            file=sys.stderr,
+            f"{err}: {saved}; continue with resume=true hydra.run.dir={cfg.paths.output_dir}", file=sys.stderr
         )
         sys.exit(err.exit_code)
+    except CheckpointWriteError as err:  # a full disk: recorded in metrics.json; one message, no traceback
+        _report_failure(f"error: {err}", cfg)
+        if not _is_multirun():
+            sys.exit(1)
+        return None
     except ConfigError as err:
         _report_failure(f"error: {err}", cfg)
         if not _is_multirun():

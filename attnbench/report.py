@@ -259,8 +259,11 @@ def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False) ->
     return True
 
 
-def build_report(root: Path, out: Path | None = None, metric: str | None = None) -> str:
-    """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text."""
+def build_report(
+    root: Path, out: Path | None = None, metric: str | None = None, wandb_mode: str | None = None
+) -> str:
+    """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text.
+    ``wandb_mode`` ("offline" or "online") also logs them as a W&B run in the sweep's group."""
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
     files = OwnFiles(out)
@@ -328,10 +331,43 @@ def build_report(root: Path, out: Path | None = None, metric: str | None = None)
     md = "\n".join(text) + "\n"
     md_path.write_text(md)
     files.wrote(md_path)
+    if wandb_mode:
+        log_report_to_wandb(root, out, header, rows, [out / p for p in plots], md, wandb_mode)
     for old, new in files.renamed:
         note = f"note: {out / old} was not written by attnbench.report; kept it and wrote {new}"
         print(note, file=sys.stderr)
     return md
+
+
+def log_report_to_wandb(
+    root: Path, out: Path, header: list[str], rows: list[list[str]], plots: list[Path], md: str, mode: str
+) -> str:
+    """The sweep-level view without the W&B UI: the comparison table, the plots and the markdown as a W&B
+    run of its own (job type ``report``) in the group the sweep's jobs share (the sweep folder's name).
+    Offline by default, written under ``out/wandb``; returns the run's id."""
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    group = root.resolve().name
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "attnbench"),
+        group=group,
+        job_type="report",
+        name=f"report-{group}",
+        dir=str(out),
+        mode=mode,
+        config={"sweep_dir": str(root.resolve()), "configurations": len(rows)},
+    )
+    logged: dict[str, Any] = {"report/table": wandb.Table(columns=header, data=rows)}
+    for p in plots:
+        logged[f"report/{p.stem}"] = wandb.Image(str(p), caption=p.stem)
+    run.log(logged)
+    run.summary["report/markdown"] = md
+    run_id = run.id
+    run.finish()
+    return run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,11 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="a run or sweep folder (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where to write report.md/csv and plots")
     parser.add_argument("--metric", default=None, help="the metric to sort and plot by (default: by task)")
+    parser.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline)")
+    parser.add_argument("--wandb-online", action="store_true", help="with --wandb: log online")
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a folder", file=sys.stderr)
         return 2
-    print(build_report(args.dir, args.out, args.metric))
+    mode = ("online" if args.wandb_online else "offline") if args.wandb else None
+    print(build_report(args.dir, args.out, args.metric, wandb_mode=mode))
     return 0
 
 

@@ -83,6 +83,15 @@ class FolderLock:
                         f"run folder {self.folder} is in use by another attnbench process ({owner}); "
                         "exactly one launch may write a folder. Wait for it, or choose another hydra.run.dir"
                     ) from None
+                if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    import logging
+
+                    logging.getLogger("attnbench").warning(
+                        "the file system of %s does not support locks: concurrent launches into this folder "
+                        "cannot be detected",
+                        self.folder,
+                    )
+                    return self
                 raise
             # the file may have been unlinked by its previous owner between open and flock: retry then
             try:
@@ -206,8 +215,7 @@ def restore_saved_config(cfg: DictConfig, folder: Path) -> DictConfig:
     saved = OmegaConf.load(saved_file)
     with open_dict(saved):
         saved.paths = cfg.paths  # the same folder: paths that resolve into it compare equal
-    overrides = command_overrides()
-    keys = override_keys(overrides) if overrides else None  # None: compare everything (Python API)
+    keys = command_changes(cfg)  # None: compare everything (Python API)
     restored = saved.copy()
     refused = []
     for key, new, old in _differences(cfg, saved, keys):
@@ -224,6 +232,19 @@ def restore_saved_config(cfg: DictConfig, folder: Path) -> DictConfig:
     OmegaConf.update(restored, "resume", True, force_add=True)
     OmegaConf.update(restored, "ckpt_path", cfg.get("ckpt_path"), force_add=True)
     return restored
+
+
+def command_changes(cfg: DictConfig) -> list[str] | None:
+    """Every config leaf this launch's command line changed (through any override: a value, a group such
+    as ``experiment=`` or ``debug=``, a package): ``cfg`` against the app's config composed without
+    overrides. None outside the Hydra app, where the caller built the whole config."""
+    hydra = hydra_runtime()
+    if hydra is None:
+        return None
+    from hydra import compose
+
+    baseline = compose(config_name=str(hydra.hydra.job.config_name), overrides=[])
+    return [leaf for leaf, _, _ in _differences(cfg, baseline, None)]
 
 
 def override_keys(overrides: list[str]) -> list[str]:

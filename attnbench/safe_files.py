@@ -62,7 +62,7 @@ def load_torch_file(path: str | Path, *, allow: Iterable[tuple[type, str]] = (),
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         refused = _refused_class(str(err))
-        if refused is not None:
+        if refused is not None and all(part.isidentifier() for part in refused.split(".")):
             raise UnsafeFileError(
                 f"{what}={str(path)!r} was refused: it asks to create an object of class {refused}, which "
                 "this format does not need (unpickling it could run code). Only tensors, numbers, strings "
@@ -73,7 +73,7 @@ def load_torch_file(path: str | Path, *, allow: Iterable[tuple[type, str]] = (),
             f"{what}={str(path)!r} is not a readable torch checkpoint: truncated, corrupt or another "
             f"format ({detail[0][:200] if detail else 'unpickling failed'})"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - any other failure of a damaged file (struct, zip, index)
         raise UnreadableFileError(
             f"{what}={str(path)!r} is not a readable torch checkpoint: truncated, corrupt or another "
             f"format ({type(err).__name__}: {_first_line(err)})"

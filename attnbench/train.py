@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -36,9 +37,20 @@ def choices(cfg: DictConfig) -> dict[str, str]:
         return {}
 
 
-def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """Names that identify a run in reports and W&B: model, mixer/attention variant, data, seed."""
-    picked = choices(cfg)
+def saved_choices(out: Path) -> dict[str, str]:
+    """The config-group options the run saved in ``out`` was launched with (its ``.hydra/hydra.yaml``)."""
+    path = out / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    saved = OmegaConf.load(path)
+    picked = OmegaConf.select(saved, "hydra.runtime.choices", default=None)
+    return {k: v for k, v in (picked or {}).items() if isinstance(v, str)}
+
+
+def run_identity(cfg: DictConfig, picked: dict[str, str] | None = None) -> dict[str, Any]:
+    """Names that identify a run in reports and W&B: model, mixer/attention variant, data, seed
+    (``picked``: the group options to name it by, default this launch's)."""
+    picked = picked if picked else choices(cfg)
     variant = cfg.model.get("mixer", None) or cfg.model.get("attention", None)
     return {
         "model": picked.get("model", cfg.model.get("name", None) or "model"),
@@ -74,6 +86,12 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     if ckpt:
         if not Path(str(ckpt)).is_file():
             raise ConfigError(f"ckpt_path={ckpt!r} is not a file; expected a Lightning checkpoint (.ckpt)")
+        own = (out / "checkpoints").resolve()
+        if cfg.get("resume") and own not in Path(str(ckpt)).resolve().parents:
+            raise ConfigError(
+                f"resume=true ckpt_path={ckpt!r}: a resumed run continues from one of its own checkpoints "
+                f"(under {own}); to start from another run's checkpoint, launch a new run in a new folder"
+            )
         return str(ckpt)
     if cfg.get("resume"):
         last = out / "checkpoints" / "last.ckpt"
@@ -82,10 +100,9 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         if hpc and (not last.is_file() or hpc[-1].stat().st_mtime > last.stat().st_mtime):
             return str(hpc[-1])
         if not last.is_file():
-            raise ConfigError(
-                f"resume=true but {last} does not exist; pass ckpt_path=FILE or a run folder "
-                "(hydra.run.dir=DIR) that holds checkpoints/last.ckpt"
-            )
+            # stopped before its first checkpoint: the saved run starts again from its beginning
+            log.warning("resume=true: %s holds no checkpoint yet; the saved run restarts from step 0", out)
+            return None
         return str(last)
     return None
 
@@ -110,10 +127,13 @@ def read_checkpoint(path: str, ident: dict[str, Any], cfg: DictConfig) -> dict:
 
 
 def is_global_zero() -> bool:
-    return (
-        int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-        and int(os.environ.get("NODE_RANK", "0")) == 0
-    )
+    """Rank 0 of the run: torchrun/Lightning's RANK, SLURM's task id (one task per device), or the local
+    rank and node rank Lightning's launcher sets for its workers."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 def to_number(v: Any) -> Any:
@@ -286,10 +306,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bad input: exit code 2). Then the run's record (``.hydra/``) is written and training starts; from then on
     every ending is recorded in ``metrics.json``: ``ok``, ``failed`` (with the error) or ``interrupted``.
     """
-    from attnbench.run_folder import FolderLock
+    from attnbench.run_folder import FolderLock, refuse_taken
 
     out = output_dir(cfg)
     lead = is_global_zero()  # DDP workers share the lead's folder, claim and record
+    if lead and not cfg.get("resume") and not requeued_on_slurm(out):
+        refuse_taken(out, cfg.get("ckpt_path"))  # before the lock file: a taken folder gets no write at all
     lock = FolderLock(out).acquire() if lead else None
     try:
         return _run_in_claimed_folder(cfg, out, lead)
@@ -300,7 +322,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, Any]:
     from attnbench.callbacks.interrupt import InterruptFlag, RunInterrupted
-    from attnbench.run_folder import refuse_taken, restore_saved_config, save_record
+    from attnbench.run_folder import refuse_taken, restore_saved_config, run_markers, save_record
     from attnbench.validate import validate_config
 
     if not cfg.get("resume") and requeued_on_slurm(out):
@@ -317,7 +339,7 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     elif lead:
         refuse_taken(out, cfg.get("ckpt_path"))
     validate_config(cfg)
-    ident = run_identity(cfg)
+    ident = run_identity(cfg, saved_choices(out) if resuming else None)
     ckpt = resume_checkpoint(cfg, out)
     checkpoint = read_checkpoint(ckpt, ident, cfg) if ckpt else None
 
@@ -328,7 +350,7 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     try:
         built = _build(cfg, out, ident, ckpt, checkpoint, flag)
     except BaseException as err:
-        if lead and _is_multirun() and not isinstance(err, KeyboardInterrupt):
+        if lead and _is_multirun() and not isinstance(err, KeyboardInterrupt) and not run_markers(out):
             # a record for the sweep's report that does not make the folder count as a run
             write_metrics(
                 out,
@@ -354,6 +376,11 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
         log.warning("run %s; resume with: resume=true hydra.run.dir=%s", err, out)
         raise
     except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
+        if flag.signum is not None or type(err).__name__ == "SIGTERMException":  # Lightning's own stop
+            guard = _find(built.callbacks, "GracefulInterrupt")
+            stop = RunInterrupted(flag.signum or signal.SIGTERM, guard.saved if guard else None)
+            metrics.update(status="interrupted", error=str(stop), **built.partial_results())
+            raise stop from None
         metrics.update(
             status="failed",
             error=f"{type(err).__name__}: {err}",
@@ -418,7 +445,13 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
     )
     return _Built(
-        datamodule=datamodule, net=net, task=task, loggers=loggers, callbacks=callbacks, trainer=trainer
+        datamodule=datamodule,
+        net=net,
+        task=task,
+        loggers=loggers,
+        callbacks=callbacks,
+        trainer=trainer,
+        ident=ident,
     )
 
 
@@ -430,6 +463,60 @@ def checkpoint_identity_of(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def logged_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
+    """Top-level config keys for dashboards (W&B *Group by* ``mixer``, parallel coordinates): the run's
+    model, mixer (the variant key of every family), data, seed and experiment."""
+    return {
+        "model": ident["model"],
+        "mixer": ident["variant"],
+        "data": ident["data"],
+        "seed": ident["seed"],
+        "experiment": choices(cfg).get("experiment"),
+    }
+
+
+def final_numbers(results: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in ((k, to_number(v)) for k, v in results.items())
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def log_final_metrics(loggers: list, cfg: DictConfig, identity: dict, results: dict, step: int) -> None:
+    """Every logger gets the run's final numbers (throughput, params, FLOPs, test metrics): W&B in the run
+    summary, TensorBoard in the HParams tab (with the flattened config), others as a last row."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    final = final_numbers(results)
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(final)
+        elif isinstance(lg, TensorBoardLogger):
+            flat = {k: v for k, v in identity.items() if v is not None}
+            flat.update(flat_config(cfg))
+            lg.log_hyperparams(flat, metrics={f"final/{k}": v for k, v in final.items()})
+        else:
+            lg.log_metrics(final, step=step)
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as ``{"model.task.lr": 0.002, ...}`` with scalar values (lists as text)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif node is None or isinstance(node, (bool, int, float, str)):
+            out[prefix] = "null" if node is None else node
+        else:
+            out[prefix] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
 def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, flag) -> dict[str, Any]:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -438,8 +525,11 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
     trainer, task, datamodule = built.trainer, built.task, built.datamodule
     loggers, callbacks = built.loggers, built.callbacks
     params = sum(p.numel() for p in built.net.parameters())
+    identity = logged_identity(cfg, built.ident)
     for lg in loggers:
-        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
+        lg.log_hyperparams(
+            {**identity, "config": OmegaConf.to_container(cfg, resolve=True), "params": params}
+        )
 
     results: dict[str, Any] = {"params": params}
     if cfg.get("train", True):
@@ -462,7 +552,9 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         results["throughput/train_samples_per_sec"] = throughput.samples_per_sec
     if getattr(task, "flops_per_sample", None):
         results["flops_per_sample"] = task.flops_per_sample
+        results["gmacs_per_sample"] = task.flops_per_sample / 2e9  # FLOPs count a multiply-add as 2
     results.update(built.partial_results())
+    log_final_metrics(loggers, cfg, identity, results, trainer.global_step)
     for lg in loggers:
         lg.finalize("success")
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")

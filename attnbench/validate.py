@@ -26,8 +26,8 @@ def _is_lr_key(key: str) -> bool:
 
 def validate_config(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
-    if not _is_int(seed):
-        raise ConfigError(f"seed={seed!r}: expected an integer (e.g. seed=0)")
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r}: expected an integer in [0, 2**32) (e.g. seed=0)")
     for key in ("train", "test", "resume"):
         value = cfg.get(key, False)
         if not isinstance(value, bool):

@@ -263,7 +263,16 @@ def test_unreadable_checkpoints_are_one_clear_error(tmp_path, finished_run):
     truncated.write_bytes((finished_run[0] / "checkpoints" / "last.ckpt").read_bytes()[:5000])
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.zeros(2)}, plain)
-    for path, pattern in ((text, "not a readable"), (truncated, "truncated"), (plain, "no state_dict")):
+    legacy = tmp_path / "legacy.ckpt"  # torch's pre-zip format, cut short
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:300])
+    cases = (
+        (text, "not a readable"),
+        (truncated, "truncated"),
+        (plain, "no state_dict"),
+        (legacy, "not a readable"),
+    )
+    for path, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
             run_cfg(compose_cfg([*QUICK, f"ckpt_path={path}"], tmp_path / path.stem))
     with pytest.raises(UnreadableFileError):
@@ -330,6 +339,38 @@ def test_non_finite_weights_stop_and_skipped_updates_are_stated(tmp_path, monkey
     assert "1 update(s) skipped" in json.loads((tmp_path / "metrics.json").read_text())["warnings"][0]
 
 
+def test_skipped_updates_survive_a_resume_and_ranks_come_from_slurm(monkeypatch):
+    from attnbench.callbacks.finite_loss import FiniteLossGuard
+    from attnbench.train import is_global_zero
+
+    guard = FiniteLossGuard("skip")
+    guard.skipped = 3
+    again = FiniteLossGuard("skip")
+    again.load_state_dict(guard.state_dict())
+    assert again.summary()["train/skipped_steps"] == 3 and again.summary()["warnings"]
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "2")  # one SLURM task per GPU: only task 0 claims and records
+    assert not is_global_zero()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert is_global_zero()
+
+
+def test_resume_continues_only_from_its_own_checkpoints(tmp_path, finished_run):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run[0], folder)
+    other = tmp_path / "other.ckpt"
+    shutil.copy(finished_run[0] / "checkpoints" / "last.ckpt", other)
+    args = [*QUICK, "logger=csv", "callbacks=default", "callbacks.progress_bar=null", "resume=true"]
+    before = tree_digest(folder)
+    with pytest.raises(ConfigError, match="continues from one of its own checkpoints"):
+        run_cfg(compose_cfg([*args, f"ckpt_path={other}"], folder))
+    assert tree_digest(folder) == before
+
+
 def test_train_false_without_weights_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="train=false.*ckpt_path=FILE"):
         run_cfg(compose_cfg([*QUICK, "train=false"], tmp_path))
@@ -345,6 +386,7 @@ def test_train_false_without_weights_is_an_error(tmp_path):
         (["model.net.num_classes=3"], "model.net.num_classes=3, but data=digits has 10 classes"),
         (["seed=1.5"], "seed=1.5: expected an integer"),
         (["seed=abc"], "seed='abc': expected an integer"),
+        (["seed=-1"], r"seed=-1: expected an integer in \[0, 2\*\*32\)"),
         (["model.task.lr=-0.1"], r"model.task.lr=-0.1: expected a learning rate >= 0"),
         (["data.num_workers=-1"], "data.num_workers=-1: expected a non-negative integer"),
         (["model=show_attend_tell"], "needs a captions data set.*data=digit_captions"),
@@ -386,8 +428,11 @@ def test_imagefolder_survives_symlink_loops_and_skips_broken_images(tmp_path):
 
     root = make_imagefolder(tmp_path / "imnet")
     cat = root / "train" / "cat"
+    n_cat = sum(1 for p in cat.iterdir() if p.suffix in (".jpg", ".png"))
     (cat / "loop").symlink_to(cat, target_is_directory=True)  # a link to its own folder
     (root / "train" / "dog" / "up").symlink_to(root / "train", target_is_directory=True)
+    (cat / "dogs").symlink_to(root / "train" / "dog", target_is_directory=True)  # must not relabel dogs
+    (cat / "gone.jpg").symlink_to(tmp_path / "missing.jpg")  # dangling
     (cat / "empty.jpg").write_bytes(b"")
     good = (cat / "RGB_1.jpg").read_bytes()
     (cat / "cut.jpg").write_bytes(good[: len(good) // 3])
@@ -395,7 +440,9 @@ def test_imagefolder_survives_symlink_loops_and_skips_broken_images(tmp_path):
     dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=4, num_classes=2)
     dm.setup()
     names = [Path(p).name for p, _ in dm.train_set.samples]
-    assert "empty.jpg" not in names and {"cut.jpg", "text.jpg"} <= set(names)
+    assert "empty.jpg" not in names and "gone.jpg" not in names and {"cut.jpg", "text.jpg"} <= set(names)
+    cats = [p for p, label in dm.train_set.samples if label == dm.train_set.class_to_idx["cat"]]
+    assert len(cats) == n_cat + 2  # its own images (+ cut.jpg, text.jpg), each once, no dog relabelled
     with pytest.warns(UserWarning) as caught:
         items = [dm.train_set[i] for i in range(len(dm.train_set))]
     warned = " ".join(str(w.message) for w in caught)

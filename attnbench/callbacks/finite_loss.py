@@ -36,6 +36,12 @@ class FiniteLossGuard(pl.Callback):
         self.action = action
         self.skipped = 0
 
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}  # a resumed run still states the updates skipped before the stop
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
     @staticmethod
     def _where(trainer: pl.Trainer) -> str:
         return (

@@ -19,8 +19,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class RunInterrupted(Exception):
-    def __init__(self, signum: int):
-        self.signum = int(signum)
+    def __init__(self, signum: int, saved: str | None = None):
+        self.signum, self.saved = int(signum), saved
         super().__init__(f"stopped by {signal.Signals(signum).name}")
 
     @property
@@ -51,9 +51,9 @@ class InterruptFlag:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signum = self.signum or signum
 
-    def check(self) -> None:
+    def check(self, saved: str | None = None) -> None:
         if self.signum is not None:
-            raise RunInterrupted(self.signum)
+            raise RunInterrupted(self.signum, saved)
 
 
 class GracefulInterrupt(pl.Callback):
@@ -63,13 +63,24 @@ class GracefulInterrupt(pl.Callback):
         self.flag, self.ckpt_path = flag, str(ckpt_path)
         self.saved: str | None = None
 
+    def _save(self, trainer: pl.Trainer) -> None:
+        if self.saved is None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.ckpt_path)
+            self.saved = self.ckpt_path
+
     def _stop(self, trainer: pl.Trainer) -> None:
         if self.flag.signum is None:
             return
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            trainer.save_checkpoint(self.ckpt_path)
-            self.saved = self.ckpt_path
-        self.flag.check()
+        self._save(trainer)
+        self.flag.check(self.saved)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Lightning's own SIGTERM stop (``SIGTERMException``, raised at loop boundaries that the batch hooks
+        do not see, e.g. after an epoch's checkpoints): save there too."""
+        if type(exception).__name__ == "SIGTERMException" or self.flag.signum is not None:
+            self.flag.signum = self.flag.signum or signal.SIGTERM
+            if not isinstance(exception, RunInterrupted):
+                self._save(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._stop(trainer)

@@ -16,10 +16,17 @@ log = logging.getLogger("attnbench")
 MAX_CONSECUTIVE_BROKEN = 32
 
 
-def walk_files(top: str | os.PathLike) -> Iterator[str]:
+def folder_id(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def walk_files(top: str | os.PathLike, outside: set[tuple[int, int]] | None = None) -> Iterator[str]:
     """Every file under ``top`` (sorted, symlinks followed), each real folder visited once: a symlink loop
-    (a link to a parent folder) ends the walk of that branch instead of recursing forever."""
-    seen: set[tuple[int, int]] = set()
+    (a link to a parent folder) ends the walk of that branch instead of recursing forever. Folders in
+    ``outside`` (e.g. the split root and the other classes' folders) are never entered, so a link out of a
+    class folder cannot relabel another class's images."""
+    seen: set[tuple[int, int]] = set(outside or ())
     for folder, dirs, files in os.walk(top, followlinks=True):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:
@@ -32,11 +39,17 @@ def walk_files(top: str | os.PathLike) -> Iterator[str]:
 
 
 def nonempty(paths: list[str], where: str) -> list[str]:
-    """``paths`` without zero-byte files (found at scan time, named in one warning)."""
-    empty = [p for p in paths if os.path.getsize(p) == 0]
+    """``paths`` without zero-byte files and dangling links (found at scan time, named in one warning)."""
+    empty = []
+    for p in paths:
+        try:
+            if os.path.getsize(p) == 0:
+                empty.append(p)
+        except OSError:  # a dangling symlink
+            empty.append(p)
     if empty:
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        log.warning("%s: skipping %d empty image file(s): %s", where, len(empty), shown)
+        log.warning("%s: skipping %d empty or unreadable image file(s): %s", where, len(empty), shown)
     gone = set(empty)
     return [p for p in paths if p not in gone]
 

@@ -16,7 +16,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from attnbench.data.base import ImageDataModule, require_dir
-from attnbench.data.files import SkipsBrokenImages, nonempty, walk_files
+from attnbench.data.files import SkipsBrokenImages, folder_id, nonempty, walk_files
 from attnbench.errors import ConfigError
 
 LAYOUT = """  <root>/train/<class name>/<image files>   (one folder per class)
@@ -36,14 +36,20 @@ def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
 
 
+def has_image(folder) -> bool:
+    return any(is_image_file(p) for p in walk_files(folder))
+
+
 class SafeImageFolder(SkipsBrokenImages, datasets.ImageFolder):
     """torchvision's ImageFolder whose scan survives symlink loops and skips empty files, and whose items
     skip files that cannot be decoded (``data.files``)."""
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         samples = []
+        folders = {name: folder_id(os.path.join(directory, name)) for name in class_to_idx}
         for name in sorted(class_to_idx):
-            paths = [p for p in walk_files(os.path.join(directory, name)) if is_image_file(p)]
+            outside = {folder_id(directory), *(v for k, v in folders.items() if k != name)}
+            paths = [p for p in walk_files(os.path.join(directory, name), outside) if is_image_file(p)]
             samples += [(p, class_to_idx[name]) for p in nonempty(paths, os.path.join(directory, name))]
         if not samples and not allow_empty:
             raise ConfigError(f"{directory} holds no image files ({', '.join(IMG_EXTENSIONS)})")
@@ -91,6 +97,8 @@ class ImageFolderDataModule(ImageDataModule):
             classes[split] = sorted(d.name for d in folder.iterdir() if d.is_dir())
             if not classes[split]:
                 raise ConfigError(f"{folder} holds no class folders; data={name} expects:\n{LAYOUT}")
+            if not any(has_image(folder / c) for c in classes[split]):  # cheap: stops at the first image
+                raise ConfigError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)})")
         if classes["train"] != classes["val"]:
             missing = sorted(set(classes["train"]) ^ set(classes["val"]))[:5]
             raise ConfigError(f"train/ and val/ under {root} have different class folders (e.g. {missing})")

@@ -67,5 +67,11 @@ class GlobalAttention(nn.Module):
         i, j = query if query is not None else (h // 2, w // 2)
         return probs[:, :, i * w + j].mean(dim=1).view(-1, h, w)
 
+    @staticmethod
+    def received_map(probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention each position receives, head- and query-averaged, in units of the uniform share
+        (1 = attended like any other position): [B, H, W], averaging to 1."""
+        return (probs.mean(dim=1).mean(dim=1) * (h * w)).view(-1, h, w)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"

@@ -187,6 +187,20 @@ class WindowAttention(nn.Module):
         out[:, top : top + wh, left : left + ww] = row
         return torch.roll(out, shifts=(sh, sw), dims=(1, 2))
 
+    def received_map(self, probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention each position receives, head-averaged and averaged over the queries of its window, in
+        units of the uniform share (1 = every query of the window attends to it as to any other): [B, H, W].
+
+        A map over the whole ``h x w`` grid (where ``query_map`` lights one window only), so a stage's map
+        shows which positions the mixer draws on. Each window's map averages to 1.
+        """
+        wh, ww, sh, sw = self.window_geometry(h, w)
+        b, n_windows = probs.shape[0], probs.shape[1]
+        received = probs.mean(dim=2).mean(dim=2) * (wh * ww)  # [B, nW, N]
+        grid = received.view(b, h // wh, w // ww, wh, ww).permute(0, 1, 3, 2, 4).reshape(b, h, w)
+        assert n_windows == (h // wh) * (w // ww)
+        return torch.roll(grid, shifts=(sh, sw), dims=(1, 2))
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, shift={self.shift}"

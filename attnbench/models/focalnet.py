@@ -324,7 +324,8 @@ class FocalNet(nn.Module):
     @torch.no_grad()
     def mixer_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Maps [B, h, w] of the last block of each stage whose map is larger than 1x1: the modulator
-        magnitude |h(ctx)| (focal modulation) or the centre query's attention (attention mixers)."""
+        magnitude |h(ctx)| (focal modulation) or the attention each position receives (attention mixers,
+        1 = uniform)."""
         with capture_maps(self) as maps:
             self(x)
         out = {}
@@ -396,8 +397,8 @@ def check_config(
 def capture_maps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """While active, every forward of ``model`` fills the yielded dict with one map [B, H, W] per token
     mixer (keyed by the mixer's module name): |h(ctx)| averaged over channels for focal modulation, the
-    head-averaged attention of the centre query for attention. Attention runs explicitly (not through SDPA)
-    inside the context; hooks and flags are removed on exit, so nothing is kept by default.
+    attention each position receives (head- and query-averaged, 1 = uniform) for attention. Attention runs
+    explicitly (not through SDPA) inside the context; hooks and flags are removed on exit.
     """
     maps: dict[str, torch.Tensor] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -417,7 +418,7 @@ def capture_maps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
     def attn_hook(name, mech):
         def hook(_mod, _args, out):
-            maps[name] = mech.query_map(out.detach(), *sizes[name])
+            maps[name] = mech.received_map(out.detach(), *sizes[name])
 
         return hook
 

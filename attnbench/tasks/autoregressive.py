@@ -49,7 +49,7 @@ class AutoregressiveTask(BaseTask):
         scorer_epochs: int = 15,
     ):
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile)
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
         self.levels = int(levels)
         self.conditional = bool(getattr(net, "class_conditional", False))
         self.metrics = nn.ModuleDict(

@@ -91,7 +91,7 @@ class GANTask(pl.LightningModule):
                 f"val/test samples ({val_samples}, {test_samples}) must be at least twice the "
                 f"number of IS splits ({val_splits}, {test_splits}), and splits >= 1"
             )
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
         self.automatic_optimization = False
         self.net = net
         if channels_last:
