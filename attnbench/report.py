@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
 import math
 import statistics
@@ -233,7 +234,7 @@ class OwnFiles:
         tmp.replace(self.folder / self.MANIFEST)
 
 
-def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False) -> bool:
+def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False, title: str = "") -> bool:
     """Scatter of per-configuration means with std error bars; False when no configuration has both."""
     pts = [(g.key, g.mean_std(x), g.mean_std(y)) for g in groups]
     pts = [(k, a, b) for k, a, b in pts if a and b]
@@ -244,15 +245,16 @@ def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for key, (xm, xs, _), (ym, ys, _) in pts:
-        ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=3, label=key[:60])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+        ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=3, label=key[:70])
+    ax.set_xlabel(x + (" (log scale)" if logx else ""), fontsize=10)
+    ax.set_ylabel(y, fontsize=10)
+    ax.set_title(title or f"{y} vs {x}", fontsize=10)
     if logx:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="best", title="configuration (mean ± std over seeds)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -293,6 +295,8 @@ def build_report(
             writer.writerow(row)
     files.wrote(csv_path)
     plots = []
+    latest = max((r.folder / "metrics.json").stat().st_mtime for r in runs) if runs else 0.0
+    stamp = datetime.datetime.fromtimestamp(latest).strftime("%Y-%m-%d %H:%M")
     if main:
         for x, name, logx in (
             ("throughput/train_samples_per_sec", "metric_vs_throughput.png", False),
@@ -300,7 +304,8 @@ def build_report(
             ("flops_per_sample", "metric_vs_flops.png", True),
         ):
             target = files.path(name)
-            if plot(groups, x, main, target, logx):
+            title = f"{root.resolve().name}: {main} vs {x}\n{len(groups)} configurations, runs up to {stamp}"
+            if plot(groups, x, main, target, logx, title):
                 files.wrote(target)
                 plots.append(target.name)
     text = [

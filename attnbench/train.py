@@ -440,6 +440,8 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
 
         callbacks.append(WandbRunId())
     callbacks.append(RunIdentityStamp({**ident, **checkpoint_identity_of(cfg)}))
+    # figures are titled with the run's identity (a plain attribute: not a hyper-parameter, not saved)
+    task.run_label = " · ".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
     callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)

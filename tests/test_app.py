@@ -82,10 +82,10 @@ def test_every_config_option_composes(cfg_factory):
             OmegaConf.to_container(node, resolve=True)
 
 
-def cli(*args, cwd=REPO, timeout=300):
+def cli(*args, cwd=REPO, timeout=300, module="attnbench"):
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "attnbench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -40,7 +40,9 @@ def metrics(folder):
 def csv_epochs(folder) -> list[int]:
     """The epochs with a validation row in the run's CSV log."""
     with open(folder / "csv" / "metrics.csv") as f:
-        return sorted({int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/loss")})
+        return sorted(
+            {int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/loss") and r.get("epoch")}
+        )
 
 
 def test_relaunch_into_a_finished_run_writes_nothing_and_a_file_is_no_folder(tmp_path):

@@ -189,14 +189,15 @@ class AutoregressiveTask(BaseTask):
     @torch.no_grad()
     def figures(self, batch) -> dict[str, np.ndarray]:
         """A grid of samples next to real validation images (nearest-upscaled to at least 32 px)."""
-        from attnbench.callbacks.render import image_grid
+        from attnbench.callbacks.render import figure_title, image_panels
 
         n = int(self.hparams.sample_n)
         if n <= 0:
             return {}
-        samples = self.sample(n)
-        real = self.quantise(batch[0][:n].to(self.device)).float() / (self.levels - 1)
-        scale = max(1, 32 // samples.shape[-1])
-        up = (lambda t: F.interpolate(t, scale_factor=scale, mode="nearest")) if scale > 1 else (lambda t: t)
-        nrow = 10 if n % 10 == 0 else int(np.ceil(np.sqrt(n)))
-        return {"samples": image_grid(up(samples), nrow=nrow), "data": image_grid(up(real), nrow=nrow)}
+        samples = self.sample(n).cpu()
+        real = (self.quantise(batch[0][:n].to(self.device)).float() / (self.levels - 1)).cpu()
+        levels = f"{self.levels} levels"
+        return {
+            "samples": image_panels(samples, figure_title(self, f"samples ({levels})")),
+            "data": image_panels(real, figure_title(self, f"validation images, quantised to {levels}")),
+        }

@@ -221,12 +221,16 @@ class CaptioningTask(BaseTask):
     @torch.no_grad()
     def figures(self, batch) -> dict[str, Any]:
         """Captions of a few validation images with the attention map of each word overlaid."""
+        from attnbench.callbacks.render import figure_title
+
         x, y = batch
         x = x[: self.hparams.n_figures]
         result = self.caption(x, self.hparams.beam_size)
         hyps = self.words(result["tokens"])
         grid = tuple(int(v) for v in result["grid"])
-        fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)])
+        what = f"{self.net.attention_mode} attention α per generated word, beam {self.hparams.beam_size}"
+        title = figure_title(self, what)
+        fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)], title)
         log_wandb_table(self, x, hyps, panels)
         return {"captions": fig}
 
@@ -237,49 +241,67 @@ def attention_figure(
     alphas: torch.Tensor,
     grid: tuple[int, int],
     refs: list[list[list[str]]],
+    title: str = "",
 ):
     """A matplotlib Figure: per image a row with the image (title: caption and first reference), then one
-    panel per generated word with its attention map (upsampled to the image) overlaid.
+    panel per generated word with its attention map (upsampled to the image) overlaid. One colour scale for
+    the whole figure, 0 to the largest weight shown (per-panel scaling would make a near-uniform map look
+    as confident as a peaked one), with a colour bar; a word's panel title gives its peak weight.
 
     Returns the figure and, per image, the list of ``uint8[H, W, 3]`` overlays (one per word).
     """
-    import matplotlib
+    from attnbench.callbacks.render import DPI, FONT, MIN_WIDTH_IN, _pyplot, suptitle
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     images = x.detach().float().cpu().clamp(0, 1)
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
     h, w = images.shape[-2:]
     maps = alphas.detach().float().cpu().view(alphas.shape[0], alphas.shape[1], *grid)
-    maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
+    peaks = maps.flatten(2).max(-1).values  # [B, T] on the annotation grid
+    maps = F.interpolate(maps, size=(h, w), mode="nearest")
     cols = 1 + max([len(c) for c in hyps] + [1])
+    shown = [maps[i, t] for i, words in enumerate(hyps) for t in range(len(words))]
+    vmax = max([float(m.max()) for m in shown] + [1e-8])
     aspect = w / h
     fig, axes = plt.subplots(
-        len(images), cols, figsize=(1.6 * aspect * cols, 1.9 * len(images)), squeeze=False
+        len(images),
+        cols,
+        figsize=(max(MIN_WIDTH_IN, 1.6 * aspect * cols + 1.0), 1.9 * len(images) + 0.6),
+        squeeze=False,
+        dpi=DPI,
     )
+    cmap = plt.get_cmap("magma")
+    image = None
     panels: list[list[np.ndarray]] = []
     for i, img in enumerate(images):
         rgb = img[:3].permute(1, 2, 0).numpy()
         axes[i, 0].imshow(rgb)
         ref = " ".join(refs[i][0]) if refs and refs[i] else ""
-        axes[i, 0].set_title(f"{' '.join(hyps[i])}\nref: {ref}", fontsize=7)
+        axes[i, 0].set_title(f"“{' '.join(hyps[i])}”\nref: {ref}", fontsize=FONT)
         row = []
         for t in range(cols - 1):
             ax = axes[i, t + 1]
             if t < len(hyps[i]):
-                m = maps[i, t]
-                m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8)).numpy()
-                ax.imshow(rgb)
-                ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                ax.set_title(hyps[i][t], fontsize=8)
-                heat = plt.get_cmap("jet")(m)[..., :3]
-                row.append((255 * (0.5 * rgb + 0.5 * heat)).round().astype(np.uint8))
+                m = maps[i, t].numpy()
+                ax.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1)
+                image = ax.imshow(m, cmap=cmap, alpha=0.7, vmin=0, vmax=vmax, interpolation="nearest")
+                ax.set_title(f"{hyps[i][t]} (max {float(peaks[i, t]):.2f})", fontsize=FONT)
+                heat = cmap(m / vmax)[..., :3]
+                row.append((255 * (0.3 * rgb + 0.7 * heat)).round().astype(np.uint8))
+            else:
+                ax.set_visible(False)  # a shorter caption: no empty frame
         panels.append(row)
         for ax in axes[i]:
-            ax.axis("off")
-    fig.tight_layout()
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[-1, 0].set_xlabel(f"{w}×{h} px, {grid[0]}×{grid[1]} annotation grid", fontsize=FONT)
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
+        bar.set_label("attention weight α", fontsize=FONT)
+        bar.ax.tick_params(labelsize=FONT - 1)
+    suptitle(fig, title)
     return fig, panels
 
 

@@ -108,8 +108,17 @@ class ClassificationTask(BaseTask):
         maps_fn = getattr(self.net, "mixer_maps", None)
         if maps_fn is None:
             return {}
-        from attnbench.callbacks.render import overlay_grid
+        from attnbench.callbacks.render import figure_title, overlay_panels
 
         x = batch[0][:max_images].to(self.device)
         maps = maps_fn(self.normalise(x))
-        return {f"maps/{name}": overlay_grid(x, m) for name, m in maps.items()}
+        if getattr(self.net, "mixer", None) == "focal_modulation":
+            what, unit = "modulator |h(ctx)| of the last block", "|h(ctx)|, mean over channels"
+        else:
+            what, unit = "attention received per token, last block", "attention received (1 = uniform)"
+        return {
+            f"maps/{name}": overlay_panels(
+                x.cpu(), m, figure_title(self, f"{name} ({m.shape[-2]}×{m.shape[-1]} tokens): {what}"), unit
+            )
+            for name, m in maps.items()
+        }

@@ -22,8 +22,8 @@ import copy
 import math
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
@@ -443,7 +443,7 @@ class GANTask(pl.LightningModule):
         """``samples``: fixed noise, one row per class (at most 10), ``grid_columns`` columns; ``attention``
         (self-attention mixer): the generator's map for a few query positions; ``modulator`` (focal
         modulation mixer): ``|h(ctx)|`` over the samples."""
-        from attnbench.callbacks.render import image_grid
+        from attnbench.callbacks.render import figure_title, image_panels
 
         cols, rows = self.hparams.grid_columns, max(1, min(10, self.num_classes))
         gen = torch.Generator().manual_seed(777)
@@ -452,12 +452,18 @@ class GANTask(pl.LightningModule):
         out = {}
         with self._sampling(self.eval_generator) as g:
             x = (g(z, y if self.num_classes else None) + 1) / 2
-            out["samples"] = image_grid(x, nrow=cols)
+            labels = [f"class {k}" for k in range(rows)] if self.num_classes else None
+            which = "EMA generator" if self.g_ema is not None else "generator"
+            what = f"samples of the {which}, fixed noise per column" + (
+                ", one class per row" if labels else ""
+            )
+            out["samples"] = image_panels(x.cpu(), figure_title(self, what), cols=cols, row_labels=labels)
             maps = self._mixer_figure(g, z[:: cols + 1][: min(4, rows)], y[:: cols + 1][: min(4, rows)])
         out.update(maps)
         return out
 
     def _mixer_figure(self, g: nn.Module, z: torch.Tensor, y: torch.Tensor) -> dict:
+        from attnbench.callbacks.render import figure_title
         from attnbench.mechanisms.non_local import SelfAttention2d
 
         attn = [m for m in g.modules() if isinstance(m, SelfAttention2d)]
@@ -469,10 +475,13 @@ class GANTask(pl.LightningModule):
                 beta = block.last_attention
             finally:
                 block.store_attention, block.last_attention = False, None
-            return {"attention": attention_figure(x, beta, self.hparams.attn_queries)}
+            title = figure_title(
+                self, f"generator self-attention β at {int(math.isqrt(beta.shape[1]))}² queries"
+            )
+            return {"attention": attention_figure(x, beta, self.hparams.attn_queries, title)}
         mods = [m for name, m in g.named_modules() if name.endswith("modulation.modulator")]
         if mods:
-            from attnbench.callbacks.render import overlay_grid
+            from attnbench.callbacks.render import overlay_panels
 
             captured = []
             handle = mods[0].register_forward_hook(lambda m, i, o: captured.append(o.detach()))
@@ -480,16 +489,22 @@ class GANTask(pl.LightningModule):
                 x = (g(z, y if self.num_classes else None) + 1) / 2
             finally:
                 handle.remove()
-            return {"modulator": overlay_grid(x, captured[0].abs().mean(1))}
+            title = figure_title(self, "generator focal modulator |h(ctx)|")
+            return {
+                "modulator": overlay_panels(
+                    x.cpu(), captured[0].abs().mean(1), title, "|h(ctx)|, mean over channels"
+                )
+            }
         return {}
 
 
-def attention_figure(x01: torch.Tensor, beta: torch.Tensor, n_queries: int = 4) -> np.ndarray:
+def attention_figure(x01: torch.Tensor, beta: torch.Tensor, n_queries: int = 4, title: str = "") -> Any:
     """Rows: samples ``[B, C, S, S]``; columns: the sample with its query points (one colour each), then for
-    each query the attention over key positions (``beta: [B, N_q, N_k]``, square grids) upsampled and
-    overlaid, with that query marked in its colour."""
-    from attnbench.callbacks.render import heat, image_grid, to_rgb
+    each query the attention over key positions (``beta: [B, N_q, N_k]``, square grids) on the sample, with
+    that query marked; one colour scale for the whole figure (the weights compare across panels)."""
+    from attnbench.callbacks.render import DPI, FONT, MIN_WIDTH_IN, _pyplot, suptitle
 
+    plt = _pyplot()
     b, nq, nk = beta.shape
     hq, hk = int(math.isqrt(nq)), int(math.isqrt(nk))
     s = x01.shape[-1]
@@ -501,25 +516,41 @@ def attention_figure(x01: torch.Tensor, beta: torch.Tensor, n_queries: int = 4) 
         (3 * hq // 4, hq // 4),
         (3 * hq // 4, 3 * hq // 4),
     ][: max(1, n_queries)]
-    imgs = to_rgb(x01.float().cpu())
-    if s < 96:  # small images: enlarge (nearest) so maps and query marks stay readable
-        s = s * -(-96 // s)
-        imgs = F.interpolate(imgs, size=(s, s), mode="nearest")
-    marked = imgs.clone()
+    grey = x01.float().cpu().mean(1).numpy()
+    colours = ["lime", "cyan", "magenta", "dodgerblue", "white"]
+    maps = [beta[:, r * hq + c].float().cpu().view(b, hk, hk) for r, c in picks]
+    vmax = max(float(m.max()) for m in maps)
+    cols = 1 + len(picks)
+    width = max(MIN_WIDTH_IN, 1.3 * cols + 1.2)
+    fig, axes = plt.subplots(b, cols, figsize=(width, 1.3 * b + 0.9), squeeze=False, dpi=DPI)
     cell = s / hq
-    colours = torch.tensor(
-        [[0.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [0.2, 0.4, 1.0], [1.0, 1.0, 1.0]]
-    )
-    tiles = []
-    for q, (r, c) in enumerate(picks):
-        y0, x0 = int(r * cell), int(c * cell)
-        y1, x1 = max(y0 + 1, int((r + 1) * cell)), max(x0 + 1, int((c + 1) * cell))
-        colour = colours[q].view(1, 3, 1, 1)
-        marked[:, :, y0:y1, x0:x1] = colour
-        m = beta[:, r * hq + c].float().cpu().view(b, hk, hk)
-        m = F.interpolate(m.unsqueeze(1), size=(s, s), mode="nearest").squeeze(1)
-        tile = 0.4 * imgs + 0.6 * heat(m)
-        tile[:, :, y0:y1, x0:x1] = colour  # the query of this map, in its colour
-        tiles.append(tile)
-    columns = torch.stack([marked] + tiles, dim=1).flatten(0, 1)  # [B * (1 + Q), 3, S, S], row-major
-    return image_grid(columns, nrow=1 + len(picks))
+    shown = None
+    for i in range(b):
+        axes[i, 0].imshow(grey[i], cmap="gray", interpolation="nearest")
+        for q, (r, c) in enumerate(picks):
+            centre = ((c + 0.5) * cell - 0.5, (r + 0.5) * cell - 0.5)
+            axes[i, 0].scatter(*centre, s=30, c=colours[q], marker="s", edgecolors="black", linewidths=0.5)
+            ax = axes[i, q + 1]
+            ax.imshow(grey[i], cmap="gray", interpolation="nearest")
+            shown = ax.imshow(
+                maps[q][i].numpy(),
+                cmap="magma",
+                alpha=0.7,
+                vmin=0,
+                vmax=vmax,
+                extent=(-0.5, s - 0.5, s - 0.5, -0.5),
+                interpolation="nearest",
+            )
+            ax.scatter(*centre, s=30, c=colours[q], marker="s", edgecolors="black", linewidths=0.5)
+            if i == 0:
+                ax.set_title(f"query {q + 1} ({r},{c})", fontsize=FONT, color="black")
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(f"sample {i + 1}", fontsize=FONT)
+    axes[0, 0].set_title("sample, queries", fontsize=FONT)
+    bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    bar.set_label(f"attention weight β over {hk}×{hk} keys", fontsize=FONT)
+    bar.ax.tick_params(labelsize=FONT - 1)
+    suptitle(fig, title)
+    return fig
