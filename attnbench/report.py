@@ -1,11 +1,14 @@
 """``python -m attnbench.report DIR``: every run under DIR → one comparison table and plots.
 
 Reads each ``metrics.json`` (and the run's ``.hydra/overrides.yaml``), groups runs that differ only in
-``seed``, and reports mean ± std over seeds of every numeric metric. Prints the table, writes ``report.md``,
+``seed``, and reports mean ± the 95 % confidence interval over seeds (t-distribution) of every numeric
+metric; ``--baseline key=value`` adds each configuration's difference from that one with its interval and
+Welch's t-test. Prints the table, writes ``report.md``,
 ``report.csv`` and PNG plots into DIR (or ``--out``). Failed runs are listed; unfinished runs are counted.
 Works on a sweep that is still running or partly failed.
 
     python -m attnbench.report outputs/train/multiruns/2026-11-22_10-00-00 [--out DIR] [--metric test/acc]
+        [--baseline mixer=window_attention] [--wandb]
 """
 
 from __future__ import annotations
@@ -92,6 +95,87 @@ class Group:
             return None
         return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
+    def mean_ci(self, metric: str, level: float = 0.95) -> tuple[float, float, int] | None:
+        """Mean and the half-width of its ``level`` confidence interval over seeds (Student's t with n-1
+        degrees of freedom: ``t * s / sqrt(n)``; nan for a single run)."""
+        ms = self.mean_std(metric)
+        if ms is None:
+            return None
+        mean, std, n = ms
+        return mean, t_half_width(std, n, level), n
+
+    def matches(self, selector: str) -> bool:
+        """``key=value`` names this configuration: an override of its runs (``model.mixer=soft`` or just
+        ``mixer=soft``) or their recorded identity (``run/variant`` for ``mixer``, ``run/<key>``)."""
+        key, _, value = selector.partition("=")
+        for r in self.runs:
+            identity = r.metrics.get("run/variant" if key == "mixer" else f"run/{key}")
+            if identity is not None and str(identity) == value:
+                return True
+            if any(o.lstrip("+~") in (selector, f"model.{selector}") for o in r.settings):
+                return True
+        return False
+
+
+def t_half_width(std: float, n: int, level: float = 0.95) -> float:
+    if n < 2:
+        return math.nan
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n))
+
+
+@dataclass
+class Comparison:
+    """``other - baseline`` for one metric: the difference, its confidence interval (Welch-Satterthwaite
+    degrees of freedom) and Welch's two-sided t-test."""
+
+    key: str
+    diff: float
+    low: float
+    high: float
+    p_value: float
+    distinguishable: bool
+
+
+def welch(other: list[float], base: list[float], key: str, level: float = 0.95) -> Comparison | None:
+    """Welch's t-test of ``mean(other) - mean(base)``; None unless both have at least two runs."""
+    if len(other) < 2 or len(base) < 2:
+        return None
+    from scipy import stats
+
+    diff = statistics.fmean(other) - statistics.fmean(base)
+    va, vb = statistics.variance(other) / len(other), statistics.variance(base) / len(base)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        p = 1.0 if diff == 0 else 0.0
+        return Comparison(key, diff, diff, diff, p, diff != 0)
+    df = (va + vb) ** 2 / (va**2 / (len(other) - 1) + vb**2 / (len(base) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(stats.ttest_ind(other, base, equal_var=False).pvalue)
+    return Comparison(key, diff, diff - half, diff + half, p, p < 1 - level)
+
+
+def compare_to_baseline(groups: list[Group], selector: str, metric: str) -> tuple[Group, list[Comparison]]:
+    """The baseline group named by ``selector`` and every other group compared with it on ``metric``."""
+    from attnbench.errors import ConfigError
+
+    chosen = [g for g in groups if g.matches(selector)]
+    if len(chosen) != 1:
+        names = "; ".join(g.key for g in groups)
+        raise ConfigError(
+            f"--baseline {selector} matches {len(chosen)} configurations; expected exactly one of: {names}"
+        )
+    base = chosen[0]
+    out = []
+    for g in groups:
+        if g is base:
+            continue
+        c = welch(g.values(metric), base.values(metric), g.key)
+        if c is not None:
+            out.append(c)
+    return base, out
+
 
 def read_metrics(path: Path) -> dict[str, Any] | str:
     """A run's ``metrics.json`` as a dict, or the reason it cannot be read (truncated, not an object)."""
@@ -168,21 +252,43 @@ def primary_metric(groups: list[Group]) -> str | None:
     return None
 
 
+def num(x: float) -> str:
+    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
+
+
 def fmt(ms: tuple[float, float, int] | None) -> str:
+    """``mean ± half-width`` (the half-width of the 95 % CI for ``mean_ci``, the std for ``mean_std``)."""
     if ms is None:
         return "–"
-    mean, std, n = ms
-
-    def num(x: float) -> str:
-        return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
-
-    return num(mean) if n == 1 else f"{num(mean)} ± {num(std)}"
+    mean, spread, n = ms
+    return num(mean) if n == 1 or math.isnan(spread) else f"{num(mean)} ± {num(spread)}"
 
 
 def table(groups: list[Group], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
     header = ["configuration", "runs", *metrics]
-    rows = [[g.key, str(len(g.runs)), *(fmt(g.mean_std(m)) for m in metrics)] for g in groups]
+    rows = [[g.key, str(len(g.runs)), *(fmt(g.mean_ci(m)) for m in metrics)] for g in groups]
     return header, rows
+
+
+def comparison_markdown(base: Group, comparisons: list[Comparison], metric: str) -> list[str]:
+    lines = [
+        "",
+        f"## Compared with `{base.key}` on {metric}",
+        "",
+        "Difference of means (other − baseline), its 95 % confidence interval (Welch–Satterthwaite) and "
+        "Welch's two-sided t-test; distinguishable from zero at p < 0.05.",
+        "",
+        "| configuration | difference | 95 % CI | p | distinguishable |",
+        "|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | "
+            f"{'yes' if c.distinguishable else 'no'} |"
+        )
+    if not comparisons:
+        lines.append("| (no configuration with two or more runs on both sides) | | | | |")
+    return lines
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -262,7 +368,11 @@ def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False, ti
 
 
 def build_report(
-    root: Path, out: Path | None = None, metric: str | None = None, wandb_mode: str | None = None
+    root: Path,
+    out: Path | None = None,
+    metric: str | None = None,
+    wandb_mode: str | None = None,
+    baseline: str | None = None,
 ) -> str:
     """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text.
     ``wandb_mode`` ("offline" or "online") also logs them as a W&B run in the sweep's group."""
@@ -283,15 +393,20 @@ def build_report(
             key=lambda g: (g.mean_std(main) or (-math.inf if reverse else math.inf, 0, 0))[0], reverse=reverse
         )
     header, rows = table(groups, metrics)
+    compared: list[str] = []
+    if baseline and main:  # checked before anything is written
+        base, comparisons = compare_to_baseline(groups, baseline, main)
+        compared = comparison_markdown(base, comparisons, main)
     csv_path = files.path("report.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["configuration", "runs"] + [c for m in metrics for c in (f"{m} mean", f"{m} std")])
+        columns = [c for m in metrics for c in (f"{m} mean", f"{m} std", f"{m} ci95")]
+        writer.writerow(["configuration", "runs", *columns])
         for g in groups:
             row: list[Any] = [g.key, len(g.runs)]
             for m in metrics:
-                ms = g.mean_std(m)
-                row += [ms[0], ms[1]] if ms else ["", ""]
+                ms, ci = g.mean_std(m), g.mean_ci(m)
+                row += [ms[0], ms[1], "" if math.isnan(ci[1]) else ci[1]] if ms and ci else ["", "", ""]
             writer.writerow(row)
     files.wrote(csv_path)
     plots = []
@@ -312,12 +427,14 @@ def build_report(
         f"# Report: {root}",
         "",
         f"{len(runs)} finished runs ({len(failed)} failed), {len(unfinished)} unfinished, "
-        f"{len(groups)} configurations; mean ± std over seeds; sorted by {main or '—'}.",
+        f"{len(groups)} configurations; mean ± half-width of the 95 % confidence interval over seeds "
+        f"(Student's t, n − 1 degrees of freedom); sorted by {main or '—'}.",
         "",
         f"Shared settings: `{' '.join(sorted(shared_settings(runs))) or '(defaults)'}`",
         "",
         markdown(header, rows) if rows else "_no successful runs yet_",
     ]
+    text += compared
     if failed:
         text += ["", "## Failed runs", ""]
         text += [f"- `{r.folder}`: {str(r.metrics.get('error', 'unknown error'))[:300]}" for r in failed]
@@ -380,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="a run or sweep folder (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where to write report.md/csv and plots")
     parser.add_argument("--metric", default=None, help="the metric to sort and plot by (default: by task)")
+    parser.add_argument(
+        "--baseline", default=None, help="compare every configuration with this one (e.g. mixer=soft)"
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline)")
     parser.add_argument("--wandb-online", action="store_true", help="with --wandb: log online")
     args = parser.parse_args(argv)
@@ -387,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.dir} is not a folder", file=sys.stderr)
         return 2
     mode = ("online" if args.wandb_online else "offline") if args.wandb else None
-    print(build_report(args.dir, args.out, args.metric, wandb_mode=mode))
+    from attnbench.errors import ConfigError
+
+    try:
+        print(build_report(args.dir, args.out, args.metric, wandb_mode=mode, baseline=args.baseline))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

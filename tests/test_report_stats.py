@@ -1,0 +1,47 @@
+"""The report's statistics: t confidence intervals over seeds and Welch's comparison with a baseline,
+against scipy on fixed numbers; the baseline row chosen by key=value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scipy import stats
+
+from attnbench.report import build_report, t_half_width, welch
+
+
+def test_t_interval_and_welch_match_scipy():
+    values = [0.9796, 0.9731, 0.9861]
+    mean = sum(values) / 3
+    ref = stats.t.interval(0.95, 2, loc=mean, scale=stats.sem(values))
+    assert t_half_width(stats.tstd(values), 3) == pytest.approx(ref[1] - mean, rel=1e-12)
+    a, b = [0.98, 0.97, 0.99, 0.985], [0.95, 0.96, 0.955]
+    c = welch(a, b, "a")
+    ref_t = stats.ttest_ind(a, b, equal_var=False)
+    assert c.p_value == pytest.approx(ref_t.pvalue, rel=1e-12) and c.distinguishable
+    ci = ref_t.confidence_interval(0.95)  # scipy's Welch interval of mean(a) - mean(b)
+    assert (c.low, c.high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+    same = welch([0.5, 0.6, 0.55], [0.52, 0.58, 0.56], "same")
+    assert not same.distinguishable and same.low < 0 < same.high
+
+
+def test_report_compares_with_the_chosen_baseline(tmp_path):
+    accs = {"focal_modulation": [0.98, 0.975, 0.985], "window_attention": [0.95, 0.955, 0.96]}
+    for mixer, values in accs.items():
+        for seed, acc in enumerate(values):
+            folder = tmp_path / f"{mixer}-{seed}"
+            (folder / ".hydra").mkdir(parents=True)
+            (folder / ".hydra" / "overrides.yaml").write_text(f"- model.mixer={mixer}\n- seed={seed}\n")
+            record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "run/seed": seed}
+            (folder / "metrics.json").write_text(json.dumps(record))
+    md = build_report(tmp_path, baseline="mixer=window_attention")
+    assert "## Compared with `model.mixer=window_attention` on test/acc" in md
+    row = next(line for line in md.splitlines() if line.startswith("| model.mixer=focal_modulation | +"))
+    assert "+0.025" in row and row.rstrip().endswith("| yes |")
+    half = t_half_width(stats.tstd(accs["focal_modulation"]), 3)
+    assert f"0.98 ± {half:.4g}" in md  # the table's ± is the 95 % t interval
+    from attnbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="matches 0 configurations"):
+        build_report(tmp_path, baseline="mixer=global_attention")
