@@ -106,8 +106,8 @@ def test_sigterm_saves_records_interrupted_and_resume_continues_with_history(tmp
 
     changed = cli(*args, "model.task.lr=0.5", "resume=true", f"hydra.run.dir={run}")
     assert changed.returncode == 2 and "model.task.lr" in changed.stderr and "0.5" in changed.stderr
-    grouped = cli(*args, "debug=limit", "resume=true", f"hydra.run.dir={run}")  # a group changes other keys
-    assert grouped.returncode == 2 and "trainer.limit_val_batches" in grouped.stderr, grouped.stderr[-1500:]
+    grouped = cli(*args, "debug=overfit", "resume=true", f"hydra.run.dir={run}")  # a group sets other keys
+    assert grouped.returncode == 2 and "trainer.overfit_batches" in grouped.stderr, grouped.stderr[-1500:]
     resumed = cli(*args, "resume=true", f"hydra.run.dir={run}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert metrics(run)["status"] == "ok" and csv_epochs(run) == [0, 1, 2, 3]  # history kept
