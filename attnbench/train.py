@@ -51,7 +51,7 @@ def run_identity(cfg: DictConfig, picked: dict[str, str] | None = None) -> dict[
     """Names that identify a run in reports and W&B: model, mixer/attention variant, data, seed
     (``picked``: the group options to name it by, default this launch's)."""
     picked = picked if picked else choices(cfg)
-    variant = cfg.model.get("mixer", None) or cfg.model.get("attention", None)
+    variant = cfg.model.get("mixer", None)  # the compared mechanism of every family (ARCHITECTURE.md)
     return {
         "model": picked.get("model", cfg.model.get("name", None) or "model"),
         "variant": None if variant is None else str(variant),

@@ -48,7 +48,7 @@ def sampling(args) -> list[str]:
     for variant in args.variants:
         torch.manual_seed(0)
         net = create_model(
-            "image_transformer", attention=variant, image_size=args.size, channels=3, levels=256,
+            "image_transformer", mixer=variant, image_size=args.size, channels=3, levels=256,
             dim=args.dim, depth=args.depth, heads=4, ffn_dim=4 * args.dim, dropout=0.0,
             block_length=min(256, 3 * args.size**2), query_shape=[min(8, args.size), min(32, grid_w)],
             memory_flange=[min(8, args.size), min(16, grid_w)],
@@ -94,7 +94,7 @@ def beam(args) -> list[str]:
         vocab = list(SPECIALS) + [f"w{i}" for i in range(st["vocab"] - len(SPECIALS))]
         torch.manual_seed(0)
         net = ShowAttendTell(
-            vocab, attention="soft", encoder="digits_cnn", in_channels=1, cnn_channels=st["channels"],
+            vocab, mixer="soft", encoder="digits_cnn", in_channels=1, cnn_channels=st["channels"],
             cnn_pools=st["pools"], embed_dim=st["embed"], hidden_dim=st["hidden"], attn_dim=st["attn"],
             dropout=0.0,
         ).eval()  # fmt: skip

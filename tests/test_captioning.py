@@ -16,7 +16,7 @@ SPECIALS = ["<pad>", "<start>", "<end>", "<unk>"]
 DIGIT_VOCAB = SPECIALS + "zero one two three four five six seven eight nine".split()
 
 
-def tiny_model(vocab=DIGIT_VOCAB, attention="soft", seed=0, **kw) -> ShowAttendTell:
+def tiny_model(vocab=DIGIT_VOCAB, mixer="soft", seed=0, **kw) -> ShowAttendTell:
     torch.manual_seed(seed)
     kw = {
         "in_channels": 1,
@@ -26,7 +26,7 @@ def tiny_model(vocab=DIGIT_VOCAB, attention="soft", seed=0, **kw) -> ShowAttendT
         "attn_dim": 16,
         **kw,
     }
-    return ShowAttendTell(vocab, attention=attention, **kw).double().eval()
+    return ShowAttendTell(vocab, mixer=mixer, **kw).double().eval()
 
 
 # ----------------------------------------------------------------------------------------------- mechanism
@@ -129,7 +129,7 @@ def test_task_loss_is_word_cross_entropy_plus_lambda_times_doubly_stochastic_ter
 
 
 def test_hard_attention_reinforce_terms_and_moving_average_baseline():
-    net = tiny_model(attention="hard").float().train()
+    net = tiny_model(mixer="hard").float().train()
     task = make_task(net, alpha_c=0.0, reinforce_weight=1.0, entropy_weight=0.1, baseline_decay=0.9).train()
     captions = torch.tensor([[1, 5, 6, 2], [1, 7, 8, 2], [1, 4, 2, 0]])
     use_expected = torch.tensor([False, True, False])
@@ -263,7 +263,7 @@ def train_digit_captions(tmp_path, attention: str) -> dict:
         [
             "model=show_attend_tell",
             "data=digit_captions",
-            f"model.attention={attention}",
+            f"model.mixer={attention}",
             "seed=0",
             "trainer.max_epochs=4",
             "data.train_size=2400",

@@ -13,9 +13,9 @@ from attnbench.models.image_transformer import dmol_log_probs
 
 SMALL = dict(image_size=(3, 4), channels=2, levels=5, dim=16, depth=2, heads=2, dropout=0.0)
 VARIANTS = {
-    "full": {"attention": "full"},
-    "local_1d": {"attention": "local_1d", "block_length": 5},
-    "local_2d": {"attention": "local_2d", "query_shape": (2, 3), "memory_flange": (1, 2)},
+    "full": {"mixer": "full"},
+    "local_1d": {"mixer": "local_1d", "block_length": 5},
+    "local_2d": {"mixer": "local_2d", "query_shape": (2, 3), "memory_flange": (1, 2)},
 }
 
 

@@ -115,7 +115,7 @@ class ImageTransformer(nn.Module):
         depth: int = 4,
         heads: int = 4,
         ffn_dim: int | None = None,
-        attention: str = "local_2d",
+        mixer: str = "local_2d",
         block_length: int = 64,
         query_shape=(4, 4),
         memory_flange=(4, 4),
@@ -131,7 +131,7 @@ class ImageTransformer(nn.Module):
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         checks = [
-            (attention in ATTENTION_KINDS, f"attention={attention!r}: expected one of {ATTENTION_KINDS}"),
+            (mixer in ATTENTION_KINDS, f"mixer={mixer!r}: expected one of {', '.join(ATTENTION_KINDS)}"),
             (norm in ("pre", "post"), f"norm={norm!r}: expected 'pre' or 'post'"),
             (
                 pos_encoding in ("sinusoidal", "learned"),
@@ -154,6 +154,7 @@ class ImageTransformer(nn.Module):
             raise ConfigError(f"class_conditional=true needs num_classes >= 1, got num_classes={num_classes}")
         num_classes = num_classes if class_conditional else 0
         self.class_conditional = bool(class_conditional)
+        self.mixer = mixer
         self.image_shape = (channels, h, w)
         self.grid = (h, w * channels)
         self.levels, self.dim, self.num_classes, self.output = levels, dim, num_classes, output
@@ -168,7 +169,7 @@ class ImageTransformer(nn.Module):
         self.class_embed = nn.Embedding(num_classes, dim) if num_classes > 0 else None
         self.drop = nn.Dropout(dropout)
         attn_kw = dict(
-            kind=attention,
+            kind=mixer,
             block_length=block_length,
             query_shape=tuple(query_shape),
             memory_flange=tuple(memory_flange),
@@ -300,7 +301,7 @@ class ImageTransformer(nn.Module):
 
 @register_model
 def image_transformer(**kwargs) -> ImageTransformer:
-    """``create_model("image_transformer", attention="local_1d"|"local_2d"|"full", image_size=...,
+    """``create_model("image_transformer", mixer="local_1d"|"local_2d"|"full", image_size=...,
     channels=..., levels=..., dim=..., depth=..., heads=..., block_length=..., query_shape=...,
     memory_flange=...)``."""
     return ImageTransformer(**kwargs)

@@ -119,7 +119,7 @@ class ShowAttendTell(nn.Module):
 
     Args:
         vocab: the word list (id -> word).
-        attention: ``soft`` | ``hard`` | ``none`` (mean-pooled context).
+        mixer: ``soft`` | ``hard`` | ``none`` (mean-pooled context): the compared mechanism.
         encoder: ``digits_cnn`` or a torchvision trunk name (``resnet101``, ``vgg19``, ...).
         encoder_weights: a local torchvision state-dict file for the trunk (never downloaded).
         fine_tune_encoder: train the torchvision trunk too (else it is frozen and kept in eval mode).
@@ -135,7 +135,7 @@ class ShowAttendTell(nn.Module):
     def __init__(
         self,
         vocab: Sequence[str],
-        attention: str = "soft",
+        mixer: str = "soft",
         encoder: str = "digits_cnn",
         encoder_weights: str | None = None,
         fine_tune_encoder: bool = False,
@@ -154,13 +154,13 @@ class ShowAttendTell(nn.Module):
         vocab = [str(w) for w in vocab]
         if tuple(vocab[:4]) != SPECIALS:
             raise ConfigError(f"the vocabulary must start with {SPECIALS}; got {vocab[:4]}")
-        if attention not in MODES:
-            raise ConfigError(f"model.attention={attention!r}; expected one of {', '.join(MODES)}")
+        if mixer not in MODES:
+            raise ConfigError(f"model.mixer={mixer!r}; expected one of {', '.join(MODES)}")
         if hard_eval not in ("argmax", "expected"):
             raise ConfigError(f"hard_eval={hard_eval!r}; expected argmax or expected")
         self.vocab = vocab
         self.pad_id, self.start_id, self.end_id, self.unk_id = 0, 1, 2, 3
-        self.attention_mode, self.hard_eval = attention, hard_eval
+        self.mixer, self.hard_eval = mixer, hard_eval
         if encoder == "digits_cnn":
             self.encoder = DigitsCNN(in_channels, cnn_channels, cnn_pools)
             feat_dim = self.encoder.out_dim
@@ -202,9 +202,9 @@ class ShowAttendTell(nn.Module):
 
     def eval_mode(self) -> str:
         """The attention mode used when not sampling (evaluation, beam search)."""
-        if self.attention_mode == "hard" and self.hard_eval == "expected":
+        if self.mixer == "hard" and self.hard_eval == "expected":
             return "soft"
-        return self.attention_mode
+        return self.mixer
 
     def step(
         self,
@@ -242,8 +242,8 @@ class ShowAttendTell(nn.Module):
             and in hard mode ``log_probs [B, T]`` (log p(s_t)) and ``entropies [B, T]``.
         """
         feats, _ = self.encode(images)
-        sample = self.training and self.attention_mode == "hard"
-        mode = self.attention_mode if sample else self.eval_mode()
+        sample = self.training and self.mixer == "hard"
+        mode = self.mixer if sample else self.eval_mode()
         proj = self.attention.project(feats) if mode != "none" else None
         state = self.init_state(feats)
         logits, alphas, infos = [], [], []

@@ -32,7 +32,7 @@ class CaptioningTask(BaseTask):
     """Trains a :class:`attnbench.models.show_attend_tell.ShowAttendTell` on ``(x, y)`` caption batches.
 
     Args:
-        net: the captioner (``net.vocab``, ``net.attention_mode``, ``net(images, captions)``,
+        net: the captioner (``net.vocab``, ``net.mixer``, ``net(images, captions)``,
             ``net.beam_search``).
         mean, std: per-channel normalisation applied on-device to images in [0, 1].
         alpha_c: λ of the doubly stochastic regularisation with soft attention (Sec. 4.2.1).
@@ -112,7 +112,7 @@ class CaptioningTask(BaseTask):
         ce, mask = self.word_losses(out["logits"], captions)
         n_words = mask.sum().clamp_min(1)
         terms = {"ce": ce.sum() / n_words}
-        lam = {"soft": hp.alpha_c, "hard": hp.alpha_c_hard}.get(self.net.attention_mode, 0.0)
+        lam = {"soft": hp.alpha_c, "hard": hp.alpha_c_hard}.get(self.net.mixer, 0.0)
         if lam:
             terms["doubly_stochastic"] = lam * doubly_stochastic_penalty(out["alphas"], mask).mean()
         if "log_probs" in out and self.training:
@@ -157,7 +157,7 @@ class CaptioningTask(BaseTask):
         x, y = batch
         captions = y["captions"]
         use_expected = None
-        if self.net.attention_mode == "hard":
+        if self.net.mixer == "hard":
             use_expected = torch.rand(len(captions), device=captions.device) < self.hparams.expected_prob
         out = self.forward_net(self.normalise(x), captions, use_expected)
         terms = self.losses(out, captions, use_expected)
@@ -228,7 +228,7 @@ class CaptioningTask(BaseTask):
         result = self.caption(x, self.hparams.beam_size)
         hyps = self.words(result["tokens"])
         grid = tuple(int(v) for v in result["grid"])
-        what = f"{self.net.attention_mode} attention α per generated word, beam {self.hparams.beam_size}"
+        what = f"{self.net.mixer} attention α per generated word, beam {self.hparams.beam_size}"
         title = figure_title(self, what)
         fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)], title)
         log_wandb_table(self, x, hyps, panels)

@@ -39,7 +39,7 @@ def load_net(run: Path):
 
 def label(cfg) -> str:
     """The attention variant and its context size, e.g. ``local_1d (block 32)``."""
-    kind, net = str(cfg.model.attention), cfg.model.net
+    kind, net = str(cfg.model.get("mixer", None) or cfg.model.get("attention")), cfg.model.net  # old runs
     if kind == "local_1d":
         return f"local_1d (block {net.block_length})"
     if kind == "local_2d":
