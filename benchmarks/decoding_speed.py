@@ -41,7 +41,8 @@ def sampling(args) -> list[str]:
         f"{3 * args.size**2} steps), dim {args.dim}, depth {args.depth}, {args.repeats} alternating repeats "
         "(median):",
         "",
-        "| variant | KV cache (s) | naive recomputation (s) | naive / cache | same images |",
+        "| variant | cache (s): KV for attention, constant state for focal_modulation | "
+        "naive recomputation (s) | naive / cache | same images |",
         "|---|---|---|---|---|",
     ]
     grid_w = 3 * args.size
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2, help="images sampled per call")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--variants", nargs="+", default=["local_1d", "local_2d", "full"])
+    p.add_argument("--variants", nargs="+", default=["local_1d", "local_2d", "full", "focal_modulation"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--max-len", type=int, default=20)

@@ -1,4 +1,5 @@
-"""Cost of Image Transformer attention as the image grows: full vs local_1d vs local_2d.
+"""Cost of the Image Transformer's token mixer as the image grows: full vs local_1d vs local_2d attention vs
+causal focal modulation.
 
 One causal self-attention layer (:class:`attnbench.mechanisms.local_attention.GridSelfAttention`) over the
 H × (W·C) grid of an S × S × 3 image, forward + backward, batch 1. Each (variant, size) runs in a fresh
@@ -28,6 +29,7 @@ VARIANTS = {
     "full_math": {},  # the same layer through SDPA's math backend: materialises the N × N scores
     "local_1d": {"block_length": 256},  # memory 512 (Parmar et al. Sec. 4)
     "local_2d": {"query_shape": (8, 32), "memory_flange": (8, 16)},  # memory 16 × 64
+    "focal_modulation": {"focal_levels": 2, "focal_window": 3},  # causal convs (3, 5) + prefix mean
 }
 
 
@@ -48,9 +50,14 @@ def measure(variant: str, size: int, dim: int, heads: int, device: str, repeats:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     kind = "full" if variant == "full_math" else variant
-    layer = GridSelfAttention(dim, heads, kind, **VARIANTS[variant]).to(device)
+    if variant == "focal_modulation":
+        from attnbench.mechanisms.causal_focal_modulation import CausalFocalModulation
+
+        layer = CausalFocalModulation(dim, **VARIANTS[variant]).to(device)
+    else:
+        layer = GridSelfAttention(dim, heads, kind, **VARIANTS[variant]).to(device)
+        layer.plan(*grid, device)  # index tables are built once per grid, outside the timing
     x = torch.randn(1, n, dim, device=device, requires_grad=True)
-    layer.plan(*grid, device)  # index tables are built once per grid, outside the timing
 
     def once():
         if variant == "full_math":
@@ -200,7 +207,8 @@ def update_section(path: str, table_text: str, argv: str) -> None:
     section = "\n".join(
         [
             START,
-            "## Image Transformer attention: full vs local 1D vs local 2D as the image grows",
+            "## Image Transformer token mixers: full / local 1D / local 2D attention vs causal focal "
+            "modulation as the image grows",
             "",
             f"Measured {dt.date.today().isoformat()} with torch {torch.__version__}, "
             f"{os.cpu_count()} CPU cores "
@@ -215,7 +223,8 @@ def update_section(path: str, table_text: str, argv: str) -> None:
             "(no N × N matrix stored, quadratic time).",
             "local_1d: blocks of 256, memory 512; "
             "local_2d: 8 × 32 query blocks with 8-row / 16-column flanges",
-            "on the H × 3W grid.",
+            "on the H × 3W grid; focal_modulation: causal depthwise convolutions (kernels 3, 5) and the",
+            "prefix mean, linear in the number of positions.",
             END,
         ]
     )

@@ -16,6 +16,7 @@ VARIANTS = {
     "full": {"mixer": "full"},
     "local_1d": {"mixer": "local_1d", "block_length": 5},
     "local_2d": {"mixer": "local_2d", "query_shape": (2, 3), "memory_flange": (1, 2)},
+    "focal_modulation": {"mixer": "focal_modulation", "focal_levels": 2, "focal_window": 3},
 }
 
 

@@ -18,7 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnbench.errors import ConfigError
+from attnbench.mechanisms.causal_focal_modulation import CausalFocalModulation
 from attnbench.mechanisms.local_attention import ATTENTION_KINDS, GridSelfAttention
+
+MIXERS = (*ATTENTION_KINDS, "focal_modulation")
 from attnbench.models.registry import register_model
 
 
@@ -70,11 +73,23 @@ class DecoderBlock(nn.Module):
     """Self-attention + FFN with residuals; LayerNorm before (``pre``) or after (``post``) each sublayer."""
 
     def __init__(
-        self, dim: int, heads: int, ffn_dim: int, dropout: float, attn_dropout: float, norm: str, **attn_kw
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attn_dropout: float,
+        norm: str,
+        focal: dict | None = None,
+        **attn_kw,
     ):
         super().__init__()
         self.pre = norm == "pre"
-        self.attn = GridSelfAttention(dim, heads, attn_dropout=attn_dropout, **attn_kw)
+        # the token mixer (named ``attn`` for every variant: checkpoints keep their keys)
+        if attn_kw["kind"] == "focal_modulation":
+            self.attn = CausalFocalModulation(dim, **(focal or {}))
+        else:
+            self.attn = GridSelfAttention(dim, heads, attn_dropout=attn_dropout, **attn_kw)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
@@ -119,6 +134,8 @@ class ImageTransformer(nn.Module):
         block_length: int = 64,
         query_shape=(4, 4),
         memory_flange=(4, 4),
+        focal_levels: int = 2,
+        focal_window: int = 3,
         dropout: float = 0.1,
         attn_dropout: float = 0.0,
         norm: str = "pre",
@@ -131,7 +148,7 @@ class ImageTransformer(nn.Module):
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         checks = [
-            (mixer in ATTENTION_KINDS, f"mixer={mixer!r}: expected one of {', '.join(ATTENTION_KINDS)}"),
+            (mixer in MIXERS, f"mixer={mixer!r}: expected one of {', '.join(MIXERS)}"),
             (norm in ("pre", "post"), f"norm={norm!r}: expected 'pre' or 'post'"),
             (
                 pos_encoding in ("sinusoidal", "learned"),
@@ -176,7 +193,16 @@ class ImageTransformer(nn.Module):
         )
         try:
             self.blocks = nn.ModuleList(
-                DecoderBlock(dim, heads, ffn_dim or 4 * dim, dropout, attn_dropout, norm, **attn_kw)
+                DecoderBlock(
+                    dim,
+                    heads,
+                    ffn_dim or 4 * dim,
+                    dropout,
+                    attn_dropout,
+                    norm,
+                    focal={"focal_levels": focal_levels, "focal_window": focal_window},
+                    **attn_kw,
+                )
                 for _ in range(depth)
             )
         except ValueError as e:
@@ -301,7 +327,7 @@ class ImageTransformer(nn.Module):
 
 @register_model
 def image_transformer(**kwargs) -> ImageTransformer:
-    """``create_model("image_transformer", mixer="local_1d"|"local_2d"|"full", image_size=...,
+    """``create_model("image_transformer", mixer="local_1d"|"local_2d"|"full"|"focal_modulation", image_size=...,
     channels=..., levels=..., dim=..., depth=..., heads=..., block_length=..., query_shape=...,
     memory_flange=...)``."""
     return ImageTransformer(**kwargs)
