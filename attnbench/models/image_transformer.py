@@ -4,7 +4,9 @@ Every sub-pixel (c, h, w) is one position of an ``H × (W·C)`` grid (channels i
 row, Sec. 3.1). Its input is the √d-scaled embedding (one table per channel) of the sub-pixel generated
 just before it, plus a 2D position encoding (half the width encodes the row, half the column-and-channel,
 Sec. 3.1) and an optional class embedding (Sec. 4). Decoder blocks (self-attention + position-wise FFN,
-Sec. 3.2) use full, local 1D or local 2D causal attention (:mod:`attnbench.mechanisms.local_attention`).
+Sec. 3.2) use full, local 1D or local 2D causal attention (:mod:`attnbench.mechanisms.local_attention`), or
+causal focal modulation in raster order (``mixer="focal_modulation"``,
+:mod:`attnbench.mechanisms.causal_focal_modulation`) as the modulation counterpart.
 The output is a ``levels``-way categorical per sub-pixel, or a discretized mixture of logistics
 (Salimans et al. 2017; Sec. 3.3) returned as normalised log-probabilities over the same ``levels`` bins.
 """
@@ -20,9 +22,9 @@ import torch.nn.functional as F
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.causal_focal_modulation import CausalFocalModulation
 from attnbench.mechanisms.local_attention import ATTENTION_KINDS, GridSelfAttention
+from attnbench.models.registry import register_model
 
 MIXERS = (*ATTENTION_KINDS, "focal_modulation")
-from attnbench.models.registry import register_model
 
 
 def sinusoid_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
@@ -327,7 +329,7 @@ class ImageTransformer(nn.Module):
 
 @register_model
 def image_transformer(**kwargs) -> ImageTransformer:
-    """``create_model("image_transformer", mixer="local_1d"|"local_2d"|"full"|"focal_modulation", image_size=...,
-    channels=..., levels=..., dim=..., depth=..., heads=..., block_length=..., query_shape=...,
-    memory_flange=...)``."""
+    """``create_model("image_transformer", mixer="local_1d"|"local_2d"|"full"|"focal_modulation",
+    image_size=..., channels=..., levels=..., dim=..., depth=..., heads=..., block_length=...,
+    query_shape=..., memory_flange=..., focal_levels=..., focal_window=...)``."""
     return ImageTransformer(**kwargs)
