@@ -416,6 +416,7 @@ def _find(callbacks: list, name: str):
 def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
     import pytorch_lightning as pl
 
+    from attnbench.callbacks.flush_logs import FlushLogsOnCheckpoint
     from attnbench.callbacks.interrupt import GracefulInterrupt
     from attnbench.callbacks.run_identity import RunIdentityStamp, state_dict_mismatch
     from attnbench.callbacks.wandb_resume import wandb_run_id
@@ -443,6 +444,7 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
     # figures are titled with the run's identity (a plain attribute: not a hyper-parameter, not saved)
     task.run_label = " · ".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
     callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
+    callbacks.append(FlushLogsOnCheckpoint())
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
     )

@@ -75,6 +75,7 @@ def test_ddp_test_accuracy_equals_single_process_on_same_checkpoint(tmp_path):
 def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
     args = [
         *TINY,
+        "logger=csv",
         "trainer=cpu",
         "trainer.max_epochs=3",
         "trainer.limit_train_batches=8",
@@ -113,6 +114,9 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):
     m_full, m_cut = metrics(tmp_path / "full"), metrics(run_dir)
     for key in ("val/loss", "test/acc", "test/loss"):
         assert m_full[key] == m_cut[key], key
+    from test_integrity_cli import csv_epochs
+
+    assert csv_epochs(run_dir) == csv_epochs(tmp_path / "full") == [0, 1, 2]  # the history before the kill
 
 
 def test_optuna_sweep_in_memory_returns_the_objective(tmp_path):
