@@ -157,8 +157,9 @@ def test_hard_attention_reinforce_terms_and_moving_average_baseline():
 
 
 # --------------------------------------------------------------------------------------------- beam search
-def test_batched_beam_search_returns_the_per_image_best_captions():
-    net = tiny_model()
+@pytest.mark.parametrize("mixer", ["soft", "focal_modulation"])
+def test_batched_beam_search_returns_the_per_image_best_captions(mixer):
+    net = tiny_model(mixer=mixer)
     images = torch.rand(5, 1, 8, 32, dtype=torch.float64)
     for beam in (1, 3):
         batched = net.beam_search(images, beam_size=beam, max_len=6, length_norm=0.7)
@@ -215,9 +216,10 @@ def sequence_logprob(net, image, words) -> float:
     return float(logits.gather(1, captions[:, 1:].T).sum())
 
 
-def test_greedy_is_beam_one_and_wide_beam_finds_the_exhaustive_best_caption():
+@pytest.mark.parametrize("mixer", ["soft", "focal_modulation"])
+def test_greedy_is_beam_one_and_wide_beam_finds_the_exhaustive_best_caption(mixer):
     vocab = SPECIALS + ["cat", "dog"]
-    net = tiny_model(vocab, seed=3)
+    net = tiny_model(vocab, mixer=mixer, seed=3)
     image = torch.rand(1, 1, 8, 32, dtype=torch.float64)
     # greedy by hand
     words = []

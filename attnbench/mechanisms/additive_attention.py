@@ -39,8 +39,9 @@ class AdditiveAttention(nn.Module):
         self.score = nn.Linear(attn_dim, 1)  # v
         self.gate = nn.Linear(hidden_dim, 1) if gate else None  # f_beta
 
-    def project(self, feats: Tensor) -> Tensor:
-        """W_a a: ``[B, L, D] -> [B, L, A]``; computed once per image and reused at every step."""
+    def project(self, feats: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """W_a a: ``[B, L, D] -> [B, L, A]``; computed once per image and reused at every step (``grid`` is
+        not needed: attention has no spatial structure)."""
         return self.feat_proj(feats)
 
     def weights(self, feats_proj: Tensor, h: Tensor) -> Tensor:

@@ -22,8 +22,11 @@ from torch import Tensor, nn
 
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.additive_attention import MODES, AdditiveAttention
+from attnbench.mechanisms.focal_context import FocalModulationContext
 from attnbench.models.registry import register_model
 from attnbench.safe_files import load_torch_file
+
+MIXERS = (*MODES, "focal_modulation")
 
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
 TORCHVISION_TRUNKS = (
@@ -149,13 +152,15 @@ class ShowAttendTell(nn.Module):
         gate: bool = True,
         dropout: float = 0.5,
         hard_eval: str = "argmax",
+        focal_levels: int = 2,
+        focal_window: int = 3,
     ):
         super().__init__()
         vocab = [str(w) for w in vocab]
         if tuple(vocab[:4]) != SPECIALS:
             raise ConfigError(f"the vocabulary must start with {SPECIALS}; got {vocab[:4]}")
-        if mixer not in MODES:
-            raise ConfigError(f"model.mixer={mixer!r}; expected one of {', '.join(MODES)}")
+        if mixer not in MIXERS:
+            raise ConfigError(f"model.mixer={mixer!r}; expected one of {', '.join(MIXERS)}")
         if hard_eval not in ("argmax", "expected"):
             raise ConfigError(f"hard_eval={hard_eval!r}; expected argmax or expected")
         self.vocab = vocab
@@ -175,7 +180,12 @@ class ShowAttendTell(nn.Module):
         self.embed = nn.Embedding(v, embed_dim)  # E
         self.init_h = nn.Linear(feat_dim, hidden_dim)  # f_init,h
         self.init_c = nn.Linear(feat_dim, hidden_dim)  # f_init,c
-        self.attention = AdditiveAttention(feat_dim, hidden_dim, attn_dim, gate=gate)
+        if mixer == "focal_modulation":  # the modulation counterpart of soft attention (focal_context.py)
+            self.attention = FocalModulationContext(
+                feat_dim, hidden_dim, attn_dim, focal_levels, focal_window
+            )
+        else:
+            self.attention = AdditiveAttention(feat_dim, hidden_dim, attn_dim, gate=gate)
         self.lstm = nn.LSTMCell(embed_dim + feat_dim, hidden_dim)
         self.out_h = nn.Linear(hidden_dim, embed_dim)  # L_h
         self.out_z = nn.Linear(feat_dim, embed_dim, bias=False)  # L_z
@@ -241,10 +251,10 @@ class ShowAttendTell(nn.Module):
             ``logits [B, T, V]`` predicting ``captions[:, 1:]``, ``alphas [B, T, L]``, ``betas [B, T]``,
             and in hard mode ``log_probs [B, T]`` (log p(s_t)) and ``entropies [B, T]``.
         """
-        feats, _ = self.encode(images)
+        feats, grid = self.encode(images)
         sample = self.training and self.mixer == "hard"
         mode = self.mixer if sample else self.eval_mode()
-        proj = self.attention.project(feats) if mode != "none" else None
+        proj = self.attention.project(feats, grid) if mode != "none" else None
         state = self.init_state(feats)
         logits, alphas, infos = [], [], []
         for t in range(captions.shape[1] - 1):
@@ -287,7 +297,7 @@ class ShowAttendTell(nn.Module):
         dev = feats.device
         mode = self.eval_mode()
         # W_a a once per image; the K beams of an image share feats [B, L, D] and proj [B, L, A] (no copies)
-        proj = self.attention.project(feats) if mode != "none" else None
+        proj = self.attention.project(feats, grid) if mode != "none" else None
         state = tuple(s.repeat_interleave(k, dim=0) for s in self.init_state(feats))  # [B*K, N] each
         scores = feats.new_full((b, k), float("-inf"))
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first expansion has no duplicates

@@ -228,9 +228,12 @@ class CaptioningTask(BaseTask):
         result = self.caption(x, self.hparams.beam_size)
         hyps = self.words(result["tokens"])
         grid = tuple(int(v) for v in result["grid"])
-        what = f"{self.net.mixer} attention α per generated word, beam {self.hparams.beam_size}"
-        title = figure_title(self, what)
-        fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)], title)
+        if self.net.mixer == "focal_modulation":
+            what, unit = "gate mass per location (normalised) for each generated word", "gate mass α"
+        else:
+            what, unit = f"{self.net.mixer} attention α per generated word", "attention weight α"
+        title = figure_title(self, f"{what}, beam {self.hparams.beam_size}")
+        fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)], title, unit)
         log_wandb_table(self, x, hyps, panels)
         return {"captions": fig}
 
@@ -242,6 +245,7 @@ def attention_figure(
     grid: tuple[int, int],
     refs: list[list[list[str]]],
     title: str = "",
+    value_label: str = "attention weight α",
 ):
     """A matplotlib Figure: per image a row with the image (title: caption and first reference), then one
     panel per generated word with its attention map (upsampled to the image) overlaid. One colour scale for
@@ -299,7 +303,7 @@ def attention_figure(
     axes[-1, 0].set_xlabel(f"{w}×{h} px, {grid[0]}×{grid[1]} annotation grid", fontsize=FONT)
     if image is not None:
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
-        bar.set_label("attention weight α", fontsize=FONT)
+        bar.set_label(value_label, fontsize=FONT)
         bar.ax.tick_params(labelsize=FONT - 1)
     suptitle(fig, title)
     return fig, panels
