@@ -330,3 +330,35 @@ def test_figures_show_each_generated_word_with_its_attention_map():
     image = _as_array(figures["captions"])
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
     assert image.shape[1] > 2 * image.shape[0]  # one wide panel per word next to the image
+
+
+def test_beam_search_never_drops_a_finished_caption_that_outscores_its_answer():
+    """A hand-built bigram table (p(next | previous word)), beam 2. Step 2 keeps "a x" (-0.02) and the
+    finished "c <end>" (-4.6); at step 3 both continuations of "a x" (-0.71 each) outscore "c <end>", then
+    they fall apart over 20 equally likely words (-3 per step) and never end. The answer must be "c <end>"."""
+    words = ["a", "c", "x", "y"] + [f"w{i}" for i in range(20)]
+    vocab = SPECIALS + words
+    net = tiny_model(vocab)
+    ids = {w: i for i, w in enumerate(vocab)}
+    table = torch.full((len(vocab), len(vocab)), 1e-9, dtype=torch.float64)
+
+    def row(prev, probs):
+        for w, p in probs.items():
+            table[ids[prev] if prev in ids else prev, ids[w] if w in ids else w] = p
+
+    row(net.start_id, {"a": 0.99, "c": 0.01})
+    row("a", {"x": 0.99, "y": 0.005})
+    row("c", {net.end_id: 0.99})
+    row("x", {"y": 0.5, "a": 0.5})
+    for prev in ["y", *words[4:]]:
+        row(prev, {w: 1 / 20 for w in words[4:]})
+    log_table = (table / table.sum(1, keepdim=True)).log()
+
+    def bigram_step(prev, state, feats, proj, mode, *args, **kw):
+        return log_table[prev], state, feats.new_zeros(len(prev), feats.shape[1]), {}
+
+    net.step = bigram_step
+    out = net.beam_search(torch.rand(1, 1, 8, 32, dtype=torch.float64), beam_size=2, max_len=5)
+    assert net.decode(out["tokens"])[0] == ["c"] and int(out["lengths"][0]) == 2
+    expected = log_table[net.start_id, ids["c"]] + log_table[ids["c"], net.end_id]
+    assert out["scores"][0].item() == pytest.approx(expected.item())

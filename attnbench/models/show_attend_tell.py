@@ -276,8 +276,9 @@ class ShowAttendTell(nn.Module):
     ) -> dict[str, Tensor]:
         """Beam search over all images of the batch at once (``beam_size=1`` is greedy decoding).
 
-        ``<pad>`` and ``<start>`` are never generated. Finished beams (those that emitted ``<end>``) stay in
-        the beam with their score frozen. The answer per image is the best finished beam by
+        ``<pad>`` and ``<start>`` are never generated. Finished beams (those that emitted ``<end>``) keep
+        their slot with their score frozen (never pushed out by open beams that score higher for now), so
+        the remaining slots carry the open beams. The answer per image is the best finished beam by
         ``score / length**length_norm`` (0: plain log-probability), or the best unfinished one when no beam
         emitted ``<end>`` within ``max_len`` words. An image leaves the batch once its answer is final (all
         its beams finished, or, with ``length_norm=0``, its best finished beam outscores every open one), so
@@ -336,10 +337,19 @@ class ShowAttendTell(nn.Module):
             logp = torch.log_softmax(logits, dim=-1, out=logp_buf[: n * k])
             logp[:, self.pad_id] = float("-inf")  # never generated: padding and <start>
             logp[:, self.start_id] = float("-inf")
-            if bool(finished.any()):
+            any_finished = bool(finished.any())
+            if any_finished:
                 logp[finished] = frozen_row
             cand = logp.add_(scores.reshape(n * k, 1)).view(n, k * v)
-            scores, idx = cand.topk(k, dim=1)  # [N, K]
+            if any_finished:
+                # a finished caption keeps its slot (set aside, as sgrvinod's and arctic's searches do): open
+                # beams may outscore it now and fall below it later, so it is never pushed out
+                ranked = cand.clone()
+                ranked.view(n * k, v)[finished, self.pad_id] = float("inf")
+                idx = ranked.topk(k, dim=1).indices
+                scores = cand.gather(1, idx)
+            else:
+                scores, idx = cand.topk(k, dim=1)  # [N, K]
             beam_of = torch.div(idx, v, rounding_mode="floor")  # which beam each candidate extends
             src = (torch.arange(n, device=dev)[:, None] * k + beam_of).view(-1)
             words = (idx % v).view(-1)
