@@ -171,6 +171,13 @@ class ShowAttendTell(nn.Module):
             feat_dim = self.encoder.out_dim
             self.frozen_encoder = False
         else:
+            if not encoder_weights and not fine_tune_encoder:
+                raise ConfigError(
+                    f"model.encoder={encoder} is frozen (model.fine_tune_encoder=false) but has no weights, "
+                    "so its features would be random: pass model.encoder_weights=/path/to/weights.pth (a "
+                    "local torchvision state dict; nothing is downloaded), or model.fine_tune_encoder=true to "
+                    "train it from scratch"
+                )
             self.encoder, feat_dim = torchvision_trunk(encoder, encoder_weights)
             self.frozen_encoder = not fine_tune_encoder
             self.encoder.requires_grad_(not self.frozen_encoder)

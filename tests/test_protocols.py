@@ -1,0 +1,37 @@
+"""Evaluation and training protocols beyond the embedded data: generative models train on un-augmented
+CIFAR/MNIST while classifiers keep their augmentation; a captioner never runs on a silently random frozen
+encoder."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_cfg
+from test_data_ondisk import write_cifar10
+from torchvision import transforms
+
+from attnbench.errors import ConfigError
+from attnbench.train import instantiate
+
+
+@pytest.mark.parametrize(
+    "model, augmented", [("sagan", False), ("image_transformer", False), ("focalnet", True)]
+)
+def test_the_task_family_decides_cifar_augmentation(tmp_path, model, augmented):
+    root = write_cifar10(tmp_path / "cifar")
+    cfg = compose_cfg([f"model={model}", "data=cifar10", f"data.root={root}", "data.val_size=5"], tmp_path)
+    assert cfg.data.augment is augmented
+    dm = instantiate(cfg.data)
+    dm.setup()
+    steps = dm.train_set.dataset.transform.transforms
+    assert any(isinstance(t, transforms.RandomCrop) for t in steps) is augmented
+    assert any(isinstance(t, transforms.RandomHorizontalFlip) for t in steps) is augmented
+
+
+def test_a_frozen_torchvision_encoder_needs_its_weights():
+    from attnbench.models.show_attend_tell import ShowAttendTell
+
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", "dog"]
+    with pytest.raises(ConfigError, match="model.encoder_weights=.*model.fine_tune_encoder=true"):
+        ShowAttendTell(vocab, encoder="resnet18")
+    trained_from_scratch = ShowAttendTell(vocab, encoder="resnet18", fine_tune_encoder=True)
+    assert all(p.requires_grad for p in trained_from_scratch.encoder.parameters())
