@@ -175,8 +175,8 @@ class ShowAttendTell(nn.Module):
                 raise ConfigError(
                     f"model.encoder={encoder} is frozen (model.fine_tune_encoder=false) but has no weights, "
                     "so its features would be random: pass model.encoder_weights=/path/to/weights.pth (a "
-                    "local torchvision state dict; nothing is downloaded), or model.fine_tune_encoder=true to "
-                    "train it from scratch"
+                    "local torchvision state dict; nothing is downloaded), or model.fine_tune_encoder=true "
+                    "to train it from scratch"
                 )
             self.encoder, feat_dim = torchvision_trunk(encoder, encoder_weights)
             self.frozen_encoder = not fine_tune_encoder
