@@ -55,10 +55,10 @@ def test_inception_score_values():
     confident = gm.inception_score(splits=1)
     confident.update(logits)
     assert confident.compute()[0].item() == pytest.approx(k, rel=1e-4)
-    # torchmetrics shuffles before splitting: 5 splits of 200 are nearly, not exactly, balanced
+    # splits in order (no shuffle): 5 consecutive parts of 200, each holding every class equally often
     confident5 = gm.inception_score(splits=5)
     confident5.update(logits)
-    assert 0.9 * k < confident5.compute()[0].item() <= k + 1e-4
+    assert confident5.compute()[0].item() == pytest.approx(k, rel=1e-4)
     # one split equals the formula exp(E_x KL(p(y|x) || p(y)))
     torch.manual_seed(0)
     logits = torch.randn(300, k) * 2
@@ -181,3 +181,36 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
         train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4
     )
     torch.testing.assert_close(again(x), model(x))
+
+
+def test_inception_score_follows_the_reference_tf_code():
+    """openai/improved-gan's get_inception_score in numpy: parts in order, np.std (ddof 0); the sample
+    order comes from the indices (as under DDP, where each rank holds interleaved samples)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    logits = torch.randn(1000, 10) * 3
+    preds = torch.softmax(logits.double(), 1).numpy()
+    scores = []
+    for i in range(10):
+        part = preds[i * 1000 // 10 : (i + 1) * 1000 // 10]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    metric = gm.inception_score(splits=10)
+    perm = torch.randperm(1000)
+    for chunk in perm.split(128):  # arriving out of order, with their indices
+        metric.update(logits[chunk], chunk)
+    mean, std = metric.compute()
+    assert mean.item() == pytest.approx(np.mean(scores), rel=1e-6)
+    assert std.item() == pytest.approx(np.std(scores), rel=1e-5)
+    uneven = gm.inception_score(splits=3)
+    uneven.update(logits[:1000])
+    with pytest.raises(ValueError, match="1000 samples cannot be cut into 3 equal"):
+        uneven.compute()
+    from attnbench.errors import ConfigError
+    from attnbench.models import create_model
+    from attnbench.tasks.gan import GANTask
+
+    net = create_model("sagan", image_size=16, channels=1, num_classes=10, ch=8, attn_res_g=8, attn_res_d=8)
+    with pytest.raises(ConfigError, match="test_samples=1000 is not a multiple of model.task.test_splits=3"):
+        GANTask(net, test_samples=1000, test_splits=3)

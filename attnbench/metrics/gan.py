@@ -1,20 +1,25 @@
-"""Inception Score and Frechet distance through torchmetrics' classes, fed by an image scorer that is either
-the FID Inception v3 (local weights file) or a domain classifier trained on the data set ("domain IS/FID").
+"""Inception Score and Frechet distance as torchmetrics metrics, fed by an image scorer that is either the
+FID Inception v3 (local weights file) or a domain classifier trained on the data set ("domain IS/FID").
 
-The scorer runs once per batch of images; its logits go to ``torchmetrics.image.InceptionScore`` and its
-features to ``torchmetrics.image.FrechetInceptionDistance`` through identity "feature extractors", so the
-metric states (feature sums and covariances, logits) are what torchmetrics syncs across processes.
-The scorer itself is not a submodule of the metrics, so it stays out of checkpoints.
+The scorer runs once per batch of images; its features go to ``torchmetrics.image.FrechetInceptionDistance``
+through an identity "feature extractor", its logits to ``SplitInceptionScore``: the Inception Score the way
+the reference TensorFlow code (Salimans et al. 2016, openai/improved-gan) computes it — the samples in their
+order (no shuffle), cut into exactly ``splits`` consecutive parts, ``exp(E_x KL(p(y|x) || p(y)))`` per
+part, mean and population std (ddof 0) over the parts. torchmetrics' own InceptionScore shuffles with the
+global RNG and reports the sample std (ddof 1). Metric states are what torchmetrics syncs across processes;
+sample indices travel with the logits, so the parts are the same under DDP as in one process. The scorer is
+not a submodule of the metrics, so it stays out of checkpoints.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import torch
 import torch.nn as nn
+from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
+from torchmetrics.utilities import dim_zero_cat
 
 
 class PrecomputedFeatures(nn.Module):
@@ -34,11 +39,54 @@ def frechet_distance(num_features: int) -> FrechetInceptionDistance:
     return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), reset_real_features=False)
 
 
-def inception_score(splits: int) -> InceptionScore:
-    """IS over precomputed ``[N, K]`` logits: mean and std over ``splits`` parts (Salimans et al. 2016)."""
-    with warnings.catch_warnings():  # "will save all extracted features": N x K logits, small here
-        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
-        return InceptionScore(feature=PrecomputedFeatures(0), splits=splits)
+class SplitInceptionScore(Metric):
+    """IS over precomputed logits ``update(logits [N, K], index [N] | None)`` (see the module docstring).
+
+    ``strict``: refuse a sample count that ``splits`` does not divide (generated samples, whose count is a
+    setting); otherwise part i is ``[i·N // splits, (i+1)·N // splits)`` as in the reference code.
+    ``index``: each sample's global position (default: this process's running count).
+    """
+
+    full_state_update = False
+
+    def __init__(self, splits: int, strict: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if int(splits) < 1:
+            raise ValueError(f"splits={splits} must be >= 1")
+        self.splits, self.strict, self._count = int(splits), bool(strict), 0
+        self.add_state("logits", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        if index is None:
+            index = torch.arange(self._count, self._count + len(logits), device=logits.device)
+        self._count += len(logits)
+        self.logits.append(logits.detach().float())
+        self.index.append(index.to(logits.device).long())
+
+    def reset(self) -> None:
+        super().reset()
+        self._count = 0
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, index = dim_zero_cat(self.logits), dim_zero_cat(self.index)
+        logits = logits[torch.argsort(index, stable=True)].double()
+        n = len(logits)
+        if n < self.splits or (self.strict and n % self.splits):
+            raise ValueError(f"{n} samples cannot be cut into {self.splits} equal Inception Score splits")
+        log_p = torch.log_softmax(logits, dim=1)
+        scores = []
+        for i in range(self.splits):
+            part = log_p[i * n // self.splits : (i + 1) * n // self.splits]
+            log_py = torch.logsumexp(part, dim=0) - math.log(len(part))  # log of the part's mean p(y)
+            scores.append(torch.exp((part.exp() * (part - log_py)).sum(1).mean()))
+        scores = torch.stack(scores)
+        return scores.mean().float(), scores.std(correction=0).float()
+
+
+def inception_score(splits: int, strict: bool = True) -> SplitInceptionScore:
+    """IS over precomputed ``[N, K]`` logits: mean and population std over ``splits`` consecutive parts."""
+    return SplitInceptionScore(splits, strict=strict)
 
 
 def quantize(x01: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,12 @@ class GANTask(pl.LightningModule):
                 f"val/test samples ({val_samples}, {test_samples}) must be at least twice the "
                 f"number of IS splits ({val_splits}, {test_splits}), and splits >= 1"
             )
+        for stage, n, k in (("val", val_samples, val_splits), ("test", test_samples, test_splits)):
+            if n % k:
+                raise ConfigError(
+                    f"model.task.{stage}_samples={n} is not a multiple of model.task.{stage}_splits={k}: the "
+                    "Inception Score needs that many equal splits (e.g. 50000 samples and 10 splits)"
+                )
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
         self.automatic_optimization = False
         self.net = net
@@ -172,7 +178,7 @@ class GANTask(pl.LightningModule):
             self.fid = gm.frechet_distance(nf)
             self.val_is = gm.inception_score(self.hparams.val_splits)
             self.test_is = gm.inception_score(self.hparams.test_splits)
-            self.real_is = gm.inception_score(self.real_splits())
+            self.real_is = gm.inception_score(self.real_splits(), strict=False)  # a data-given count
             self.real_count = SumMetric()
             # class agreement: the scorer's prediction equals the conditioning label (domain scorer only)
             self.cond_acc = (
@@ -381,10 +387,12 @@ class GANTask(pl.LightningModule):
 
     def _generated_scores(self, n: int, seed: int, is_metric) -> None:
         scorer = self._scorer_to_device()
-        for x01, y in self.sample(n, seed, self.global_rank, self.trainer.world_size):
+        rank, world = self.global_rank, self.trainer.world_size
+        indices = torch.arange(rank, n, world).split(self.hparams.eval_batch_size)  # sample()'s chunks
+        for (x01, y), index in zip(self.sample(n, seed, rank, world), indices):
             feats, logits = gm.score(scorer, x01, self.hparams.eval_batch_size)
             self.fid.update(feats, real=False)
-            is_metric.update(logits)
+            is_metric.update(logits, index.to(logits.device))  # global order: the same splits under DDP
             if self.cond_acc is not None:
                 self.cond_acc.update(logits, y)
 
