@@ -35,3 +35,21 @@ def test_a_frozen_torchvision_encoder_needs_its_weights():
         ShowAttendTell(vocab, encoder="resnet18")
     trained_from_scratch = ShowAttendTell(vocab, encoder="resnet18", fine_tune_encoder=True)
     assert all(p.requires_grad for p in trained_from_scratch.encoder.parameters())
+
+
+def test_fid_reference_is_the_whole_unaugmented_training_set(tmp_path):
+    import pickle
+
+    import torch
+
+    root = write_cifar10(tmp_path / "cifar", n_train=20)
+    cfg = compose_cfg(["model=sagan", "data=cifar10", f"data.root={root}", "data.val_size=5"], tmp_path)
+    dm = instantiate(cfg.data)
+    dm.setup()
+    assert len(dm.train_set) == 15  # training split: the validation images are held out
+    images = torch.cat([x for x, _ in dm.reference_dataloader("train")])
+    assert len(images) == 20  # the FID reference: all 20, validation images included
+    raw = pickle.load(open(root / "cifar-10-batches-py" / "data_batch_1", "rb"))
+    first = torch.tensor(raw["data"][0].reshape(3, 32, 32), dtype=torch.float32) / 255
+    assert torch.allclose(images[0], first)  # in file order and never augmented
+    assert len(torch.cat([x for x, _ in dm.reference_dataloader("test")])) == 8

@@ -98,6 +98,15 @@ class TorchvisionDataModule(ImageDataModule):
             return CIFARArrays(*self._arrays["train" if train else "test"], transform=transform)
         return datasets.MNIST(str(self.root_path), train=train, download=False, transform=transform)
 
+    def reference_dataloader(self, split: str):
+        """The FID reference images: ``train`` is the *whole* official training set (50,000 for CIFAR,
+        60,000 for MNIST: validation images included, never augmented), ``test`` the official test set."""
+        if split == "train":
+            return self._loader(self._split(True, self._transforms(train=False)), shuffle=False)
+        if split == "test":
+            return self.test_dataloader()
+        raise ConfigError(f"model.task.fid_reference={split!r}: expected train or test")
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

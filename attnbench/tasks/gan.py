@@ -374,7 +374,9 @@ class GANTask(pl.LightningModule):
         if int(self.fid.real_features_num_samples) > 0:
             return
         dm = self.trainer.datamodule
-        loader = getattr(dm, f"{self.hparams.fid_reference}_dataloader")()
+        name = self.hparams.fid_reference
+        reference = getattr(dm, "reference_dataloader", None)  # the full, un-augmented split where one exists
+        loader = reference(name) if reference is not None else getattr(dm, f"{name}_dataloader")()
         rank, world = self.global_rank, self.trainer.world_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.hparams.scorer_seed)  # a fixed pass over an augmented training split
@@ -432,6 +434,8 @@ class GANTask(pl.LightningModule):
             "test/num_samples": float(hp.test_samples),
             "test/is_splits": float(hp.test_splits),
             "test/fid_ref_samples": float(self.all_gather(self.fid.real_features_num_samples).sum()),
+            "test/fid_n_real": float(self.all_gather(self.fid.real_features_num_samples).sum()),
+            "test/fid_n_fake": float(self.all_gather(self.fid.fake_features_num_samples).sum()),
             "test/is_real_samples": float(n_real),
             "test/is_real_splits": float(self.real_is.splits),
         }
