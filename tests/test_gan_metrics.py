@@ -214,3 +214,14 @@ def test_inception_score_follows_the_reference_tf_code():
     net = create_model("sagan", image_size=16, channels=1, num_classes=10, ch=8, attn_res_g=8, attn_res_d=8)
     with pytest.raises(ConfigError, match="test_samples=1000 is not a multiple of model.task.test_splits=3"):
         GANTask(net, test_samples=1000, test_splits=3)
+
+
+def test_kernel_distance_over_precomputed_features():
+    torch.manual_seed(0)
+    real = torch.randn(400, 8)
+    kid_same, kid_far = gm.kernel_distance(8, subset_size=100), gm.kernel_distance(8, subset_size=100)
+    for kid, fake in ((kid_same, torch.randn(400, 8)), (kid_far, torch.randn(400, 8) + 1.0)):
+        kid.update(real, real=True)
+        kid.update(fake, real=False)
+    same, far = kid_same.compute()[0].item(), kid_far.compute()[0].item()
+    assert abs(same) < 0.02 and far > 10 * max(abs(same), 1e-3)

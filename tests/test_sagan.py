@@ -288,6 +288,8 @@ def test_short_training_on_digits_improves_is_and_fid(tmp_path):
     assert untrained["test/is"] < 1.2 and untrained["test/cond_acc"] < 0.15  # one blob for every z and class
     assert trained["test/is"] > untrained["test/is"] + 0.4
     assert trained["test/fid"] < 0.5 * untrained["test/fid"]
+    assert trained["test/fid_n_real"] == 1257 and trained["test/fid_n_fake"] == 1000
+    assert 0 <= trained["test/kid"] < untrained["test/kid"]  # KID beside FID, the same ordering
 
 
 @pytest.mark.slow

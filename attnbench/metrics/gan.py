@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
 
@@ -82,6 +83,14 @@ class SplitInceptionScore(Metric):
             scores.append(torch.exp((part.exp() * (part - log_py)).sum(1).mean()))
         scores = torch.stack(scores)
         return scores.mean().float(), scores.std(correction=0).float()
+
+
+def kernel_distance(num_features: int, subset_size: int = 1000) -> KernelInceptionDistance:
+    """KID over precomputed features (torchmetrics: unbiased MMD^2 with a cubic polynomial kernel, mean and
+    std over 100 random subsets); the real features survive ``reset()`` like FID's."""
+    return KernelInceptionDistance(
+        feature=PrecomputedFeatures(num_features), subset_size=subset_size, reset_real_features=False
+    )
 
 
 def inception_score(splits: int, strict: bool = True) -> SplitInceptionScore:

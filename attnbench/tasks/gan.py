@@ -176,6 +176,7 @@ class GANTask(pl.LightningModule):
             object.__setattr__(self, "scorer", self._build_scorer())
             nf = int(self.scorer.num_features)
             self.fid = gm.frechet_distance(nf)
+            self.kid = gm.kernel_distance(nf, subset_size=min(1000, self.hparams.test_samples))
             self.val_is = gm.inception_score(self.hparams.val_splits)
             self.test_is = gm.inception_score(self.hparams.test_splits)
             self.real_is = gm.inception_score(self.real_splits(), strict=False)  # a data-given count
@@ -386,14 +387,17 @@ class GANTask(pl.LightningModule):
                         self._scorer_to_device(), x.to(self.device), self.hparams.eval_batch_size
                     )
                     self.fid.update(feats, real=True)
+                    self.kid.update(feats, real=True)
 
-    def _generated_scores(self, n: int, seed: int, is_metric) -> None:
+    def _generated_scores(self, n: int, seed: int, is_metric, kid: bool = False) -> None:
         scorer = self._scorer_to_device()
         rank, world = self.global_rank, self.trainer.world_size
         indices = torch.arange(rank, n, world).split(self.hparams.eval_batch_size)  # sample()'s chunks
         for (x01, y), index in zip(self.sample(n, seed, rank, world), indices):
             feats, logits = gm.score(scorer, x01, self.hparams.eval_batch_size)
             self.fid.update(feats, real=False)
+            if kid:
+                self.kid.update(feats, real=False)
             is_metric.update(logits, index.to(logits.device))  # global order: the same splits under DDP
             if self.cond_acc is not None:
                 self.cond_acc.update(logits, y)
@@ -420,15 +424,22 @@ class GANTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         hp = self.hparams
         self._ensure_fid_reference()
-        self._generated_scores(hp.test_samples, seed=4321, is_metric=self.test_is)
+        self._generated_scores(hp.test_samples, seed=4321, is_metric=self.test_is, kid=True)
         is_mean, is_std = self.test_is.compute()
         fid = self.fid.compute()
+        n_real = float(self.all_gather(self.fid.real_features_num_samples).sum())
+        self.kid.subset_size = int(min(self.kid.subset_size, n_real, hp.test_samples))
+        with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same for every run
+            torch.manual_seed(0)
+            kid_mean, kid_std = self.kid.compute()
         real_mean, real_std = self.real_is.compute()
         n_real = self.real_count.compute()
         values = {
             "test/is": is_mean,
             "test/is_std": is_std,
             "test/fid": fid,
+            "test/kid": kid_mean,  # kernel distance: unbiased MMD^2 over subsets (Binkowski et al. 2018)
+            "test/kid_std": kid_std,
             "test/is_real": real_mean,
             "test/is_real_std": real_std,
             "test/num_samples": float(hp.test_samples),
@@ -446,7 +457,7 @@ class GANTask(pl.LightningModule):
             {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()},
             sync_dist=True,
         )
-        for m in (self.test_is, self.real_is, self.real_count, self.fid):
+        for m in (self.test_is, self.real_is, self.real_count, self.fid, self.kid):
             m.reset()
 
     # ------------------------------------------------------------------------------------------- figures
