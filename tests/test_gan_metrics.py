@@ -134,6 +134,7 @@ def test_inception_weights_path_reaches_the_task(inception_file, cfg_factory):
     cfg = cfg_factory(
         "model=sagan",
         f"metrics.inception_weights={path}",
+        "metrics.inception_sha256=null",  # the fixture is not the published file
         "model.ch=8",
         "data.image_size=16",
         "model.attn_res_g=8",
@@ -225,3 +226,19 @@ def test_kernel_distance_over_precomputed_features():
         kid.update(fake, real=False)
     same, far = kid_same.compute()[0].item(), kid_far.compute()[0].item()
     assert abs(same) < 0.02 and far > 10 * max(abs(same), 1e-3)
+
+
+def test_inception_weights_checksum_and_a_torchvision_file_are_clear_errors(inception_file, tmp_path):
+    from torchvision.models import inception_v3
+
+    from attnbench.errors import ConfigError
+    from attnbench.metrics.inception import WEIGHTS_SHA256_PREFIX, sha256_of
+
+    path, _ = inception_file
+    with pytest.raises(ConfigError, match="not the published pt_inception-2015-12-05-6726825d.pth"):
+        load_fid_inception(path, sha256=WEIGHTS_SHA256_PREFIX)  # random weights under the published name
+    assert load_fid_inception(path, sha256=sha256_of(path)[:8]) is not None  # a matching checksum loads
+    imagenet = tmp_path / "inception_v3_google-0cc3c7bd.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), imagenet)
+    with pytest.raises(ConfigError, match="torchvision's ImageNet Inception v3"):
+        load_fid_inception(imagenet)

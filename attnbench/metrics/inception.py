@@ -29,6 +29,19 @@ from attnbench.errors import ConfigError
 from attnbench.safe_files import load_torch_file
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_SHA256_PREFIX = (
+    "6726825d"  # torch.hub's convention: the file name carries its sha256's first 8 digits
+)
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _BlockA(tv.InceptionA):
@@ -115,14 +128,24 @@ class FIDInceptionV3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[1]
 
-    def load_weights(self, path: str | os.PathLike) -> FIDInceptionV3:
-        """Load the FID Inception weights from the local file ``path`` (strict; see the module docstring)."""
+    def load_weights(self, path: str | os.PathLike, sha256: str | None = None) -> FIDInceptionV3:
+        """Load the FID Inception weights from the local file ``path`` (strict; see the module docstring).
+        ``sha256``: the file's checksum must start with it (``WEIGHTS_SHA256_PREFIX`` for the published
+        file); None skips the check (e.g. a re-saved copy)."""
         file = Path(os.path.expanduser(str(path)))
         if not file.is_file():
             raise ConfigError(
                 f"metrics.inception_weights={str(path)!r} is not a file; expected {WEIGHTS_NAME} "
                 "(the FID Inception v3 weights of pytorch-fid / torch-fidelity) on local disk"
             )
+        if sha256:
+            actual = sha256_of(file)
+            if not actual.startswith(str(sha256).lower()):
+                raise ConfigError(
+                    f"metrics.inception_weights={str(path)!r} has sha256 {actual[:16]}..., not the published "
+                    f"{WEIGHTS_NAME} (sha256 {sha256}...): IS/FID with other weights are not comparable. Use "
+                    "that file, or metrics.inception_sha256=null to score with this one anyway"
+                )
         state = load_torch_file(file, what="metrics.inception_weights")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
@@ -130,6 +153,13 @@ class FIDInceptionV3(nn.Module):
             raise ConfigError(
                 f"metrics.inception_weights={str(path)!r} holds a {type(state).__name__}, "
                 "expected a state dict"
+            )
+        fc = state.get("fc.weight")
+        if isinstance(fc, torch.Tensor) and fc.shape[0] == 1000:
+            raise ConfigError(
+                f"metrics.inception_weights={str(path)!r} is torchvision's ImageNet Inception v3 "
+                "(1000 classes, inception_v3_google-*.pth), not the FID Inception of the reference TF graph "
+                f"(1008 classes): use {WEIGHTS_NAME} (pytorch-fid / torch-fidelity)"
             )
         state = {
             k.removeprefix("module.").removeprefix("net."): v
@@ -147,9 +177,10 @@ class FIDInceptionV3(nn.Module):
         return self
 
 
-def load_fid_inception(path: str | os.PathLike) -> FIDInceptionV3:
-    """The FID Inception v3 with weights from ``path``, in eval mode with gradients off."""
-    net = FIDInceptionV3().load_weights(path).eval()
+def load_fid_inception(path: str | os.PathLike, sha256: str | None = None) -> FIDInceptionV3:
+    """The FID Inception v3 with weights from ``path`` (checked against ``sha256``), in eval mode with
+    gradients off."""
+    net = FIDInceptionV3().load_weights(path, sha256).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net

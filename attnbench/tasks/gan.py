@@ -61,6 +61,7 @@ class GANTask(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_start: int = 0,
         inception_weights: str | None = None,
+        inception_sha256: str | None = None,
         cache_dir: str = ".cache/attnbench",
         scorer_seed: int = 0,
         scorer_epochs: int = 15,
@@ -212,7 +213,7 @@ class GANTask(pl.LightningModule):
         if hp.inception_weights:
             from attnbench.metrics.inception import load_fid_inception
 
-            return load_fid_inception(hp.inception_weights)
+            return load_fid_inception(hp.inception_weights, hp.get("inception_sha256"))
         from attnbench.metrics import domain_scorer as ds
 
         dm = self.trainer.datamodule if self._trainer is not None else None
