@@ -53,3 +53,18 @@ def test_fid_reference_is_the_whole_unaugmented_training_set(tmp_path):
     first = torch.tensor(raw["data"][0].reshape(3, 32, 32), dtype=torch.float32) / 255
     assert torch.allclose(images[0], first)  # in file order and never augmented
     assert len(torch.cat([x for x, _ in dm.reference_dataloader("test")])) == 8
+
+
+def test_loader_workers_share_the_node_between_its_local_ranks(monkeypatch):
+    import os
+
+    from attnbench.data import base
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on a 32-core node
+    assert base.default_num_workers() == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert base.default_num_workers() == 31 and base.default_num_workers(ranks=4) == 7
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4(x2)")
+    assert base.default_num_workers() == 7

@@ -12,9 +12,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from attnbench.errors import ConfigError
 
 
-def default_num_workers() -> int:
-    """Workers that keep a model fed without oversubscribing: all cores but one, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+def local_ranks() -> int:
+    """Training processes on this node: torchrun's / Lightning's ``LOCAL_WORLD_SIZE``, SLURM's tasks per
+    node, else the CUDA devices a DDP run would use on it (1 on a CPU-only machine)."""
+    for var in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(var, "")
+        if value.split("(")[0].isdigit() and int(value.split("(")[0]) > 0:
+            return int(value.split("(")[0])
+    return 1
+
+
+def default_num_workers(ranks: int | None = None) -> int:
+    """Loader workers per process that use the node without oversubscribing it: the node's cores (one kept
+    for the main processes) divided by its local ranks, so 8 ranks on a 32-core node get 3 each, not 8."""
+    ranks = max(1, local_ranks() if ranks is None else int(ranks))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, (cores - 1) // ranks)
 
 
 def require_dir(root: str | os.PathLike | None, name: str, layout: str) -> Path:
@@ -90,6 +103,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.root = root
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
+        self._auto_workers = num_workers is None  # resolved per process when loaders are made (DDP ranks)
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
@@ -100,6 +114,12 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    def resolve_workers(self) -> None:
+        """``num_workers=null``: the node's cores shared by the trainer's processes on this node."""
+        if self._auto_workers and getattr(self, "trainer", None) is not None:
+            self.num_workers = default_num_workers(getattr(self.trainer, "num_devices", None) or None)
+            self.persistent_workers = self.persistent_workers and self.num_workers > 0
 
     def check_facts(self, name: str, num_classes: int | None = None, channels: int | None = None) -> None:
         """Refuse ``data.num_classes`` / ``data.channels`` that contradict what data set ``name`` holds
@@ -119,6 +139,7 @@ class ImageDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         generator = torch.Generator()  # iterators never draw from the global RNG
+        self.resolve_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -92,6 +92,7 @@ class CaptionDataModule(ImageDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        self.resolve_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
