@@ -99,7 +99,7 @@ class CausalFocalModulation(nn.Module):
         for level, conv in enumerate(self.convs):
             window = torch.cat([cache["windows"][level], z], dim=-1)  # [B, D, k_l]
             cache["windows"][level] = window[:, :, 1:]
-            z = self.act(conv(window))  # [B, D, 1]
+            z = self.act((window * conv.weight[:, 0]).sum(-1, keepdim=True))  # the conv at one position
             aggregate = aggregate + z * gates[:, level, None, None]
         cache["sum"] = cache["sum"] + z[:, :, 0]
         cache["count"] += 1
