@@ -141,3 +141,20 @@ def test_focalnet_learns_digits(tmp_path):
     metrics = run_cfg(cfg)
     assert metrics["status"] == "ok"
     assert metrics["test/acc"] > 0.8, metrics  # chance is 0.1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["focalnet_large_fl3", "focalnet_large_fl4", "focalnet_xlarge_fl3", "focalnet_xlarge_fl4",
+     "focalnet_huge_fl3", "focalnet_huge_fl4"],
+)  # fmt: skip
+def test_large_focalnets_are_registered_with_timms_keys_and_shapes(name, monkeypatch):
+    """Built on the meta device (no memory, no init): the same state-dict keys and shapes as timm's."""
+    linspace = torch.linspace  # stochastic-depth rates are read back as numbers: keep them real
+    monkeypatch.setattr(torch, "linspace", lambda *a, **k: linspace(*a, **{**k, "device": "cpu"}))
+    with torch.device("meta"):
+        classes = timm.models.get_pretrained_cfg(name).num_classes  # timm's default head (22k, or none)
+        ours = create_model(name, num_classes=classes).state_dict()
+        ref = timm.create_model(name, pretrained=False).state_dict()
+    assert list(ours) == list(ref) or set(ours) == set(ref)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}

@@ -597,3 +597,34 @@ def focalnet_micro(pretrained: str | None = None, **kwargs) -> FocalNet:
         "drop_path_rate": 0.05,
     }
     return _create(pretrained, **{**defaults, **kwargs})
+
+
+# the large FocalNets (paper Table 2, ImageNet-22k pre-training): overlapping downsampling, post-norm and
+# LayerScale; the same names and settings as timm's, so their state dicts load strictly
+_LARGE = {"depths": (2, 2, 18, 2), "use_post_norm": True, "use_overlap_down": True, "layerscale_value": 1e-4}
+_LARGE_VARIANTS = {
+    "focalnet_large_fl3": {"embed_dim": 192, "focal_levels": (3,) * 4, "focal_windows": (5,) * 4},
+    "focalnet_large_fl4": {"embed_dim": 192, "focal_levels": (4,) * 4},
+    "focalnet_xlarge_fl3": {"embed_dim": 256, "focal_levels": (3,) * 4, "focal_windows": (5,) * 4},
+    "focalnet_xlarge_fl4": {"embed_dim": 256, "focal_levels": (4,) * 4},
+    "focalnet_huge_fl3": {
+        "embed_dim": 352,
+        "focal_levels": (3,) * 4,
+        "focal_windows": (3,) * 4,
+        "use_post_norm_in_modulation": True,
+    },
+    "focalnet_huge_fl4": {"embed_dim": 352, "focal_levels": (4,) * 4, "use_post_norm_in_modulation": True},
+}
+
+
+def _large_factory(name: str, settings: dict):
+    def factory(pretrained: str | None = None, **kwargs) -> FocalNet:
+        return _create(pretrained, **{**_LARGE, **settings, **kwargs})
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{name}: timm's settings ({settings['embed_dim']} wide, depths 2-2-18-2)."
+    return register_model(factory)
+
+
+for _name, _settings in _LARGE_VARIANTS.items():
+    globals()[_name] = _large_factory(_name, _settings)
