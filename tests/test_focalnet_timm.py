@@ -158,3 +158,31 @@ def test_large_focalnets_are_registered_with_timms_keys_and_shapes(name, monkeyp
         ref = timm.create_model(name, pretrained=False).state_dict()
     assert list(ours) == list(ref) or set(ours) == set(ref)
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+
+
+def test_swin_tiny_loads_timms_weights_and_gives_its_logits(tmp_path):
+    torch.manual_seed(0)
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    with torch.no_grad():  # away from the init, so that a wrong mapping shows
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save(ref.state_dict(), path)
+    ours = create_model("swin_tiny", pretrained=str(path)).eval()
+    assert ours.mixer == "window_attention"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["swin_small", "swin_base"])
+def test_swin_small_and_base_have_timms_keys_and_shapes(name, monkeypatch):
+    from attnbench.models.focalnet import remap_swin
+
+    linspace = torch.linspace
+    monkeypatch.setattr(torch, "linspace", lambda *a, **k: linspace(*a, **{**k, "device": "cpu"}))
+    with torch.device("meta"):
+        ours = create_model(name).state_dict()
+        ref = timm.create_model(f"{name}_patch4_window7_224", pretrained=False).state_dict()
+    mapped = remap_swin(ref, ours)
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in ours.items()}

@@ -104,6 +104,23 @@ class Downsample(nn.Module):
         return self.norm(self.proj(x))
 
 
+class PatchMerging(nn.Module):
+    """Swin's downsampling (Liu et al. 2021, Sec. 3.1 "patch merging"): the channels of each 2x2
+    neighbourhood concatenated (4C, in timm's order: column offset major, then row offset), LayerNorm, a
+    linear map without bias: [B, C, H, W] -> [B, C_out, H / 2, W / 2]. Keys ``norm`` [4C] and ``reduction``
+    [C_out, 4C] as timm's."""
+
+    def __init__(self, in_chs: int, out_chs: int, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * in_chs, eps=norm_eps)
+        self.reduction = nn.Linear(4 * in_chs, out_chs, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x)).permute(0, 3, 1, 2)
+
+
 class Block(nn.Module):
     """Pre-LN residual block around a token mixer and an MLP: [B, C, H, W] -> [B, C, H, W].
 
@@ -208,6 +225,8 @@ class FocalNet(nn.Module):
         img_size: expected input size; when given, it is checked against the total stride and the window.
             The position embedding is made for it (default 224) and resized for other inputs.
         use_overlap_down, use_post_norm, layerscale_value: options of the large FocalNets.
+        downsample: between stages, ``conv`` (FocalNet's strided conv + LN: the controlled backbone every
+            mixer shares) or ``patch_merging`` (Swin's; ``swin_*`` = window attention + patch merging).
         drop_rate, proj_drop_rate, attn_drop_rate: dropout before the head / after projections / on attention.
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
         grad_checkpointing: recompute each block's activations in the backward pass (memory for time).
@@ -233,6 +252,7 @@ class FocalNet(nn.Module):
         use_overlap_down: bool = False,
         use_post_norm: bool = False,
         layerscale_value: float | None = None,
+        downsample: str = "conv",
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -242,6 +262,8 @@ class FocalNet(nn.Module):
         super().__init__()
         depths = tuple(int(d) for d in depths)
         check_config(mixer, depths, embed_dim, focal_levels, focal_windows, window_size, head_dim, img_size)
+        if downsample not in ("conv", "patch_merging"):
+            raise ConfigError(f"downsample={downsample!r}: expected conv or patch_merging")
         self.mixer = mixer
         self.num_classes = num_classes
         self.embed_dim = [embed_dim * 2**i for i in range(len(depths))]
@@ -266,7 +288,12 @@ class FocalNet(nn.Module):
         stages = []
         for i, depth in enumerate(depths):
             dim = self.embed_dim[i]
-            down = Downsample(self.embed_dim[i - 1], dim, 2, use_overlap_down) if i > 0 else nn.Identity()
+            if i == 0:
+                down = nn.Identity()
+            elif downsample == "patch_merging":
+                down = PatchMerging(self.embed_dim[i - 1], dim)
+            else:
+                down = Downsample(self.embed_dim[i - 1], dim, 2, use_overlap_down)
             blocks = []
             for j in range(depth):
                 name, mod = self._make_mixer(dim, i, j)
@@ -465,6 +492,20 @@ def remap_official(
     return out
 
 
+def remap_swin(
+    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """timm's ``swin_*_patch4_window7_224`` state dict → this model's (``downsample="patch_merging"``):
+    ``patch_embed.*`` is the stem; the MLP's Linear weights [out, in] become 1x1 convs [out, in, 1, 1]."""
+    out = {}
+    for key, value in state_dict.items():
+        k = re.sub(r"^patch_embed\.", "stem.", key)
+        if k in target and target[k].shape != value.shape and target[k].numel() == value.numel():
+            value = value.reshape(target[k].shape)
+        out[k] = value
+    return out
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -499,7 +540,9 @@ def load_checkpoint(model: FocalNet, path: str | Path) -> None:
         )
     sd = _read_state_dict(path)
     target = model.state_dict()
-    if "patch_embed.proj.weight" in sd:
+    if "patch_embed.proj.weight" in sd and any(k.endswith("downsample.reduction.weight") for k in sd):
+        sd = remap_swin(sd, target)  # timm's Swin: only the stem's name and Linear-vs-1x1 layouts differ
+    elif "patch_embed.proj.weight" in sd:
         sd = remap_official(sd, target)
     stem = sd.get("stem.proj.weight")
     if stem is not None and stem.shape[1] != target["stem.proj.weight"].shape[1]:
@@ -628,3 +671,31 @@ def _large_factory(name: str, settings: dict):
 
 for _name, _settings in _LARGE_VARIANTS.items():
     globals()[_name] = _large_factory(_name, _settings)
+
+
+# Swin Transformers (Liu et al. 2021, Table 1): window attention with shifted windows and Swin's patch
+# merging, so timm's swin_*_patch4_window7_224 weights load (model.pretrained=FILE) and give timm's
+# logits. The controlled comparison (every mixer with FocalNet's conv downsampling) is focalnet_* with
+# mixer=window_attention.
+_SWIN = {"mixer": "window_attention", "downsample": "patch_merging", "window_size": 7, "head_dim": 32,
+         "abs_pos_embed": False}  # fmt: skip
+_SWIN_VARIANTS = {
+    "swin_tiny": {"embed_dim": 96, "depths": (2, 2, 6, 2), "drop_path_rate": 0.2},
+    "swin_small": {"embed_dim": 96, "depths": (2, 2, 18, 2), "drop_path_rate": 0.3},
+    "swin_base": {"embed_dim": 128, "depths": (2, 2, 18, 2), "drop_path_rate": 0.5},
+}
+
+
+def _swin_factory(name: str, settings: dict):
+    def factory(pretrained: str | None = None, **kwargs) -> FocalNet:
+        return _create(pretrained, **{**_SWIN, **settings, **kwargs})
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = (
+        f"{name}: Swin (window attention + patch merging), timm's swin_{name[5:]}_patch4_window7_224."
+    )
+    return register_model(factory)
+
+
+for _name, _settings in _SWIN_VARIANTS.items():
+    globals()[_name] = _swin_factory(_name, _settings)
