@@ -186,3 +186,21 @@ def test_swin_small_and_base_have_timms_keys_and_shapes(name, monkeypatch):
         ref = timm.create_model(f"{name}_patch4_window7_224", pretrained=False).state_dict()
     mapped = remap_swin(ref, ours)
     assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def test_timm_model_keeps_a_loaded_head_and_refuses_a_misfit_one(tmp_path):
+    from attnbench.errors import ConfigError
+    from attnbench.models.timm_wrapper import timm_model
+
+    torch.manual_seed(0)
+    src = timm.create_model("resnet10t", num_classes=10).eval()
+    path = tmp_path / "resnet10t_digits.pth"
+    torch.save(src.state_dict(), path)
+    loaded = timm_model("resnet10t", num_classes=10, pretrained=str(path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), src(x))  # the head is the checkpoint's, not a fresh one
+    with pytest.raises(ConfigError, match=r"classifier fc.weight is \(10, 512\).*model.fresh_head=true"):
+        timm_model("resnet10t", num_classes=5, pretrained=str(path))
+    tuned = timm_model("resnet10t", num_classes=5, pretrained=str(path), fresh_head=True)
+    torch.testing.assert_close(tuned.conv1[0].weight, src.conv1[0].weight)  # the trunk is loaded
