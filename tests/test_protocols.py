@@ -68,3 +68,23 @@ def test_loader_workers_share_the_node_between_its_local_ranks(monkeypatch):
     assert base.default_num_workers() == 31 and base.default_num_workers(ranks=4) == 7
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4(x2)")
     assert base.default_num_workers() == 7
+
+
+def test_evaluation_only_needs_the_val_folder(tmp_path):
+    import shutil
+
+    from conftest import run_cfg
+    from test_data_ondisk import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "imnet")
+    common = ["model=timm", "model.name=resnet10t", "data=imagenet", f"data.root={root}",
+              "data.num_classes=2", "data.image_size=16", "data.batch_size=4", "data.num_workers=0", "callbacks=default",
+              "callbacks.progress_bar=null"]  # fmt: skip
+    trained = run_cfg(compose_cfg([*common, "trainer.max_epochs=1"], tmp_path / "train"))
+    shutil.rmtree(root / "train")  # a val-only copy of the data set
+    evaluated = run_cfg(
+        compose_cfg([*common, "train=false", f"ckpt_path={trained['test/ckpt']}"], tmp_path / "e")
+    )
+    assert evaluated["test/acc"] == trained["test/acc"] and evaluated["status"] == "ok"
+    with pytest.raises(ConfigError, match="has no train/ folder"):
+        instantiate(compose_cfg(common, tmp_path / "again").data)  # training still needs train/

@@ -84,11 +84,14 @@ def eval_transform(size: int, crop_pct: float = 0.875) -> transforms.Compose:
 class ImageFolderDataModule(ImageDataModule):
     """Batches ``(x float[B,3,S,S] in [0,1], y long[B])``; checks the layout when constructed."""
 
-    def __init__(self, name: str = "imagenet", crop_pct: float = 0.875, **kwargs):
+    def __init__(self, name: str = "imagenet", crop_pct: float = 0.875, training: bool = True, **kwargs):
+        """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
+        ``train/`` is neither required nor scanned."""
         super().__init__(**kwargs)
         root = require_dir(self.root, name, LAYOUT)
         classes = {}
-        for split in ("train", "val"):
+        splits = ("train", "val") if training else ("val",)
+        for split in splits:
             folder = root / split
             if not folder.is_dir():
                 raise ConfigError(
@@ -99,24 +102,26 @@ class ImageFolderDataModule(ImageDataModule):
                 raise ConfigError(f"{folder} holds no class folders; data={name} expects:\n{LAYOUT}")
             if not any(has_image(folder / c) for c in classes[split]):  # cheap: stops at the first image
                 raise ConfigError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)})")
-        if classes["train"] != classes["val"]:
+        if training and classes["train"] != classes["val"]:
             missing = sorted(set(classes["train"]) ^ set(classes["val"]))[:5]
             raise ConfigError(f"train/ and val/ under {root} have different class folders (e.g. {missing})")
-        if self.num_classes is not None and len(classes["train"]) != int(self.num_classes):
+        first = splits[0]
+        if self.num_classes is not None and len(classes[first]) != int(self.num_classes):
             raise ConfigError(
-                f"{root / 'train'} has {len(classes['train'])} class folders "
+                f"{root / first} has {len(classes[first])} class folders "
                 f"but data.num_classes={self.num_classes}; "
-                f"set data.num_classes={len(classes['train'])}"
+                f"set data.num_classes={len(classes[first])}"
             )
         self.check_facts(name, channels=3)  # every image is converted to RGB
-        self.root_path, self.crop_pct, self.classes = root, crop_pct, classes["train"]
+        self.root_path, self.crop_pct, self.classes = root, crop_pct, classes[first]
+        self.training = bool(training)
 
     def _folder(self, split: str, transform) -> datasets.ImageFolder:
         return SafeImageFolder(str(self.root_path / split), transform=transform, loader=load_rgb)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        self.train_set = self._folder("train", train_transform(self.image_size))
-        self.val_set = self._folder("val", eval_transform(self.image_size, self.crop_pct))
-        self.test_set = self.val_set
+        if self.val_set is None:
+            self.val_set = self._folder("val", eval_transform(self.image_size, self.crop_pct))
+            self.test_set = self.val_set
+        if self.train_set is None and self.training and stage in (None, "fit"):
+            self.train_set = self._folder("train", train_transform(self.image_size))
