@@ -77,9 +77,11 @@ def test_evaluation_only_needs_the_val_folder(tmp_path):
     from test_data_ondisk import make_imagefolder
 
     root = make_imagefolder(tmp_path / "imnet")
-    common = ["model=timm", "model.name=resnet10t", "data=imagenet", f"data.root={root}",
-              "data.num_classes=2", "data.image_size=16", "data.batch_size=4", "data.num_workers=0", "callbacks=default",
-              "callbacks.progress_bar=null"]  # fmt: skip
+    common = [
+        "model=timm", "model.name=resnet10t", "data=imagenet", f"data.root={root}", "data.num_classes=2",
+        "data.image_size=16", "data.batch_size=4", "data.num_workers=0", "callbacks=default",
+        "callbacks.progress_bar=null",
+    ]  # fmt: skip
     trained = run_cfg(compose_cfg([*common, "trainer.max_epochs=1"], tmp_path / "train"))
     shutil.rmtree(root / "train")  # a val-only copy of the data set
     evaluated = run_cfg(
