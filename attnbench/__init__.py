@@ -5,3 +5,7 @@ mechanisms → models → tasks / data / metrics → callbacks → train.
 """
 
 __version__ = "0.1.0"
+
+from attnbench.resolvers import register as _register_resolvers
+
+_register_resolvers()

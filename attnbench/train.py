@@ -554,6 +554,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
     throughput = next((c for c in callbacks if isinstance(c, SamplesThroughput)), None)
     if throughput is not None and throughput.samples_per_sec:
         results["throughput/train_samples_per_sec"] = throughput.samples_per_sec
+    if getattr(datamodule, "crop_pct", None) is not None:
+        results["data/crop_pct"] = float(datamodule.crop_pct)  # the evaluation crop that was used
     if getattr(task, "flops_per_sample", None):
         results["flops_per_sample"] = task.flops_per_sample
         results["gmacs_per_sample"] = task.flops_per_sample / 2e9  # FLOPs count a multiply-add as 2

@@ -88,5 +88,19 @@ def test_evaluation_only_needs_the_val_folder(tmp_path):
         compose_cfg([*common, "train=false", f"ckpt_path={trained['test/ckpt']}"], tmp_path / "e")
     )
     assert evaluated["test/acc"] == trained["test/acc"] and evaluated["status"] == "ok"
+    from attnbench.resolvers import model_crop_pct
+
+    assert evaluated["data/crop_pct"] == pytest.approx(model_crop_pct("resnet10t"))  # recorded
     with pytest.raises(ConfigError, match="has no train/ folder"):
         instantiate(compose_cfg(common, tmp_path / "again").data)  # training still needs train/
+
+
+def test_the_evaluation_crop_follows_the_models_pretrained_config(tmp_path):
+    def crop(*overrides):
+        cfg = compose_cfg(["data=imagenet", *overrides], tmp_path)
+        return cfg.data.crop_pct
+
+    assert crop("model.name=focalnet_tiny_srf") == pytest.approx(0.9)  # timm's FocalNet config
+    assert crop("model=swin") == pytest.approx(0.9)
+    assert crop() == pytest.approx(0.875)  # focalnet_micro: timm has no config, the common default
+    assert crop("model.name=focalnet_tiny_srf", "data.crop_pct=0.8") == pytest.approx(0.8)  # override
