@@ -104,3 +104,62 @@ def test_the_evaluation_crop_follows_the_models_pretrained_config(tmp_path):
     assert crop("model=swin") == pytest.approx(0.9)
     assert crop() == pytest.approx(0.875)  # focalnet_micro: timm has no config, the common default
     assert crop("model.name=focalnet_tiny_srf", "data.crop_pct=0.8") == pytest.approx(0.8)  # override
+
+
+def test_mixup_cutmix_soft_targets_feed_the_loss_and_erasing_acts_after_normalising(monkeypatch):
+    import torch
+    from timm.loss import SoftTargetCrossEntropy
+
+    from attnbench.models import create_model
+    from attnbench.tasks.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    net = create_model("focalnet_micro", num_classes=10, in_chans=1, img_size=32)
+    task = ClassificationTask(
+        net, num_classes=10, image_size=32, channels=1, mean=[0.3], std=[0.3], label_smoothing=0.1,
+        mixup_alpha=0.8, cutmix_alpha=1.0, random_erasing=1.0,
+    )  # fmt: skip
+    seen = {}
+    real_mixup, real_erasing = task.mixup.__call__, task.erasing.__call__
+
+    def erasing(x):
+        seen["normalised"] = x.clone()
+        return real_erasing(x)
+
+    def mixup(x, y):
+        seen["erased"] = x.clone()
+        out, soft = real_mixup(x, y)
+        seen["mixed"], seen["soft"] = out.clone(), soft
+        return out, soft
+
+    monkeypatch.setattr(task, "erasing", erasing)
+    monkeypatch.setattr(task, "mixup", mixup)
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
+    task.eval()  # no stochastic depth: the forward below repeats the one inside the loss
+    loss = task.recipe_loss(x, y)
+    torch.testing.assert_close(seen["normalised"], task.normalise(x))  # erasing sees normalised images
+    assert not torch.equal(seen["erased"], seen["normalised"])  # and changed them
+    soft = seen["soft"]
+    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert (soft.max(1).values < 1).all()  # soft targets (mixed and smoothed), not one-hot labels
+    with torch.no_grad():
+        expected = SoftTargetCrossEntropy()(task.forward_net(seen["mixed"]), soft)
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+def test_the_papers_augmentation_composes_through_timm(tmp_path):
+    from test_data_ondisk import make_imagefolder
+    from timm.data.auto_augment import RandAugment
+
+    root = make_imagefolder(tmp_path / "imnet")
+    over = [f"data.root={root}", "data.num_classes=2", "data.auto_augment=rand-m9-mstd0.5-inc1",
+            "data.color_jitter=0.4", "data.re_prob=0.25", "data.image_size=32"]  # fmt: skip
+    cfg = compose_cfg(["data=imagenet", *over], tmp_path)
+    assert cfg.model.task.random_erasing == 0.25 and cfg.model.task.erasing_mode == "pixel"
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    steps = dm.train_set.transform.transforms
+    assert any(isinstance(t, RandAugment) for t in steps)
+    assert not any(type(t).__name__ in ("Normalize", "RandomErasing") for t in steps)  # both on-device
+    x, _ = dm.train_set[0]
+    assert x.shape == (3, 32, 32) and 0 <= x.min() and x.max() <= 1

@@ -59,7 +59,26 @@ class SafeImageFolder(SkipsBrokenImages, datasets.ImageFolder):
         return self.load_robust(index, super().__getitem__, lambda j: self.samples[j][0])
 
 
-def train_transform(size: int) -> transforms.Compose:
+def train_transform(
+    size: int,
+    auto_augment: str | None = None,
+    color_jitter: float | None = None,
+    interpolation: str = "bicubic",
+):
+    """Inception-style crop + flip; with ``auto_augment`` (e.g. ``rand-m9-mstd0.5-inc1``) or ``color_jitter``
+    the papers' recipe through ``timm.data.create_transform`` (unnormalised: the task normalises on-device
+    and applies random erasing there, after normalisation)."""
+    if auto_augment or color_jitter:
+        from timm.data import create_transform
+
+        import torch
+
+        recipe = create_transform(
+            size, is_training=True, auto_augment=auto_augment or None, color_jitter=color_jitter or 0.0,
+            interpolation=interpolation, re_prob=0.0, normalize=False,
+        )  # fmt: skip
+        # unnormalised timm transforms end in uint8 tensors: to float in [0, 1] like every other pipeline
+        return transforms.Compose([*recipe.transforms, transforms.ConvertImageDtype(torch.float32)])
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -84,7 +103,18 @@ def eval_transform(size: int, crop_pct: float = 0.875) -> transforms.Compose:
 class ImageFolderDataModule(ImageDataModule):
     """Batches ``(x float[B,3,S,S] in [0,1], y long[B])``; checks the layout when constructed."""
 
-    def __init__(self, name: str = "imagenet", crop_pct: float = 0.875, training: bool = True, **kwargs):
+    def __init__(
+        self,
+        name: str = "imagenet",
+        crop_pct: float = 0.875,
+        training: bool = True,
+        auto_augment: str | None = None,
+        color_jitter: float | None = None,
+        interpolation: str = "bicubic",
+        re_prob: float = 0.0,
+        re_mode: str = "pixel",
+        **kwargs,
+    ):
         """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
         ``train/`` is neither required nor scanned."""
         super().__init__(**kwargs)
@@ -115,6 +145,8 @@ class ImageFolderDataModule(ImageDataModule):
         self.check_facts(name, channels=3)  # every image is converted to RGB
         self.root_path, self.crop_pct, self.classes = root, crop_pct, classes[first]
         self.training = bool(training)
+        self.auto_augment, self.color_jitter, self.interpolation = auto_augment, color_jitter, interpolation
+        self.re_prob, self.re_mode = float(re_prob), re_mode  # read by the task (erasing after normalising)
 
     def _folder(self, split: str, transform) -> datasets.ImageFolder:
         return SafeImageFolder(str(self.root_path / split), transform=transform, loader=load_rgb)
@@ -124,4 +156,7 @@ class ImageFolderDataModule(ImageDataModule):
             self.val_set = self._folder("val", eval_transform(self.image_size, self.crop_pct))
             self.test_set = self.val_set
         if self.train_set is None and self.training and stage in (None, "fit"):
-            self.train_set = self._folder("train", train_transform(self.image_size))
+            transform = train_transform(
+                self.image_size, self.auto_augment, self.color_jitter, self.interpolation
+            )
+            self.train_set = self._folder("train", transform)

@@ -15,7 +15,12 @@ from attnbench.tasks.base import BaseTask
 class ClassificationTask(BaseTask):
     """Trains ``net: [B, C, H, W] → logits [B, num_classes]`` on batches ``(x in [0,1], y)``.
 
-    Inputs are normalised on-device with the data set's ``mean``/``std``. Logs ``train/loss``, ``val/loss``,
+    Inputs are normalised on-device with the data set's ``mean``/``std``. The papers' ImageNet recipe
+    (FocalNet / Swin / DeiT): random erasing on the normalised batch (``random_erasing`` probability,
+    ``erasing_mode``, timm's RandomErasing: pixel mode draws N(0, 1) noise, meaningful only after
+    normalisation) and Mixup / CutMix with soft targets (``mixup_alpha``, ``cutmix_alpha``,
+    ``mixup_switch_prob``; timm's Mixup folds ``label_smoothing`` into the soft targets, the loss is then
+    timm's SoftTargetCrossEntropy; a batch of odd size is left unmixed). Logs ``train/loss``, ``val/loss``,
     ``val/acc``, ``val/acc_top5``, ``test/loss``, ``test/acc``, ``test/acc_top5``. When the network has
     ``mixer_maps(x) -> dict[str, Tensor[B, h, w]]`` (modulator magnitude / attention maps), ``figures``
     renders them over a few validation images.
@@ -37,9 +42,28 @@ class ClassificationTask(BaseTask):
         min_lr_ratio: float = 0.01,
         compile: bool = False,
         channels_last: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        random_erasing: float = 0.0,
+        erasing_mode: str = "pixel",
     ):
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob,
+                switch_prob=mixup_switch_prob, label_smoothing=label_smoothing, num_classes=num_classes,
+            )  # fmt: skip
+        self.erasing = None
+        if random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erasing = RandomErasing(random_erasing, mode=erasing_mode, device="cpu")
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
@@ -59,6 +83,19 @@ class ClassificationTask(BaseTask):
             }
         )
 
+    def recipe_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Random erasing after normalisation, then Mixup/CutMix soft targets and their cross-entropy."""
+        x = self.normalise(x)
+        if self.erasing is not None:
+            self.erasing.device = x.device
+            x = self.erasing(x)
+        if self.mixup is not None and len(x) % 2 == 0:
+            from timm.loss import SoftTargetCrossEntropy
+
+            x, soft = self.mixup(x, y)
+            return SoftTargetCrossEntropy()(self.forward_net(x), soft)
+        return F.cross_entropy(self.forward_net(x), y, label_smoothing=self.hparams.label_smoothing)
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         if self.hparams.channels_last:
@@ -75,7 +112,10 @@ class ClassificationTask(BaseTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
+        if self.erasing is None and self.mixup is None:
+            loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
+        else:
+            loss = self.recipe_loss(x, y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
