@@ -69,9 +69,8 @@ def train_transform(
     the papers' recipe through ``timm.data.create_transform`` (unnormalised: the task normalises on-device
     and applies random erasing there, after normalisation)."""
     if auto_augment or color_jitter:
-        from timm.data import create_transform
-
         import torch
+        from timm.data import create_transform
 
         recipe = create_transform(
             size, is_training=True, auto_augment=auto_augment or None, color_jitter=color_jitter or 0.0,
