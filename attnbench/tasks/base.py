@@ -66,10 +66,21 @@ class BaseTask(pl.LightningModule):
             batch_size = getattr(self.trainer.datamodule, "batch_size", 1) if self.trainer else 1
             self.flops_per_batch = 3.0 * self.flops_per_sample * batch_size
 
+    def peak_lr(self) -> float:
+        """``lr``, or with ``lr_reference_batch`` set the linear scaling rule of the FocalNet / Swin / DeiT
+        recipes: ``lr * global_batch / lr_reference_batch`` (global batch = per-process batch x processes x
+        gradient accumulation), e.g. 1e-3 at 1024 from ``lr=5e-4, lr_reference_batch=512``."""
+        ref = getattr(self, "lr_reference_batch", None)
+        if not ref or self._trainer is None:
+            return float(self.hparams.lr)
+        per_process = int(getattr(self.trainer.datamodule, "batch_size", 1) or 1)
+        global_batch = per_process * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return float(self.hparams.lr) * global_batch / float(ref)
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            param_groups(self.net, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas)
+            param_groups(self.net, hp.weight_decay), lr=self.peak_lr(), betas=tuple(hp.betas)
         )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))

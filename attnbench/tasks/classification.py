@@ -48,9 +48,11 @@ class ClassificationTask(BaseTask):
         mixup_switch_prob: float = 0.5,
         random_erasing: float = 0.0,
         erasing_mode: str = "pixel",
+        lr_reference_batch: int | None = None,
     ):
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
+        self.lr_reference_batch = lr_reference_batch  # linear LR scaling (BaseTask.peak_lr)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup

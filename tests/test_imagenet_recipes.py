@@ -1,0 +1,75 @@
+"""The ImageNet experiment configs carry the papers' recipes, scale the learning rate with the global batch,
+and run on CPU as smoke tests with small-data overrides."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_cfg, run_cfg
+from test_data_ondisk import make_imagefolder
+
+RECIPES = ["focalnet_tiny_srf_in1k", "focalnet_tiny_lrf_in1k", "swin_tiny_in1k", "vit_small_in1k"]
+SMOKE = ["trainer=cpu", "trainer.devices=1", "trainer.precision=32-true", "trainer.max_epochs=1",
+         "data.num_classes=2", "data.batch_size=2", "data.num_workers=0", "trainer.limit_train_batches=2",
+         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]  # fmt: skip
+
+
+def composed(*overrides):
+    """The app's config exactly as ``python -m attnbench <overrides>`` composes it (no test defaults)."""
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_experiment_configs_hold_the_published_recipe(name):
+    cfg = composed(f"experiment={name}")
+    task, data, trainer = cfg.model.task, cfg.data, cfg.trainer
+    assert trainer.max_epochs == 300 and trainer.precision == "bf16-mixed" and trainer.devices == 8
+    assert trainer.strategy == "ddp" and data.batch_size * trainer.devices == 1024
+    assert task.lr * 1024 / task.lr_reference_batch == pytest.approx(1e-3)  # 1e-3 at the global batch 1024
+    assert task.weight_decay == 0.05 and task.label_smoothing == 0.1
+    assert (task.mixup_alpha, task.cutmix_alpha, task.mixup_switch_prob) == (0.8, 1.0, 0.5)
+    assert data.auto_augment == "rand-m9-mstd0.5-inc1" and data.interpolation == "bicubic"
+    assert (data.re_prob, data.re_mode) == (0.25, "pixel") and task.random_erasing == 0.25
+    warmup, drop_path = (5, 0.1) if name.startswith("vit") else (20, 0.2)
+    assert task.warmup_epochs == warmup and cfg.model.net.drop_path_rate == drop_path
+    assert cfg.data.crop_pct == pytest.approx(0.9)  # the models' own evaluation crop (timm configs)
+
+
+def test_learning_rate_scales_linearly_with_the_global_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from attnbench.models import create_model
+    from attnbench.tasks.classification import ClassificationTask
+
+    task = ClassificationTask(
+        create_model("focalnet_micro", num_classes=2), num_classes=2, image_size=32, channels=3,
+        mean=[0.5] * 3, std=[0.5] * 3, lr=5e-4, lr_reference_batch=512,
+    )  # fmt: skip
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(batch_size=128), world_size=8, accumulate_grad_batches=1
+    )
+    task._trainer = trainer
+    assert task.peak_lr() == pytest.approx(1e-3)
+    trainer.accumulate_grad_batches = 2
+    assert task.peak_lr() == pytest.approx(2e-3)
+
+
+def test_focalnet_recipe_runs_on_cpu_as_a_smoke_test(tmp_path):
+    root = make_imagefolder(tmp_path / "imnet")
+    overrides = ["experiment=focalnet_tiny_srf_in1k", f"data.root={root}", "data.image_size=32", *SMOKE]
+    cfg = compose_cfg(overrides, tmp_path / "run")
+    metrics = run_cfg(cfg)
+    assert metrics["status"] == "ok" and metrics["run/variant"] == "focal_modulation"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin_tiny_in1k", "vit_small_in1k"])
+def test_attention_recipes_run_on_cpu_as_smoke_tests(tmp_path, name):
+    root = make_imagefolder(tmp_path / "imnet")
+    metrics = run_cfg(compose_cfg([f"experiment={name}", f"data.root={root}", *SMOKE], tmp_path / "run"))
+    assert metrics["status"] == "ok"
