@@ -73,3 +73,31 @@ def test_attention_recipes_run_on_cpu_as_smoke_tests(tmp_path, name):
     root = make_imagefolder(tmp_path / "imnet")
     metrics = run_cfg(compose_cfg([f"experiment={name}", f"data.root={root}", *SMOKE], tmp_path / "run"))
     assert metrics["status"] == "ok"
+
+
+def test_model_ema_is_evaluated_checkpointed_and_chosen_for_the_test(tmp_path):
+    import torch
+
+    quick = ["model=timm", "model.name=resnet10t", "data.image_size=16", "trainer.max_epochs=2",
+             "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+             "callbacks=default", "callbacks.progress_bar=null", "model.task.ema_decay=0.5"]  # fmt: skip
+    metrics = run_cfg(compose_cfg(quick, tmp_path))
+    assert {"val/acc_ema", "val/loss_ema"} <= set(metrics) and metrics["test/weights"] in ("ema", "raw")
+    better = "ema" if metrics["val/acc_ema"] > metrics["val/acc"] else "raw"
+    assert metrics["test/weights"] == better
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ema = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net_ema.module.")}
+    raw = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    assert len(ema) == len(raw)  # the averaged weights travel in the checkpoint (resume restores them)
+    key = "conv1.0.weight"
+    assert not torch.equal(ema[f"net_ema.module.{key}"], raw[f"net.{key}"])  # an average, not a copy
+
+    from timm.utils import ModelEmaV3
+
+    net = torch.nn.Linear(2, 2)
+    averaged = ModelEmaV3(net, decay=0.5)
+    before = averaged.module.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    averaged.update(net, step=5)
+    torch.testing.assert_close(averaged.module.weight, 0.5 * before + 0.5 * net.weight.detach())

@@ -49,10 +49,18 @@ class ClassificationTask(BaseTask):
         random_erasing: float = 0.0,
         erasing_mode: str = "pixel",
         lr_reference_batch: int | None = None,
+        ema_decay: float | None = None,
     ):
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
         self.lr_reference_batch = lr_reference_batch  # linear LR scaling (BaseTask.peak_lr)
+        self.net_ema = None
+        if ema_decay:  # timm's ModelEmaV3: a submodule, so it is checkpointed and resumes with the weights
+            from timm.utils import ModelEmaV3
+
+            self.net_ema = ModelEmaV3(self.net, decay=float(ema_decay)).requires_grad_(False)
+        self.test_weights = "raw"
+        self.protocol: dict = {}
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
@@ -73,10 +81,11 @@ class ClassificationTask(BaseTask):
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
         top_k = min(5, num_classes)
+        splits = ("val", "test", "val_ema") if self.net_ema is not None else ("val", "test")
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{name}": metric
-                for split in ("val", "test")
+                for split in splits
                 for name, metric in (
                     ("acc", MulticlassAccuracy(num_classes, top_k=1, average="micro")),
                     ("acc_top5", MulticlassAccuracy(num_classes, top_k=top_k, average="micro")),
@@ -121,28 +130,49 @@ class ClassificationTask(BaseTask):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
-    def _evaluate(self, batch, split: str) -> None:
+    def _evaluate(self, batch, split: str, net: nn.Module | None = None, key: str | None = None) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self(x) if net is None else net(self.normalise(x))
         loss = F.cross_entropy(logits, y)
-        self.metrics[f"{split}_loss"].update(loss, weight=len(y))
-        self.metrics[f"{split}_acc"].update(logits, y)
-        self.metrics[f"{split}_acc_top5"].update(logits, y)
+        key = key or split
+        self.metrics[f"{key}_loss"].update(loss, weight=len(y))
+        self.metrics[f"{key}_acc"].update(logits, y)
+        self.metrics[f"{key}_acc_top5"].update(logits, y)
+        suffix = "_ema" if key.endswith("_ema") else ""
         for name in ("loss", "acc", "acc_top5"):
             self.log(
-                f"{split}/{name}",
-                self.metrics[f"{split}_{name}"],
+                f"{split}/{name}{suffix}",
+                self.metrics[f"{key}_{name}"],
                 prog_bar=name == "acc",
                 on_step=False,
                 on_epoch=True,
                 batch_size=len(y),
             )
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.net_ema is not None:
+            self.net_ema.update(self.net, step=self.global_step)
+
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
+        if self.net_ema is not None:
+            self._evaluate(batch, "val", self.net_ema.module, "val_ema")
+
+    def on_test_start(self) -> None:
+        """With EMA: test the better of the raw and the averaged weights by validation accuracy (as the
+        DeiT/FocalNet recipes report the better one); metrics.json says which (``test/weights``)."""
+        if self.net_ema is None:
+            return
+        seen = self.trainer.callback_metrics if self._trainer is not None else {}
+        raw, ema = seen.get("val/acc"), seen.get("val/acc_ema")
+        self.test_weights = (
+            "ema" if raw is not None and ema is not None and float(ema) > float(raw) else "raw"
+        )
+        self.protocol = {"test/weights": self.test_weights}
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        net = self.net_ema.module if self.net_ema is not None and self.test_weights == "ema" else None
+        self._evaluate(batch, "test", net)
 
     @torch.no_grad()
     def figures(self, batch, max_images: int = 6) -> dict[str, np.ndarray]:
