@@ -263,7 +263,10 @@ of freedom); parameters and FLOPs (forward, per sample; SAGAN: the generator) do
 Training samples/s are measured during each run, on a shared 2-core machine (indicative). Sampling / decoding:
 median of 3, one thread, seed 0's best checkpoint, measured when this file was written (Image Transformer:
 16 images with the cached decoder — KV cache for attention, the constant-size state for focal modulation;
-Show-Attend-Tell: batched beam search over 32 test canvases).
+Show-Attend-Tell: batched beam search over 32 test canvases). The FocalNet and SAGAN rows reuse the runs of
+their own studies (same settings and seeds); SAGAN's were scored before the Inception Score followed the
+reference TF code (torchmetrics' shuffled splits, std with ddof 1), which leaves the means comparable. IS/FID
+are labelled with the scorer the runs recorded (`test/scorer`): "domain" is a digit classifier, not Inception.
 
 {chr(10).join(rows)}
 
