@@ -26,11 +26,40 @@ def task_for(cfg_factory, *overrides):
 
 def test_channels_last_gives_the_same_logits(cfg_factory):
     torch.manual_seed(0)
-    plain = task_for(cfg_factory).eval()
+    plain = task_for(cfg_factory, "model.channels_last=false").eval()
     cl = task_for(cfg_factory, "model.channels_last=true").eval()
     cl.load_state_dict(plain.state_dict())
     x = torch.rand(2, 1, 32, 32)
     assert torch.allclose(plain(x), cl(x), atol=1e-5)
+
+
+def params_whose_grads_have_other_strides(task, channels: int, size: int) -> list[str]:
+    """What DDP's reducer warns about ("Grad strides do not match bucket view strides") and copies."""
+    x = torch.rand(4, channels, size, size)
+    torch.nn.functional.cross_entropy(task(x), torch.tensor([0, 1, 2, 3])).backward()
+    return [n for n, p in task.net.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+
+
+@pytest.mark.parametrize("mixer", ["focal_modulation", "window_attention", "global_attention"])
+def test_default_focalnet_layout_gives_grads_in_the_weights_strides(cfg_factory, mixer):
+    # channels_last is the default: LayerNorm2d hands the convolutions channels-last activations, and NCHW
+    # weights would then get channels-last gradients (the DDP warning on 1x1-conv and depthwise weights)
+    task = task_for(cfg_factory, f"model.mixer={mixer}").train()
+    assert params_whose_grads_have_other_strides(task, 1, 32) == []
+    nchw = task_for(cfg_factory, f"model.mixer={mixer}", "model.channels_last=false").train()
+    if mixer == "focal_modulation":  # the layout mismatch the default removes
+        assert params_whose_grads_have_other_strides(nchw, 1, 32) != []
+
+
+def test_cropped_depthwise_kernel_grads_equal_plain_slicing_and_keep_strides():
+    from attnbench.mechanisms.focal_modulation import _CroppedKernel
+
+    w = torch.randn(6, 1, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(6, 1, 3, 3)
+    _CroppedKernel.apply(w, 1, 1).backward(g)
+    ours, w.grad = w.grad, None
+    w[:, :, 1:4, 1:4].backward(g)
+    assert torch.equal(ours, w.grad) and ours.stride() == w.stride()
 
 
 def saved_activation_bytes(net, x) -> tuple[int, dict]:

@@ -1,6 +1,7 @@
 """Studies: sweeps that survive failures, reports, DDP (also inside multirun), exact resume, Optuna."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -70,6 +71,59 @@ def test_ddp_test_accuracy_equals_single_process_on_same_checkpoint(tmp_path):
     a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
     assert a["test/acc"] == pytest.approx(b["test/acc"], abs=1e-7)
     assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_train_test_and_equal_single_process_eval(tmp_path):
+    """Multi-node as a cluster runs it: the same command on each "node" (here 2 x 1 CPU process on
+    localhost), Lightning's environment variables, ``trainer.num_nodes=2``; one record in the shared folder."""
+    run_dir = tmp_path / "nodes"
+    args = [
+        sys.executable, "-m", "attnbench", *TINY, "trainer=ddp_cpu", "trainer.devices=1",
+        "trainer.num_nodes=2", "trainer.limit_test_batches=1.0", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            args,
+            env={
+                **{k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK")},
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "NODE_RANK": str(node),
+                "WORLD_SIZE": "2",
+                "WANDB_MODE": "offline",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outs[1][1] + outs[1][0]  # node 1 joined the same group
+    assert sorted(p.name for p in run_dir.glob("metrics*.json")) == ["metrics.json"]
+    nodes = metrics(run_dir)
+    assert nodes["status"] == "ok"
+    ckpt = nodes["test/ckpt"]
+    single = cli(
+        *TINY, "trainer=cpu", "trainer.limit_test_batches=1.0", "train=false", f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path / 'single'}",
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    one = metrics(tmp_path / "single")
+    # the whole test split (360 digits, an even split over the 2 nodes: no padding duplicates)
+    assert one["test/acc"] == pytest.approx(nodes["test/acc"], abs=1e-7)
+    assert one["test/acc_top5"] == pytest.approx(nodes["test/acc_top5"], abs=1e-7)
+    assert one["test/loss"] == pytest.approx(nodes["test/loss"], rel=1e-5)
 
 
 def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path):

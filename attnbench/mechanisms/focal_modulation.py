@@ -38,8 +38,31 @@ def _depthwise_same(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     rh, rw = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)
     if (rh, rw) == (r, r):
         return conv(x)
-    weight = conv.weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
+    weight = _CroppedKernel.apply(conv.weight, r - rh, r - rw)
     return F.conv2d(x, weight, conv.bias, padding=(rh, rw), groups=conv.groups)
+
+
+class _CroppedKernel(torch.autograd.Function):
+    """``weight[:, :, top : K - top, left : K - left]`` whose gradient has the weight's own strides.
+
+    Plain slicing returns a gradient in contiguous strides whatever the weight's memory format, so
+    channels-last weights would get gradients whose strides differ from theirs (DDP then warns "Grad strides
+    do not match bucket view strides" and copies the gradient into its bucket every step)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.top, ctx.left = top, left
+        k_h, k_w = weight.shape[-2:]
+        return weight[:, :, top : k_h - top, left : k_w - left]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        k_h, k_w = weight.shape[-2:]
+        full = torch.zeros_like(weight, memory_format=torch.preserve_format)
+        full[:, :, ctx.top : k_h - ctx.top, ctx.left : k_w - ctx.left] = grad
+        return full, None, None
 
 
 class FocalModulation(nn.Module):
