@@ -83,7 +83,8 @@ def free_port() -> int:
 
 def test_two_nodes_on_localhost_train_test_and_equal_single_process_eval(tmp_path):
     """Multi-node as a cluster runs it: the same command on each "node" (here 2 x 1 CPU process on
-    localhost), Lightning's environment variables, ``trainer.num_nodes=2``; one record in the shared folder."""
+    localhost), Lightning's environment variables, ``trainer.num_nodes=2``; one record in the shared
+    folder."""
     run_dir = tmp_path / "nodes"
     args = [
         sys.executable, "-m", "attnbench", *TINY, "trainer=ddp_cpu", "trainer.devices=1",
