@@ -112,6 +112,62 @@ def test_inception_weights_load_from_local_file(inception_file):
     assert net.net.Mixed_7c.max_pool and not net.net.Mixed_7b.max_pool
 
 
+@pytest.mark.parametrize("size", [(32, 32), (8, 8), (64, 48), (375, 500)])
+def test_tf1_bilinear_resize_equals_torch_fidelity(size):
+    tf = pytest.importorskip("torch_fidelity.interpolate_compat_tensorflow")
+    from attnbench.metrics.inception import resize_bilinear_tf1
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, *size) * 255
+    ref = tf.interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+    torch.testing.assert_close(resize_bilinear_tf1(x, (299, 299)), ref, atol=1e-4, rtol=0)
+    # not what torch's half-pixel bilinear gives (the pytorch-fid path): the two protocols differ
+    half_pixel = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    assert (half_pixel - ref).abs().max() > 1.0
+
+
+def he_initialised_inception_state() -> dict:
+    """Random weights that keep the signal alive through the 94 conv layers (He-scaled convs, identity
+    BatchNorm), so features depend on the input's details and protocols can be told apart."""
+    torch.manual_seed(1)
+    state = {}
+    for k, v in FIDInceptionV3().net.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        if k.endswith("conv.weight"):
+            v = torch.randn_like(v) * math.sqrt(2.0 / v[0].numel())
+        elif k.endswith("fc.weight"):
+            v = torch.randn_like(v) * 0.05
+        state[k] = v
+    return state
+
+
+def test_inception_features_equal_torch_fidelity_with_the_same_weights(tmp_path, monkeypatch):
+    """The default resize protocol gives torch-fidelity's pool3 features and unbiased logits (the IS/FID
+    inputs of torch-fidelity and torchmetrics) for the same weights, on 8-bit images."""
+    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    state = he_initialised_inception_state()
+    path = tmp_path / "inception.pth"
+    torch.save(state, path)
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: dict(state))
+    ref = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"]).eval()
+    ours = load_fid_inception(path, sha256=None)
+    assert ours.resize == "torch_fidelity"
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        ref_feats, ref_logits = ref(images)
+        feats, logits = ours.features_and_logits(images.float() / 255)  # the tasks' images are in [0, 1]
+    torch.testing.assert_close(feats, ref_feats, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-4)
+    other = load_fid_inception(path, sha256=None, resize="pytorch_fid")
+    with torch.no_grad():
+        other_feats = other.features_and_logits(images.float() / 255)[0]
+    assert (other_feats - ref_feats).abs().max() > 100 * (feats - ref_feats).abs().max()
+    with pytest.raises(ConfigError, match="inception_resize='bicubic'"):
+        FIDInceptionV3("bicubic")
+
+
 def test_inception_weights_bad_files_are_config_errors(inception_file, tmp_path):
     path, state = inception_file
     with pytest.raises(ConfigError, match="is not a file"):
@@ -148,6 +204,7 @@ def test_inception_weights_path_reaches_the_task(inception_file, cfg_factory):
     torch.testing.assert_close(task.scorer.net.fc.weight, state["fc.weight"])
     assert not any(k.startswith("scorer.") for k in task.state_dict())  # the scorer stays out of checkpoints
     assert task.protocol["test/scorer"] == "inception"
+    assert task.protocol["test/inception_resize"] == "torch_fidelity"  # the protocol is in metrics.json
 
 
 def _toy_data(n: int, seed: int):

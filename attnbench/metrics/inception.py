@@ -10,9 +10,19 @@ Weights: the PyTorch port of that graph, ``pt_inception-2015-12-05-6726825d.pth`
 ships the same tensors as ``weights-inception-2015-12-05-6726825d.pth``), whose keys are torchvision's
 Inception3 names (``Conv2d_1a_3x3.conv.weight``, ..., ``fc.weight [1008, 2048]``).
 
-Outputs for images ``[B, C, H, W]`` in [0, 1] (grey repeated to RGB, bilinearly resized to 299x299, scaled to
+Outputs for images ``[B, C, H, W]`` in [0, 1] (grey repeated to RGB, resized to 299x299, scaled to about
 [-1, 1]): the 2048-d pool3 features (FID, Heusel et al. 2017) and 1008 logits ``pool3 @ fc.weight.T``
 without the bias, as in the original Inception Score code (Salimans et al. 2016).
+
+How images reach 299x299 (``resize``, config ``metrics.inception_resize``) changes IS/FID noticeably on small
+images (CIFAR's 32 px are upsampled ~9x), so a number is only comparable with numbers computed the same way:
+
+- ``torch_fidelity`` (default; torch-fidelity and torchmetrics, the community reference): images are
+  quantised to 8 bits (``round(255 x)``: real images from disk are recovered exactly), resized with
+  TensorFlow 1.x's bilinear ``resize_bilinear(align_corners=False)`` as the original TF IS/FID code did
+  (source pixel ``i * in / out``: no half-pixel offset), then scaled as ``(x - 128) / 128``.
+- ``pytorch_fid`` (pytorch-fid): float images, ``F.interpolate(mode="bilinear", align_corners=False)``
+  (half-pixel centres), then ``2 x - 1``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from attnbench.errors import ConfigError
 from attnbench.safe_files import load_torch_file
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+RESIZES = ("torch_fidelity", "pytorch_fid")
 WEIGHTS_SHA256_PREFIX = (
     "6726825d"  # torch.hub's convention: the file name carries its sha256's first 8 digits
 )
@@ -81,8 +92,11 @@ class FIDInceptionV3(nn.Module):
     kind = "inception"
     input_size = 299
 
-    def __init__(self):
+    def __init__(self, resize: str = "torch_fidelity"):
         super().__init__()
+        if resize not in RESIZES:
+            raise ConfigError(f"metrics.inception_resize={resize!r}: expected one of {', '.join(RESIZES)}")
+        self.resize = resize
         net = tv.Inception3(num_classes=1008, aux_logits=False, transform_input=False, init_weights=False)
         net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = _BlockA(192, 32), _BlockA(256, 64), _BlockA(288, 64)
         net.Mixed_6b, net.Mixed_6c = _BlockC(768, 128), _BlockC(768, 160)
@@ -111,12 +125,14 @@ class FIDInceptionV3(nn.Module):
         ]
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` in [0, 1] -> the network's ``[B, 3, 299, 299]`` input (``resize``: module doc)."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(
-            x.float(), size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-        )
-        return 2 * x - 1
+        size = (self.input_size, self.input_size)
+        if self.resize == "pytorch_fid":
+            return 2 * F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False) - 1
+        x = torch.round(x.float().clamp(0, 1) * 255)
+        return (resize_bilinear_tf1(x, size) - 128) / 128
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.preprocess(x)
@@ -177,10 +193,35 @@ class FIDInceptionV3(nn.Module):
         return self
 
 
-def load_fid_inception(path: str | os.PathLike, sha256: str | None = None) -> FIDInceptionV3:
-    """The FID Inception v3 with weights from ``path`` (checked against ``sha256``), in eval mode with
-    gradients off."""
-    net = FIDInceptionV3().load_weights(path, sha256).eval()
+def tf1_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``[n_out, n_in]`` weights of TF 1.x ``resize_bilinear(align_corners=False)`` along one axis: output
+    pixel ``i`` reads the source position ``s = i * n_in / n_out`` (float32, as TF computes it) from pixels
+    ``floor(s)`` and ``min(floor(s) + 1, n_in - 1)`` with weights ``1 - frac(s)`` and ``frac(s)``."""
+    src = torch.arange(n_out, dtype=torch.float32) * torch.tensor(n_in / n_out, dtype=torch.float32)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo.float()
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    w.index_put_((rows, lo), (1 - frac).double(), accumulate=True)
+    w.index_put_((rows, hi), frac.double(), accumulate=True)
+    return w
+
+
+def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF 1.x bilinear resize (``align_corners=False``) of ``x [B, C, H, W]`` to ``size``; separable, so
+    ``Wh @ x @ Ww^T`` with the per-axis weights of :func:`tf1_bilinear_matrix`."""
+    wh = tf1_bilinear_matrix(x.shape[-2], size[0]).to(x.device, x.dtype)
+    ww = tf1_bilinear_matrix(x.shape[-1], size[1]).to(x.device, x.dtype)
+    return torch.einsum("oh,bchw,pw->bcop", wh, x, ww)
+
+
+def load_fid_inception(
+    path: str | os.PathLike, sha256: str | None = None, resize: str = "torch_fidelity"
+) -> FIDInceptionV3:
+    """The FID Inception v3 with weights from ``path`` (checked against ``sha256``) and the ``resize``
+    protocol (module docstring), in eval mode with gradients off."""
+    net = FIDInceptionV3(resize).load_weights(path, sha256).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net

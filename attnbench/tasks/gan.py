@@ -62,6 +62,7 @@ class GANTask(pl.LightningModule):
         ema_start: int = 0,
         inception_weights: str | None = None,
         inception_sha256: str | None = None,
+        inception_resize: str = "torch_fidelity",
         cache_dir: str = ".cache/attnbench",
         scorer_seed: int = 0,
         scorer_epochs: int = 15,
@@ -189,6 +190,7 @@ class GANTask(pl.LightningModule):
             self.protocol = {
                 "test/scorer": self.scorer.kind,
                 "test/fid_reference": self.hparams.fid_reference,
+                **({"test/inception_resize": self.scorer.resize} if self.scorer.kind == "inception" else {}),
                 **({"test/scorer_key": self.scorer_info["key"]} if "key" in self.scorer_info else {}),
             }
 
@@ -213,7 +215,9 @@ class GANTask(pl.LightningModule):
         if hp.inception_weights:
             from attnbench.metrics.inception import load_fid_inception
 
-            return load_fid_inception(hp.inception_weights, hp.get("inception_sha256"))
+            return load_fid_inception(
+                hp.inception_weights, hp.get("inception_sha256"), hp.get("inception_resize", "torch_fidelity")
+            )
         from attnbench.metrics import domain_scorer as ds
 
         dm = self.trainer.datamodule if self._trainer is not None else None
