@@ -1,7 +1,9 @@
 """Class-conditional GAN training (SAGAN recipe) with IS / FID evaluation.
 
 Zhang et al. 2019 (SAGAN), Sec. 4-5: hinge loss, spectral norm in G and D (in the model), two-timescale
-update rule (G 1e-4, D 4e-4, Adam betas (0, 0.9)); ``n_dis`` D steps per G step; an exponential moving
+update rule (G 1e-4, D 4e-4, Adam betas (0, 0.9)); ``n_dis`` D steps per G step; ``max_g_steps`` ends training
+after that many G updates (the papers' "iterations"; Lightning's ``trainer.max_steps`` counts the optimiser steps
+of G and D together); an exponential moving
 average of G's weights evaluates the model (BigGAN, Brock et al. 2019), on by default.
 
 Manual optimisation: each optimiser steps once per its own update. Under DDP every backward must reach every
@@ -57,6 +59,7 @@ class GANTask(pl.LightningModule):
         lr_d: float = 4e-4,
         betas: tuple[float, float] = (0.0, 0.9),
         n_dis: int = 1,
+        max_g_steps: int | None = None,
         ema: bool = True,
         ema_decay: float = 0.999,
         ema_start: int = 0,
@@ -81,6 +84,8 @@ class GANTask(pl.LightningModule):
             raise ConfigError(f"fid_reference={fid_reference!r}: expected one of {', '.join(FID_REFERENCES)}")
         if n_dis < 1:
             raise ConfigError(f"n_dis={n_dis}: expected at least one D step per G step")
+        if max_g_steps is not None and int(max_g_steps) < 1:
+            raise ConfigError(f"model.task.max_g_steps={max_g_steps}: expected a positive count or null")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"ema_decay={ema_decay}: expected a value in [0, 1)")
         if (
@@ -322,6 +327,8 @@ class GANTask(pl.LightningModule):
             opt_g.step()
             self.g_steps += 1
             self._update_ema()
+            if self.hparams.get("max_g_steps") and self.g_steps >= self.hparams.max_g_steps:
+                self.trainer.should_stop = True  # the papers count iterations as G updates
             self.log(
                 "train/g_loss",
                 g_loss.detach(),
