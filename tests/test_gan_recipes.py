@@ -69,3 +69,24 @@ def test_max_g_steps_must_be_positive():
 
     with pytest.raises(ConfigError, match="max_g_steps=0"):
         GANTask(create_model("sagan", image_size=8, ch=4, attn_res_g=0, attn_res_d=0), max_g_steps=0)
+
+
+def test_sagan_study_table_labels_scores_with_the_recorded_scorer(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sagan_attention" / "make_results.py"
+    spec = importlib.util.spec_from_file_location("sagan_make_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = {"status": "ok", "run/variant": "self_attention", "test/is": 9.0, "test/fid": 20.0, "_run": "a"}
+    inception = mod.render({"self_attention": [{**run, "test/scorer": "inception"}]}, [], tmp_path)
+    assert "inception IS ↑" in inception and "domain" not in inception
+    domain = mod.render({"self_attention": [{**run, "test/scorer": "domain"}]}, [], tmp_path)
+    assert "domain IS ↑" in domain and "*domain* scores" in domain
+    with pytest.raises(SystemExit, match="different scorers"):
+        mod.render(
+            {"a": [{**run, "test/scorer": "domain"}], "b": [{**run, "test/scorer": "inception"}]},
+            [],
+            tmp_path,
+        )

@@ -1,10 +1,10 @@
 """Class-conditional GAN training (SAGAN recipe) with IS / FID evaluation.
 
 Zhang et al. 2019 (SAGAN), Sec. 4-5: hinge loss, spectral norm in G and D (in the model), two-timescale
-update rule (G 1e-4, D 4e-4, Adam betas (0, 0.9)); ``n_dis`` D steps per G step; ``max_g_steps`` ends training
-after that many G updates (the papers' "iterations"; Lightning's ``trainer.max_steps`` counts the optimiser steps
-of G and D together); an exponential moving
-average of G's weights evaluates the model (BigGAN, Brock et al. 2019), on by default.
+update rule (G 1e-4, D 4e-4, Adam betas (0, 0.9)); ``n_dis`` D steps per G step; ``max_g_steps`` ends
+training after that many G updates (the papers' "iterations"; Lightning's ``trainer.max_steps`` counts the
+optimiser steps of G and D together); an exponential moving average of G's weights evaluates the model
+(BigGAN, Brock et al. 2019), on by default.
 
 Manual optimisation: each optimiser steps once per its own update. Under DDP every backward must reach every
 parameter unless the strategy was built with ``find_unused_parameters=True``; the D step then computes its
