@@ -70,6 +70,31 @@ def test_ddp_test_accuracy_equals_single_process_on_same_checkpoint(tmp_path):
     assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-2000:]
     a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
     assert a["test/acc"] == pytest.approx(b["test/acc"], abs=1e-7)
+    assert a["test/acc_top5"] == pytest.approx(b["test/acc_top5"], abs=1e-7)
+    assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
+
+
+def test_ddp_evaluation_of_an_odd_sized_val_split_scores_each_image_once(tmp_path):
+    """15 validation images on 2 processes: the default DistributedSampler would pad with a repeated image
+    (16 scored); the shares are 8 and 7 images (2 and 1 batches of 7), and top-1/top-5/loss equal one
+    process's evaluation of the same checkpoint."""
+    from test_data_ondisk import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "imnet", classes=("a", "b", "c"))
+    data = ["data=imagenet", f"data.root={root}", "data.num_classes=3", "data.num_workers=0",
+            "data.image_size=16"]  # fmt: skip
+    train = cli(*TINY, *data, "data.batch_size=5", "trainer=cpu", f"hydra.run.dir={tmp_path / 'train'}")
+    assert train.returncode == 0, train.stderr[-2000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    common = [*TINY, *data, "data.batch_size=7", "trainer.limit_test_batches=1.0", "train=false",
+              f"ckpt_path={ckpt}"]  # fmt: skip
+    single = cli(*common, "trainer=cpu", f"hydra.run.dir={tmp_path / 'single'}")
+    ddp = cli(*common, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'ddp'}", timeout=600)
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-2000:]
+    a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    for key in ("test/acc", "test/acc_top5"):
+        assert a[key] == pytest.approx(b[key], abs=1e-7)
+        assert round(a[key] * 15) == pytest.approx(a[key] * 15, abs=1e-4)  # a count out of 15 images
     assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
 
 

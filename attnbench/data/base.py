@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -42,6 +43,21 @@ def require_dir(root: str | os.PathLike | None, name: str, layout: str) -> Path:
     if not any(path.iterdir()):
         raise ConfigError(f"data.root={str(root)!r} is empty; data={name} expects:\n{layout}")
     return path
+
+
+def evaluation_sampler(dataset: Dataset):
+    """Under DDP: each process evaluates a disjoint share of ``dataset`` and the shares cover it exactly once
+    (Lightning's ``UnrepeatedDistributedSampler``; the default ``DistributedSampler`` pads the last share
+    with repeated samples, so e.g. 50,000 ImageNet images on 3 GPUs would be scored as 50,001). Metrics are
+    torchmetrics objects synced over processes, so uneven shares give the single-process numbers.
+    One process: None (sequential order)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 class EpochShuffle(Sampler[int]):
@@ -140,16 +156,30 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         generator = torch.Generator()  # iterators never draw from the global RNG
         self.resolve_workers()
+        sampler = EpochShuffle(len(dataset), generator, run_seed()) if shuffle else None
+        if not shuffle and not getattr(self, "_whole_splits", False):
+            sampler = evaluation_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(dataset), generator, run_seed()) if shuffle else None,
+            sampler=sampler,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=False,
         )
+
+    @contextlib.contextmanager
+    def whole_splits(self):
+        """Inside: evaluation loaders give the whole split in every process, not this process's DDP share
+        (e.g. for a scorer that rank 0 trains and validates on its own)."""
+        before = getattr(self, "_whole_splits", False)
+        self._whole_splits = True
+        try:
+            yield self
+        finally:
+            self._whole_splits = before
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

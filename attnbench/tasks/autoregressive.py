@@ -10,6 +10,7 @@ whole split (sum and count synced across processes); ``*/loss`` is the same in n
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -129,14 +130,15 @@ class AutoregressiveTask(BaseTask):
         )
         path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
         if self.trainer.is_global_zero and not path.is_file():
-            model, info = ds.train_domain_classifier(
-                dm.train_dataloader(),
-                dm.val_dataloader(),
-                channels,
-                int(num_classes),
-                epochs=hp.scorer_epochs,
-                seed=hp.scorer_seed,
-            )
+            with getattr(dm, "whole_splits", contextlib.nullcontext)():  # rank 0 alone: not its DDP share
+                model, info = ds.train_domain_classifier(
+                    dm.train_dataloader(),
+                    dm.val_dataloader(),
+                    channels,
+                    int(num_classes),
+                    epochs=hp.scorer_epochs,
+                    seed=hp.scorer_seed,
+                )
             ds.save_scorer(path, model, {**info, "key": key})
         self.trainer.strategy.barrier("domain_scorer")
         model, self.scorer_info = ds.load_scorer(path)

@@ -20,6 +20,7 @@ split); ``test/is_real`` scores the real test images, the ceiling for ``test/is`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from contextlib import contextmanager
@@ -245,14 +246,15 @@ class GANTask(pl.LightningModule):
         )
         path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
         if self.trainer.is_global_zero and not path.is_file():
-            model, info = ds.train_domain_classifier(
-                dm.train_dataloader(),
-                dm.val_dataloader(),
-                channels,
-                self.num_classes,
-                epochs=hp.scorer_epochs,
-                seed=hp.scorer_seed,
-            )
+            with getattr(dm, "whole_splits", contextlib.nullcontext)():  # rank 0 alone: not its DDP share
+                model, info = ds.train_domain_classifier(
+                    dm.train_dataloader(),
+                    dm.val_dataloader(),
+                    channels,
+                    self.num_classes,
+                    epochs=hp.scorer_epochs,
+                    seed=hp.scorer_seed,
+                )
             ds.save_scorer(path, model, {**info, "key": key})
         self.trainer.strategy.barrier("domain_scorer")
         model, info = ds.load_scorer(path)
@@ -391,6 +393,8 @@ class GANTask(pl.LightningModule):
         reference = getattr(dm, "reference_dataloader", None)  # the full, un-augmented split where one exists
         loader = reference(name) if reference is not None else getattr(dm, f"{name}_dataloader")()
         rank, world = self.global_rank, self.trainer.world_size
+        if isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
+            rank, world = 0, 1  # the loader already gives this rank its share
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.hparams.scorer_seed)  # a fixed pass over an augmented training split
             for i, (x, _) in enumerate(loader):
