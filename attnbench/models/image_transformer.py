@@ -442,18 +442,17 @@ class ImageTransformer(nn.Module):
                 caches = [blk.attn.init_cache(n, self.grid, device) for blk in self.blocks]
                 pos = self._position()
                 cls = self.class_embed(labels) if self.class_embed is not None else 0.0
+                scale = math.sqrt(self.dim)
             for t, p in enumerate(self.order.tolist()):
                 if use_cache:
                     if t == 0:
                         h = self.start.expand(n, -1)
                     else:
                         q = int(self.order[t - 1])
-                        if self.per_pixel:
+                        if self.per_pixel:  # the pixel before: all its channels
                             h = self._values_embedding(raster[:, q])
-                        else:
-                            h = self.embed(self.channel_of[q] * self.levels + raster[:, q]) * math.sqrt(
-                                self.dim
-                            )
+                        else:  # the sub-pixel before, in its channel's table
+                            h = self.embed(self.channel_of[q] * self.levels + raster[:, q]) * scale
                     h = h + pos[p] + cls
                     for blk, cache in zip(self.blocks, caches):
                         h = blk.step(h, p, cache)
