@@ -1,7 +1,9 @@
 """Causal self-attention over an image grid: full, local 1D and local 2D blocks (Image Transformer).
 
 Parmar et al., "Image Transformer", ICML 2018, Sec. 3.2 and Fig. 2. The image is a ``rows × cols`` grid of
-positions (for an image of C channels: ``rows = H`` and ``cols = W·C``, channels interleaved along a row).
+positions, whatever a position holds: for the Image Transformer's sub-pixel outputs ``rows = H`` and
+``cols = W·C`` (channels interleaved along a row), for its per-pixel output (``dmol_pixel``) ``rows = H`` and
+``cols = W`` (one position per pixel). Nothing here depends on which.
 Inputs and outputs are laid out in raster order over that grid, ``[B, rows·cols, D]``; each variant
 defines its own generation order and is causal in it:
 

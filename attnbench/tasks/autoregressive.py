@@ -6,6 +6,11 @@ whole split (sum and count synced across processes); ``*/loss`` is the same in n
 ``score_samples`` images are drawn (KV-cached) and scored with the data set's domain classifier
 (``attnbench.metrics.domain_scorer``, trained once on the training split and cached): ``test/sample_is``
 (Inception-style score with that classifier; 1..num_classes) and ``test/sample_s_per_image``.
+
+Learning rate: ``schedule="cosine"`` (the house default: linear warmup over ``warmup_epochs``, or
+``warmup_steps`` when given, then cosine) or ``"rsqrt"``, the Transformer / tensor2tensor ``noam`` schedule
+the Image Transformer was trained with: ``lr · min(s/w, sqrt(w/s))`` at step ``s`` (1-based), linear up to
+``lr`` at ``w = warmup_steps`` and ∝ 1/√s after. ``eps`` is AdamW's ε (tensor2tensor: 1e-9).
 """
 
 from __future__ import annotations
@@ -20,8 +25,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from attnbench.errors import ConfigError
 from attnbench.metrics.bpd import BitsPerDim, nats_to_bpd
 from attnbench.tasks.base import BaseTask
+from attnbench.tasks.optim import param_groups, warmup_cosine
+
+SCHEDULES = ("cosine", "rsqrt")
+
+
+def warmup_rsqrt(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The ``noam`` schedule: factor ``min(s / w, sqrt(w / s))`` at optimiser step ``s = step + 1``; 1 (the
+    base LR) exactly at ``s = w``."""
+    w = float(warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / w, (w / (step + 1)) ** 0.5)
+    )
 
 
 class AutoregressiveTask(BaseTask):
@@ -48,7 +66,17 @@ class AutoregressiveTask(BaseTask):
         cache_dir: str = ".cache/attnbench",
         scorer_seed: int = 0,
         scorer_epochs: int = 15,
+        schedule: str = "cosine",
+        warmup_steps: int | None = None,
+        eps: float = 1e-8,
     ):
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"model.task.schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if (warmup_steps is not None and int(warmup_steps) < 1) or (schedule == "rsqrt" and not warmup_steps):
+            raise ConfigError(
+                f"model.task.warmup_steps={warmup_steps!r}: expected an integer >= 1 "
+                "(schedule=rsqrt needs it)"
+            )
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile)
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
         self.levels = int(levels)
@@ -63,6 +91,20 @@ class AutoregressiveTask(BaseTask):
         self.last_sample_s: float | None = None
         self.scorer: nn.Module | None = None  # kept out of the module tree and checkpoints
         self.scorer_info: dict = {}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            param_groups(self.net, hp.weight_decay), lr=self.peak_lr(), betas=tuple(hp.betas), eps=hp.eps
+        )
+        if hp.schedule == "rsqrt":
+            scheduler = warmup_rsqrt(optimizer, int(hp.warmup_steps))
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
+            per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+            warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_epochs * per_epoch)
+            scheduler = warmup_cosine(optimizer, int(warmup), total, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def quantise(self, x: torch.Tensor) -> torch.Tensor:
         """Floats in [0, 1] → integer levels ``round(x · (levels − 1))``."""
