@@ -90,3 +90,11 @@ def test_sagan_study_table_labels_scores_with_the_recorded_scorer(tmp_path):
             [],
             tmp_path,
         )
+
+
+def test_gan_test_samples_follow_the_data_set(tmp_path):
+    assert composed("model=sagan").model.task.test_samples == 10_000  # embedded digits: 10k
+    root = write_cifar10(tmp_path / "cifar")
+    cfg = compose_cfg(["model=sagan", "data=cifar10", f"data.root={root}", "data.val_size=5"], tmp_path)
+    assert cfg.model.task.test_samples == 50_000  # the papers' 50k on CIFAR/ImageNet-sized data
+    instantiate(cfg.data)  # the data module accepts the fact

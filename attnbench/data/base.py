@@ -110,7 +110,10 @@ class ImageDataModule(pl.LightningDataModule):
         levels: int = 256,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        fid_samples: int | None = None,
     ):
+        """``fid_samples`` is a fact for the GAN config (its default ``model.task.test_samples``), not used
+        here."""
         super().__init__()
         if int(image_size) <= 0:
             raise ConfigError(f"data.image_size={image_size} must be a positive integer")
