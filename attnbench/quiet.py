@@ -3,6 +3,8 @@
 - Lightning's "💡 Tip: ... litlogger" advertisement (an INFO record at every Trainer construction).
 - ``isinstance(treespec, LeafSpec)`` FutureWarning: raised inside Lightning's ``_pytree`` helper by the
   installed torch, about Lightning's own code; nothing a user can change.
+- torchmetrics' "Metric `Kernel Inception Distance` will save all extracted features in buffer": KID needs
+  every feature by definition (``test/kid``); the GAN task bounds the count (``test_samples``).
 - wandb's "The anonymous setting has no effect": Lightning's WandbLogger always passes ``anonymous``; the
   W&B logger is built without it (``without_anonymous``).
 Nothing else is filtered.
@@ -34,6 +36,9 @@ def quiet_known_noise() -> None:
         lightning.addFilter(_LIGHTNING_TIP)
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"Metric `Kernel Inception Distance` will save all extracted features"
     )
 
 

@@ -124,7 +124,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self._auto_workers = num_workers is None  # resolved per process when loaders are made (DDP ranks)
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()  # pinning is for GPU copies
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.num_classes = num_classes
         self.channels = channels
