@@ -10,6 +10,13 @@ writes ``bench.csv`` + ``bench.png`` into ``--out``. Each point runs in a fresh 
     python -m attnbench.bench                         # both families, CPU-sized inputs
     python -m attnbench.bench --family backbone --sizes 14,28,56,112 --device cuda
     python -m attnbench.bench --loader data=digits    # data loading alone vs the training step
+    python -m attnbench.bench --make-jpegs /tmp/inet --n 2000   # an ImageNet-like JPEG folder, then:
+    python -m attnbench.bench --loader experiment=focalnet_tiny_srf_in1k data.root=/tmp/inet \\
+        data.num_classes=10 data.decoder=torchvision data.num_workers=2 --step-batch-size 8 --step-batches 2
+
+``--loader`` reports the training loader's img/s measured with all its workers, per worker (that / workers)
+and per node as an estimate (per worker x workers x local ranks: it assumes every worker of every rank gets
+a core of its own), against the training step's img/s per rank and per node.
 """
 
 from __future__ import annotations
@@ -183,49 +190,139 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def bench_loader(overrides: list[str], batches: int) -> None:
-    """Loader throughput alone vs a training step of the configured model, samples/s each."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import torch
+def compose_app_cfg(overrides: list[str]):
+    """The app's config for ``overrides`` (loggers off), as ``python -m attnbench`` composes it."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from attnbench.__main__ import config_dir
-    from attnbench.train import build_task, instantiate
 
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", *overrides])
+        return compose("config", overrides=["logger=none", *overrides])
+
+
+def node_ranks(cfg) -> int:
+    """Training processes per node the config asks for: ``trainer.devices`` when it is a number, else the
+    environment's local ranks (torchrun / SLURM), else 1."""
+    from attnbench.data.base import local_ranks
+
+    devices = cfg.get("trainer", {}).get("devices", None)
+    return int(devices) if isinstance(devices, int) and devices > 0 else local_ranks()
+
+
+def loader_rate(loader, batches: int) -> tuple[float, int]:
+    """Samples/s of ``loader`` over ``batches`` batches after a warm-up batch (worker start-up excluded)."""
+    it = iter(loader)
+    next(it)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            n += len(next(it)[0])
+        except StopIteration:
+            break
+    return n / (time.perf_counter() - t0), n
+
+
+def step_rate(cfg, dm, batch, steps: int, device: str) -> float:
+    """Samples/s of the configured task's training step (forward, loss, backward, AdamW) on ``batch``,
+    after a warm-up step; on CUDA under the config's bf16/fp16 autocast."""
+    import torch
+
+    from attnbench.train import build_task
+
+    _, task = build_task(cfg, dm)
+    task = task.to(device).train()
+    task.log = lambda *a, **k: None  # no trainer attached: logging is a no-op here
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-4)
+    x, y = (t.to(device) for t in batch)
+    precision = str(cfg.get("trainer", {}).get("precision", "32"))
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    autocast = device.startswith("cuda") and "mixed" in precision
+
+    def step(i: int) -> None:
+        with torch.autocast("cuda", dtype=dtype, enabled=autocast):
+            loss = task.training_step((x, y), i)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step(0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i + 1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * len(x) / (time.perf_counter() - t0)
+
+
+def bench_loader(
+    overrides: list[str],
+    batches: int,
+    step_batches: int | None = None,
+    step_batch_size: int | None = None,
+    ranks: int | None = None,
+    device: str = "cpu",
+    step: bool = True,
+) -> dict:
+    """Training loader img/s (all workers measured together, per worker, per node as an estimate) against
+    the configured model's training step img/s (per rank and per node); prints the report, returns it."""
+    from attnbench.train import instantiate
+
+    cfg = compose_app_cfg(overrides)
     dm = instantiate(cfg.data)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    _, task = build_task(cfg, dm)
-    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-4)
-
-    def loader_only() -> float:
-        n, t0 = 0, time.perf_counter()
-        for i, batch in enumerate(loader):
-            n += len(batch[0])
-            if i + 1 >= batches:
-                break
-        return n / (time.perf_counter() - t0)
-
-    batch = next(iter(loader))
-
-    def step_only() -> float:
-        t0 = time.perf_counter()
-        for i in range(batches):
-            loss = task.training_step(batch, i)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return batches * len(batch[0]) / (time.perf_counter() - t0)
-
-    task.log = lambda *a, **k: None  # no trainer attached: logging is a no-op here
-    load_rate, step_rate = loader_only(), step_only()
-    print(
-        f"loader alone: {load_rate:.0f} samples/s   training step alone: {step_rate:.0f} samples/s   "
-        f"ratio loader/step: {load_rate / step_rate:.2f} "
-        f"(> 1: the loader keeps up; num_workers={dm.num_workers})"
-    )
+    workers, ranks = dm.num_workers, ranks or node_ranks(cfg)
+    rate, n = loader_rate(loader, batches)
+    per_worker = rate / max(1, workers)
+    node_workers = max(1, workers) * ranks
+    report = {
+        "decoder": getattr(dm, "decoder", "-"),
+        "auto_augment": getattr(dm, "auto_augment", None),
+        "color_jitter": getattr(dm, "color_jitter", None),
+        "image_size": dm.image_size,
+        "batch_size": dm.batch_size,
+        "num_workers": workers,
+        "local_ranks": ranks,
+        "loader_img_s": rate,
+        "loader_img_s_per_worker": per_worker,
+        "loader_img_s_per_node_estimate": per_worker * node_workers,
+    }
+    who = f"{workers} worker{'s' * (workers != 1)}" if workers else "the main process (num_workers=0)"
+    lines = [
+        f"loader: {n} images in {batches} batches of {dm.batch_size} after a warm-up batch, "
+        f"decoder={report['decoder']}, auto_augment={report['auto_augment']}, "
+        f"color_jitter={report['color_jitter']}, image_size={dm.image_size}",
+        f"  loader img/s, measured with {who}: {rate:.0f}",
+        f"  loader img/s per worker (measured / {max(1, workers)}): {per_worker:.0f}",
+        f"  loader img/s per node, estimate (per worker x {max(1, workers)} worker(s) x {ranks} local "
+        f"rank(s) = {node_workers} cores decoding): {report['loader_img_s_per_node_estimate']:.0f}",
+    ]
+    if step:
+        batch = next(iter(loader))
+        if step_batch_size:
+            batch = [t[:step_batch_size] for t in batch]
+        steps = step_batches or batches
+        srate = step_rate(cfg, dm, batch, steps, device)
+        report.update(
+            step_img_s=srate,
+            step_img_s_per_node=srate * ranks,
+            step_device=device,
+            ratio_loader_step=rate / srate,
+        )
+        lines += [
+            f"  training step img/s per rank ({cfg.model.get('name', '?')}, {device}, batch {len(batch[0])}, "
+            f"{steps} steps): {srate:.1f}",
+            f"  training step img/s per node (x {ranks} local ranks): {srate * ranks:.1f}",
+            f"  ratio loader/step per rank: {rate / srate:.2f}; per node (estimate): "
+            f"{report['loader_img_s_per_node_estimate'] / (srate * ranks):.2f} (> 1: the loader keeps up)",
+            f"  workers per node needed to feed the step: {srate * ranks / per_worker:.2f}",
+        ]
+    print("\n".join(lines), flush=True)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,13 +343,41 @@ def main(argv: list[str] | None = None) -> int:
         metavar="OVERRIDE",
         help="measure data loading alone vs the training step for these config overrides",
     )
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=20, help="--loader: batches timed")
+    parser.add_argument(
+        "--step-batches", type=int, default=None, help="--loader: steps timed (default --batches)"
+    )
+    parser.add_argument(
+        "--step-batch-size", type=int, default=None, help="--loader: step on this many of a batch's images"
+    )
+    parser.add_argument(
+        "--local-ranks", type=int, default=None,
+        help="--loader: training processes per node (default trainer.devices, else the environment's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--make-jpegs", type=Path, default=None, metavar="DIR",
+        help="write a folder of ImageNet-like JPEGs (train/<class>/, val/<class>/) for data.root",
+    )  # fmt: skip
+    parser.add_argument("--n", type=int, default=2000, help="--make-jpegs: training images")
+    parser.add_argument("--classes", type=int, default=10, help="--make-jpegs: class folders")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker))))
         return 0
+    if args.make_jpegs is not None:
+        from attnbench.data.synthetic_jpegs import make_imagenet_like
+
+        info = make_imagenet_like(args.make_jpegs, n=args.n, classes=args.classes)
+        print(
+            f"wrote {info['train']} train + {info['val']} val JPEGs in {info['classes']} classes under "
+            f"{info['root']} (mean {info['mean_kb']:.0f} KB); use data.root={info['root']} "
+            f"data.num_classes={info['classes']}"
+        )
+        return 0
     if args.loader is not None:
-        bench_loader(args.loader, args.batches)
+        bench_loader(
+            args.loader, args.batches, args.step_batches, args.step_batch_size, args.local_ranks, args.device
+        )
         return 0
     families = ["backbone", "image_transformer"] if args.family == "all" else [args.family]
     rows = []

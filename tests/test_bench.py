@@ -60,3 +60,36 @@ def test_measured_flops_scale_as_each_mechanism_should():
     assert g[("local_1d", 16)] == pytest.approx(4.0, rel=0.1)
     assert g[("local_2d", 16)] == pytest.approx(4.0, rel=0.3)
     assert all(r["fwd_bwd_ms"] > 0 and r["peak_mib"] >= 0 for r in rows)
+
+
+def test_loader_mode_reports_per_worker_and_per_node_rates_against_the_step(tmp_path, capsys):
+    import re
+
+    from attnbench.bench import main
+
+    root = tmp_path / "jpegs"
+    assert main(["--make-jpegs", str(root), "--n", "4", "--classes", "2"]) == 0
+    assert "4 train + 2 val JPEGs" in capsys.readouterr().out
+    overrides = [
+        "data=imagenet", f"data.root={root}", "data.num_classes=2", "data.image_size=32", "data.batch_size=2",
+        "data.num_workers=1", "data.decoder=torchvision", "data.auto_augment=rand-m9-mstd0.5-inc1",
+    ]  # fmt: skip
+    argv = ["--loader", *overrides, "--batches", "1", "--step-batches", "1", "--local-ranks", "8"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    fields = {
+        "measured": r"loader img/s, measured with 1 worker: ([\d.]+)",
+        "per_worker": r"loader img/s per worker \(measured / 1\): ([\d.]+)",
+        "per_node": r"loader img/s per node, estimate \(per worker x 1 worker\(s\) x 8 local rank\(s\) = 8 "
+        r"cores decoding\): ([\d.]+)",
+        "step": r"training step img/s per rank \(focalnet_micro, cpu, batch 2, 1 steps\): ([\d.]+)",
+        "step_node": r"training step img/s per node \(x 8 local ranks\): ([\d.]+)",
+        "ratio": r"ratio loader/step per rank: ([\d.]+); per node \(estimate\): ([\d.]+)",
+    }
+    values = {}
+    for key, pattern in fields.items():
+        match = re.search(pattern, out)
+        assert match, f"{key} missing from:\n{out}"
+        values[key] = float(match.group(1))
+    assert all(v > 0 for v in values.values()), values
+    assert values["per_node"] == pytest.approx(8 * values["per_worker"], rel=0.01, abs=1)

@@ -6,6 +6,9 @@ handled: greyscale, CMYK and RGBA images are converted to RGB, files that are no
 loops are not followed, and an image that cannot be decoded (empty, truncated, not an image) is skipped with
 a warning naming it (``data.files``).
 The val split serves as the test split (ImageNet's test labels are not public).
+Decoding: ``data.decoder=pil`` (default) decodes with PIL and augments PIL images;
+``data.decoder=torchvision`` decodes JPEGs with ``torchvision.io`` and augments uint8 tensors with transforms
+v2 (faster; what differs from the PIL path is in ``data.tensor_pipeline``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import os
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from attnbench.data import tensor_pipeline
 from attnbench.data.base import ImageDataModule, require_dir
 from attnbench.data.files import SkipsBrokenImages, folder_id, nonempty, walk_files
+from attnbench.data.tensor_pipeline import check_decoder
 from attnbench.errors import ConfigError
 
 LAYOUT = """  <root>/train/<class name>/<image files>   (one folder per class)
@@ -112,10 +117,15 @@ class ImageFolderDataModule(ImageDataModule):
         interpolation: str = "bicubic",
         re_prob: float = 0.0,
         re_mode: str = "pixel",
+        decoder: str = "pil",
+        decode_device: str = "cpu",
         **kwargs,
     ):
         """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
-        ``train/`` is neither required nor scanned."""
+        ``train/`` is neither required nor scanned. ``decoder``: ``pil`` (PIL + timm / torchvision
+        transforms on PIL images) or ``torchvision`` (``torchvision.io`` JPEG decoding + transforms v2 on
+        uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` is refused as not implemented."""
+        check_decoder(decoder, decode_device)
         super().__init__(**kwargs)
         root = require_dir(self.root, name, LAYOUT)
         classes = {}
@@ -146,16 +156,21 @@ class ImageFolderDataModule(ImageDataModule):
         self.training = bool(training)
         self.auto_augment, self.color_jitter, self.interpolation = auto_augment, color_jitter, interpolation
         self.re_prob, self.re_mode = float(re_prob), re_mode  # read by the task (erasing after normalising)
+        self.decoder, self.decode_device = decoder, decode_device
+        if decoder == "torchvision":  # refuse what the tensor path cannot do now, not in a worker later
+            tensor_pipeline.train_transform(self.image_size, auto_augment, color_jitter, interpolation)
 
     def _folder(self, split: str, transform) -> datasets.ImageFolder:
-        return SafeImageFolder(str(self.root_path / split), transform=transform, loader=load_rgb)
+        loader = tensor_pipeline.read_rgb_tensor if self.decoder == "torchvision" else load_rgb
+        return SafeImageFolder(str(self.root_path / split), transform=transform, loader=loader)
 
     def setup(self, stage: str | None = None) -> None:
+        tensors = self.decoder == "torchvision"
         if self.val_set is None:
-            self.val_set = self._folder("val", eval_transform(self.image_size, self.crop_pct))
+            make_eval = tensor_pipeline.eval_transform if tensors else eval_transform
+            self.val_set = self._folder("val", make_eval(self.image_size, self.crop_pct))
             self.test_set = self.val_set
         if self.train_set is None and self.training and stage in (None, "fit"):
-            transform = train_transform(
-                self.image_size, self.auto_augment, self.color_jitter, self.interpolation
-            )
+            make_train = tensor_pipeline.train_transform if tensors else train_transform
+            transform = make_train(self.image_size, self.auto_augment, self.color_jitter, self.interpolation)
             self.train_set = self._folder("train", transform)
