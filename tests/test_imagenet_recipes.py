@@ -101,3 +101,18 @@ def test_model_ema_is_evaluated_checkpointed_and_chosen_for_the_test(tmp_path):
         net.weight.add_(1.0)
     averaged.update(net, step=5)
     torch.testing.assert_close(averaged.module.weight, 0.5 * before + 0.5 * net.weight.detach())
+
+
+def test_paper_randaugment_posterizes_to_black_at_full_magnitude_instead_of_failing():
+    from PIL import Image
+
+    from attnbench.data.imagefolder import train_transform
+
+    recipe = train_transform(32, auto_augment="rand-m9-mstd0.5-inc1")
+    ra = next(t for t in recipe.transforms if hasattr(t, "ops"))
+    post = next(op for op in ra.ops if "Posterize" in op.name)
+    post.prob, post.magnitude, post.magnitude_std = 1.0, 10, 0  # inc1 at magnitude 10: keep 0 bits
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert post(img).getextrema() == ((0, 0), (0, 0), (0, 0))
+    post.magnitude = 5  # 2 bits: Pillow's own posterize
+    assert post(img).getpixel((0, 0)) == (192, 64, 0)

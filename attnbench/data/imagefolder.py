@@ -64,6 +64,27 @@ class SafeImageFolder(SkipsBrokenImages, datasets.ImageFolder):
         return self.load_robust(index, super().__getitem__, lambda j: self.samples[j][0])
 
 
+def _posterize(img, bits_to_keep, **_):
+    """timm's Posterize, also for 0 bits: a black image, as older Pillow and the TF reference gave (Pillow now
+    refuses ``bits=0``, which RandAugment's ``inc1`` Posterize asks for at magnitude 10: the image would be
+    reported unreadable and skipped)."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def keep_zero_bit_posterize(recipe) -> None:
+    """Give the Posterize ops of a timm RandAugment/AutoAugment in ``recipe`` the 0-bit case (``_posterize``)."""
+    for t in getattr(recipe, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if "Posterize" in str(getattr(op, "name", "")):
+                op.aug_fn = _posterize
+
+
 def train_transform(
     size: int,
     auto_augment: str | None = None,
@@ -81,6 +102,7 @@ def train_transform(
             size, is_training=True, auto_augment=auto_augment or None, color_jitter=color_jitter or 0.0,
             interpolation=interpolation, re_prob=0.0, normalize=False,
         )  # fmt: skip
+        keep_zero_bit_posterize(recipe)
         # unnormalised timm transforms end in uint8 tensors: to float in [0, 1] like every other pipeline
         return transforms.Compose([*recipe.transforms, transforms.ConvertImageDtype(torch.float32)])
     return transforms.Compose(
