@@ -98,3 +98,14 @@ def test_gan_test_samples_follow_the_data_set(tmp_path):
     cfg = compose_cfg(["model=sagan", "data=cifar10", f"data.root={root}", "data.val_size=5"], tmp_path)
     assert cfg.model.task.test_samples == 50_000  # the papers' 50k on CIFAR/ImageNet-sized data
     instantiate(cfg.data)  # the data module accepts the fact
+
+
+def test_sagan_imagenet128_runs_on_cpu_as_a_smoke_test(tmp_path):
+    from test_data_ondisk import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "imnet")
+    overrides = ["experiment=sagan_imagenet128", f"data.root={root}", "data.num_classes=2",
+                 "data.image_size=32", "model.attn_res_g=16", "model.attn_res_d=16", *SMALL_GAN,
+                 "model.task.max_g_steps=2"]  # fmt: skip
+    metrics = run_cfg(compose_cfg(overrides, tmp_path / "run"))
+    assert metrics["status"] == "ok" and metrics["test/fid_n_real"] == 10  # every (un-augmented) train image

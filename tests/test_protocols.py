@@ -163,3 +163,29 @@ def test_the_papers_augmentation_composes_through_timm(tmp_path):
     assert not any(type(t).__name__ in ("Normalize", "RandomErasing") for t in steps)  # both on-device
     x, _ = dm.train_set[0]
     assert x.shape == (3, 32, 32) and 0 <= x.min() and x.max() <= 1
+
+
+def test_gans_train_on_whole_unaugmented_imagenet_images_and_fid_reads_the_whole_train_split(tmp_path):
+    import torch
+    from PIL import Image
+    from test_data_ondisk import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "imnet")
+    wide = Image.new("RGB", (64, 32), (255, 0, 0))
+    wide.paste((0, 0, 255), (16, 0, 48, 32))  # a blue centre square between red side bands
+    wide.save(root / "train" / "cat" / "wide.png")
+    cfg = compose_cfg(["model=sagan", "data=imagenet", f"data.root={root}", "data.num_classes=2",
+                       "data.image_size=16", "data.num_workers=0"], tmp_path)  # fmt: skip
+    assert cfg.data.augment is False
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    index = next(i for i, (p, _) in enumerate(dm.train_set.samples) if p.endswith("wide.png"))
+    x1, x2 = dm.train_set[index][0], dm.train_set[index][0]
+    assert torch.equal(x1, x2)  # deterministic: no random crop or flip
+    assert x1.shape == (3, 16, 16) and x1[2].min() > 0.9 and x1[0].max() < 0.1  # the centre square only
+    ref = torch.cat([x for x, _ in dm.reference_dataloader("train")])
+    assert len(ref) == len(dm.train_set) == 11  # every training image, once
+    assert len(torch.cat([x for x, _ in dm.reference_dataloader("val")])) == 10
+    classifier = compose_cfg(["model=focalnet", "data=imagenet", f"data.root={root}", "data.num_classes=2"],
+                             tmp_path)  # fmt: skip
+    assert classifier.data.augment is True  # the task family decides

@@ -78,7 +78,8 @@ def _posterize(img, bits_to_keep, **_):
 
 
 def keep_zero_bit_posterize(recipe) -> None:
-    """Give the Posterize ops of a timm RandAugment/AutoAugment in ``recipe`` the 0-bit case (``_posterize``)."""
+    """Give the Posterize ops of a timm RandAugment/AutoAugment in ``recipe`` the 0-bit case
+    (``_posterize``)."""
     for t in getattr(recipe, "transforms", []):
         for op in getattr(t, "ops", []):
             if "Posterize" in str(getattr(op, "name", "")):
@@ -141,12 +142,16 @@ class ImageFolderDataModule(ImageDataModule):
         re_mode: str = "pixel",
         decoder: str = "pil",
         decode_device: str = "cpu",
+        augment: bool = True,
         **kwargs,
     ):
         """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
         ``train/`` is neither required nor scanned. ``decoder``: ``pil`` (PIL + timm / torchvision
         transforms on PIL images) or ``torchvision`` (``torchvision.io`` JPEG decoding + transforms v2 on
-        uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` is refused as not implemented."""
+        uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` is refused as not implemented.
+        ``augment=false`` (generative models: ``model.train_augment``): training images are the whole image,
+        centre-cropped along its long edge and resized to ``image_size`` (BigGAN/SAGAN's ImageNet input), with
+        no random crop, flip or augmentation."""
         check_decoder(decoder, decode_device)
         super().__init__(**kwargs)
         root = require_dir(self.root, name, LAYOUT)
@@ -179,6 +184,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.auto_augment, self.color_jitter, self.interpolation = auto_augment, color_jitter, interpolation
         self.re_prob, self.re_mode = float(re_prob), re_mode  # read by the task (erasing after normalising)
         self.decoder, self.decode_device = decoder, decode_device
+        self.augment = bool(augment)
         if decoder == "torchvision":  # refuse what the tensor path cannot do now, not in a worker later
             tensor_pipeline.train_transform(self.image_size, auto_augment, color_jitter, interpolation)
 
@@ -193,6 +199,29 @@ class ImageFolderDataModule(ImageDataModule):
             self.val_set = self._folder("val", make_eval(self.image_size, self.crop_pct))
             self.test_set = self.val_set
         if self.train_set is None and self.training and stage in (None, "fit"):
-            make_train = tensor_pipeline.train_transform if tensors else train_transform
-            transform = make_train(self.image_size, self.auto_augment, self.color_jitter, self.interpolation)
+            if self.augment:
+                make_train = tensor_pipeline.train_transform if tensors else train_transform
+                transform = make_train(
+                    self.image_size, self.auto_augment, self.color_jitter, self.interpolation
+                )
+            else:
+                transform = self._whole_image_transform()
             self.train_set = self._folder("train", transform)
+
+    def _whole_image_transform(self):
+        """The un-augmented training input: shorter side to ``image_size``, centre crop (crop_pct 1)."""
+        make_eval = tensor_pipeline.eval_transform if self.decoder == "torchvision" else eval_transform
+        return make_eval(self.image_size, 1.0)
+
+    def reference_dataloader(self, split: str):
+        """The FID reference images (GANs): ``train`` is the whole training split, un-augmented (centre crop
+        of the long edge), in file order; ``val`` / ``test`` the validation images (ImageNet's test labels
+        are not public: the val split serves as both)."""
+        if split == "train":
+            if not self.training:
+                raise ConfigError("model.task.fid_reference=train needs the train/ split (train=true)")
+            return self._loader(self._folder("train", self._whole_image_transform()), shuffle=False)
+        if split in ("val", "test"):
+            self.setup("test")
+            return self._loader(self.val_set, shuffle=False)
+        raise ConfigError(f"model.task.fid_reference={split!r}: expected train, val or test")
