@@ -62,7 +62,7 @@ def test_karpathy_loader_restval_filepaths_and_skipped_entries(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="attnbench"):
         dm = coco_module(tmp_path)
     assert "skipped 1 image(s) without sentences" in caplog.text
-    names = {split: [p.name for p, _ in items] for split, items in dm.splits.items()}
+    names = {split: [it.path.name for it in items] for split, items in dm.splits.items()}
     assert names == {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"], "test": ["d.jpg"]}  # restval joined train
     assert dm.splits["train"][1][0] == tmp_path / "val2014" / "b.jpg"  # COCO's filepath is used
     # vocabulary from the training captions only (restval included): "car", "small" are unknown
@@ -83,7 +83,7 @@ def test_karpathy_loader_restval_filepaths_and_skipped_entries(tmp_path, caplog)
 def test_karpathy_restval_can_stay_out_and_min_frequency_applies(tmp_path):
     write_coco(tmp_path, COLOURS)
     dm = coco_module(tmp_path, restval_to_train=False, min_word_freq=2)
-    assert [p.name for p, _ in dm.splits["train"]] == ["a.jpg"]
+    assert [it.path.name for it in dm.splits["train"]] == ["a.jpg"]
     assert dm.model_kwargs()["vocab"] == ["<pad>", "<start>", "<end>", "<unk>", "a", "bus"]
 
 
