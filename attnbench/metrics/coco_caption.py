@@ -66,8 +66,17 @@ def coco_scorer_missing() -> list[str]:
     return missing
 
 
+def fallback_warning(why: str) -> str:
+    return (
+        f"caption evaluation: {why}, so the test captions are scored on whitespace tokens without METEOR "
+        "(BLEU, ROUGE-L and CIDEr-D only; test/caption_tokenizer=whitespace in metrics.json). For the COCO "
+        "protocol (PTB tokeniser + METEOR) install pycocoevalcap and a Java runtime"
+    )
+
+
 def check_tokenizer(name: str) -> None:
-    """ConfigError for an unknown protocol, or for ``ptb`` on a machine that cannot run it."""
+    """ConfigError for an unknown protocol, or for ``ptb`` on a machine that cannot run it; with ``auto``
+    on such a machine, the (one) warning that the test will be scored without METEOR, said up front."""
     if name not in TOKENIZERS:
         raise ConfigError(f"model.task.caption_tokenizer={name!r}; expected one of {', '.join(TOKENIZERS)}")
     missing = coco_scorer_missing()
@@ -77,6 +86,8 @@ def check_tokenizer(name: str) -> None:
             f"{' and '.join(missing)}; install it, or use caption_tokenizer=auto (falls back to whitespace "
             "tokens without METEOR)"
         )
+    if name == "auto" and missing:
+        warn_once(fallback_warning(f"no {' and no '.join(missing)}"))
 
 
 def warn_once(message: str) -> None:
@@ -190,11 +201,7 @@ def score_corpus(
     used, why = _resolve(tokenizer)
     notes = []
     if why:
-        warn_once(
-            f"caption evaluation: {why}, so the test captions are scored on whitespace tokens without "
-            "METEOR (BLEU, ROUGE-L and CIDEr-D only; test/caption_tokenizer=whitespace in metrics.json). "
-            "For the COCO protocol (PTB tokeniser + METEOR) install pycocoevalcap and a Java runtime"
-        )
+        warn_once(fallback_warning(why))
         notes.append(f"{why}: whitespace tokens, no METEOR")
     started = time.perf_counter()
     ids = [int(r["image_id"]) for r in records]
