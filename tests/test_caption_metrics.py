@@ -295,3 +295,48 @@ def test_caption_files_are_in_coco_results_format(tmp_path):
         "references": ["A dog."],
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test_captions.json", "test_captions_detail.json"]
+
+
+def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from attnbench.metrics.coco_caption import CaptionCorpus
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        records = coco_records()
+        mine = records[rank::world] + (records[:1] if rank == 1 else [])  # rank 1 ends with a padding repeat
+        corpus = CaptionCorpus()
+        corpus.update(
+            [r["image_id"] for r in mine],
+            [r["hyp"] for r in mine],
+            [r["refs"] for r in mine],
+            [r["refs_raw"] for r in mine],
+            [r["score"] for r in mine],
+        )
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(corpus.compute(), f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # spawns 2 processes
+def test_caption_corpus_gathers_uneven_records_across_real_processes(tmp_path):
+    """torch.distributed (gloo, 2 processes) with record tensors of different lengths on each process:
+    every process gets the whole test set, each image once."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    expected = json.loads(json.dumps(sorted(coco_records(), key=lambda r: r["image_id"])))
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
