@@ -258,12 +258,20 @@ class CaptioningTask(BaseTask):
         trainer = self.trainer
         scores: dict[str, float] = {}
         protocol: dict[str, Any] = {}
+        failure, error = "", None
         if trainer.is_global_zero:
-            scores, protocol = score_corpus(records, self.hparams.caption_tokenizer)
+            try:
+                scores, protocol = score_corpus(records, self.hparams.caption_tokenizer)
+            except Exception as err:  # noqa: BLE001 - every process must reach the broadcast, then all raise
+                failure, error = f"{type(err).__name__}: {err}", err
             protocol["test/beam_size"] = int(self.hparams.beam_size)
-            if trainer.default_root_dir and not trainer.sanity_checking:
-                write_caption_files(trainer.default_root_dir, records, self.hparams.beam_size)
-        scores, protocol = trainer.strategy.broadcast((scores, protocol), src=0)
+        scores, protocol, failure = trainer.strategy.broadcast((scores, protocol, failure), src=0)
+        if error is not None:
+            raise error
+        if failure:
+            raise RuntimeError(f"scoring the test captions failed on global rank 0: {failure}")
+        if trainer.is_global_zero and trainer.default_root_dir:
+            write_caption_files(trainer.default_root_dir, records, self.hparams.beam_size)
         self.protocol = dict(protocol)
         self.log("test/loss", self.test_loss.compute())
         for name, value in scores.items():
