@@ -77,7 +77,20 @@ def _report_failure(message: str, cfg: DictConfig) -> None:
     _failed_jobs.append(str(cfg.paths.get("output_dir", "?")))
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def multirun_flag_first(argv: list[str]) -> list[str]:
+    """``argv`` with Hydra's ``-m`` / ``--multirun`` moved before the overrides: Hydra's argument parser takes
+    the overrides as one positional list, so ``a=1 -m b=2,3`` (the flag between overrides) would otherwise
+    be refused with "unrecognized arguments"."""
+    if not any(a in MULTIRUN_FLAGS for a in argv[1:]):
+        return argv
+    return [argv[0], "--multirun", *(a for a in argv[1:] if a not in MULTIRUN_FLAGS)]
+
+
 def main() -> None:
+    sys.argv = multirun_flag_first(sys.argv)
     app()
     exit_with_failures()
 

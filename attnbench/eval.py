@@ -42,8 +42,9 @@ def app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from attnbench.__main__ import exit_with_failures
+    from attnbench.__main__ import exit_with_failures, multirun_flag_first
 
+    sys.argv = multirun_flag_first(sys.argv)
     app()
     exit_with_failures()
 

@@ -2,10 +2,11 @@
 
 Reads each ``metrics.json`` (and the run's ``.hydra/overrides.yaml``), groups runs that differ only in
 ``seed``, and reports mean ± the 95 % confidence interval over seeds (t-distribution) of every numeric
-metric; ``--baseline key=value`` adds each configuration's difference from that one with its interval and
-Welch's t-test. Prints the table, writes ``report.md``,
-``report.csv`` and PNG plots into DIR (or ``--out``). Failed runs are listed; unfinished runs are counted.
-Works on a sweep that is still running or partly failed.
+metric, with one column per setting that differs between the configurations (e.g. ``model.task.beam_size``
+of a beam-size sweep); ``--baseline key=value`` adds each configuration's difference from that one with
+its interval and Welch's t-test. Prints the table, writes ``report.md``, ``report.csv`` and PNG plots into
+DIR (or ``--out``). Failed runs are listed; unfinished runs are counted. Works on a sweep that is still
+running or partly failed.
 
     python -m attnbench.report outputs/train/multiruns/2026-11-22_10-00-00 [--out DIR] [--metric test/acc]
         [--baseline mixer=window_attention] [--wandb]
@@ -35,6 +36,7 @@ SHOWN = (
     "test/is_real",
     "test/bpd",
     "test/bleu4",
+    "test/meteor",
     "test/cider",
     "test/attn_grounding",
     "params",
@@ -264,9 +266,29 @@ def fmt(ms: tuple[float, float, int] | None) -> str:
     return num(mean) if n == 1 or math.isnan(spread) else f"{num(mean)} ± {num(spread)}"
 
 
-def table(groups: list[Group], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["configuration", "runs", *metrics]
-    rows = [[g.key, str(len(g.runs)), *(fmt(g.mean_ci(m)) for m in metrics)] for g in groups]
+def group_settings(group: Group, shared: set[str]) -> dict[str, str]:
+    """``{key: value}`` of the overrides that set this configuration apart (its runs share them)."""
+    own = group.runs[0].settings - shared if group.runs else set()
+    return dict(o.lstrip("+~").partition("=")[::2] for o in own)
+
+
+def varying_keys(groups: list[Group], shared: set[str]) -> list[str]:
+    """Override keys whose value differs between configurations (sorted): one table column each."""
+    per_group = [group_settings(g, shared) for g in groups]
+    keys = sorted({k for s in per_group for k in s})
+    return [k for k in keys if len({s.get(k) for s in per_group}) > 1] if len(groups) > 1 else []
+
+
+def table(
+    groups: list[Group], metrics: list[str], shared: set[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    keys = varying_keys(groups, shared or set())
+    header = ["configuration", *keys, "runs", *metrics]
+    rows = []
+    for g in groups:
+        own = group_settings(g, shared or set())
+        settings = [own.get(k, "–") for k in keys]
+        rows.append([g.key, *settings, str(len(g.runs)), *(fmt(g.mean_ci(m)) for m in metrics)])
     return header, rows
 
 
@@ -392,7 +414,9 @@ def build_report(
         groups.sort(
             key=lambda g: (g.mean_std(main) or (-math.inf if reverse else math.inf, 0, 0))[0], reverse=reverse
         )
-    header, rows = table(groups, metrics)
+    shared = shared_settings(runs)
+    keys = varying_keys(groups, shared)
+    header, rows = table(groups, metrics, shared)
     compared: list[str] = []
     if baseline and main:  # checked before anything is written
         base, comparisons = compare_to_baseline(groups, baseline, main)
@@ -401,9 +425,10 @@ def build_report(
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         columns = [c for m in metrics for c in (f"{m} mean", f"{m} std", f"{m} ci95")]
-        writer.writerow(["configuration", "runs", *columns])
+        writer.writerow(["configuration", *keys, "runs", *columns])
         for g in groups:
-            row: list[Any] = [g.key, len(g.runs)]
+            own = group_settings(g, shared)
+            row: list[Any] = [g.key, *(own.get(k, "") for k in keys), len(g.runs)]
             for m in metrics:
                 ms, ci = g.mean_std(m), g.mean_ci(m)
                 row += [ms[0], ms[1], "" if math.isnan(ci[1]) else ci[1]] if ms and ci else ["", "", ""]

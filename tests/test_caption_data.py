@@ -32,13 +32,41 @@ def write_coco(root, colours: dict[str, int]) -> None:
         ("train", "train2014", "e.jpg", []),  # no sentences: skipped
     ]
     images = []
-    for split, folder, name, texts in entries:
+    for imgid, (split, folder, name, texts) in enumerate(entries):
         (root / folder).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (20, 12), (colours[name],) * 3).save(root / folder / name, quality=100)
         images.append(
-            {"split": split, "filepath": folder, "filename": name, "sentences": [sentence(t) for t in texts]}
+            {
+                "split": split,
+                "filepath": folder,
+                "filename": name,
+                "sentences": [sentence(t) for t in texts],
+                "imgid": imgid,
+                "cocoid": 1000 + 7 * imgid,  # COCO's own ids are not positions
+            }
         )
     (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+
+
+FLICKR_TEXTS = ["a dog runs on the grass", "a brown dog is running", "two people walk on a beach",
+                "a man rides a bike", "a child plays in the snow", "a woman reads a book"]  # fmt: skip
+
+
+def write_flickr8k(root, n_train: int = 4, n_val: int = 2, n_test: int = 2) -> None:
+    """A tiny Flickr8k-style Karpathy file (``imgid``, no ``cocoid``, all images in images/)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images = []
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    for i, split in enumerate(splits):
+        name = f"{1000 + i}_{i:04x}.jpg"
+        Image.new("RGB", (24, 16), (30 * i % 255, 80, 160)).save(root / "images" / name, quality=95)
+        texts = [FLICKR_TEXTS[(i + k) % len(FLICKR_TEXTS)] for k in range(3)]
+        images.append(
+            {"split": split, "filename": name, "imgid": i, "sentences": [sentence(t) for t in texts]}
+        )
+    (root / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
 
 
 COLOURS = {"a.jpg": 40, "b.jpg": 90, "c.jpg": 140, "d.jpg": 200, "e.jpg": 250}
@@ -62,7 +90,7 @@ def test_karpathy_loader_restval_filepaths_and_skipped_entries(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="attnbench"):
         dm = coco_module(tmp_path)
     assert "skipped 1 image(s) without sentences" in caplog.text
-    names = {split: [p.name for p, _ in items] for split, items in dm.splits.items()}
+    names = {split: [it.path.name for it in items] for split, items in dm.splits.items()}
     assert names == {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"], "test": ["d.jpg"]}  # restval joined train
     assert dm.splits["train"][1][0] == tmp_path / "val2014" / "b.jpg"  # COCO's filepath is used
     # vocabulary from the training captions only (restval included): "car", "small" are unknown
@@ -83,7 +111,7 @@ def test_karpathy_loader_restval_filepaths_and_skipped_entries(tmp_path, caplog)
 def test_karpathy_restval_can_stay_out_and_min_frequency_applies(tmp_path):
     write_coco(tmp_path, COLOURS)
     dm = coco_module(tmp_path, restval_to_train=False, min_word_freq=2)
-    assert [p.name for p, _ in dm.splits["train"]] == ["a.jpg"]
+    assert [it.path.name for it in dm.splits["train"]] == ["a.jpg"]
     assert dm.model_kwargs()["vocab"] == ["<pad>", "<start>", "<end>", "<unk>", "a", "bus"]
 
 
@@ -142,3 +170,42 @@ def test_digit_canvases_are_captioned_with_the_digits_they_show():
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, 8, 32) and y["labels"].shape == (4, 4) and y["captions"][:, 0].eq(1).all()
     assert np.isclose(float(x.max()), 1.0, atol=0.1)
+
+
+def test_image_ids_come_from_the_karpathy_file_and_batches_carry_raw_references(tmp_path):
+    write_coco(tmp_path / "coco", COLOURS)
+    dm = coco_module(tmp_path / "coco")
+    assert [it.image_id for it in dm.splits["test"]] == [1021]  # d.jpg: cocoid 1000 + 7 * 3
+    dm.setup("test")
+    x, y = next(iter(dm.test_dataloader()))
+    assert y["image_id"].tolist() == [1021] and y["file_name"] == ["d.jpg"]
+    assert y["refs_raw"] == [["A dog.", "A small dog.", "One dog."]]  # the raw sentences, for PTB tokens
+    write_flickr8k(tmp_path / "flickr")
+    flickr = KarpathyCaptionsDataModule(
+        dataset="flickr8k", root=str(tmp_path / "flickr"), image_dir="images", image_size=8, min_word_freq=1
+    )
+    assert [it.image_id for it in flickr.splits["test"]] == [6, 7]  # imgid (Flickr has no cocoid)
+    meta = json.loads((tmp_path / "flickr" / "dataset_flickr8k.json").read_text())
+    for entry in meta["images"]:
+        del entry["imgid"]
+    meta["images"][7]["imgid"] = 6  # ids repeat: numbered by position instead, with a warning
+    (tmp_path / "flickr" / "dataset_flickr8k.json").write_text(json.dumps(meta))
+    again = KarpathyCaptionsDataModule(dataset="flickr8k", root=str(tmp_path / "flickr"), image_dir="images")
+    assert [it.image_id for it in again.splits["test"]] == [6, 7]
+    meta["images"][7]["imgid"] = 42
+    (tmp_path / "flickr" / "dataset_flickr8k.json").write_text(json.dumps(meta))
+    unique = KarpathyCaptionsDataModule(dataset="flickr8k", root=str(tmp_path / "flickr"), image_dir="images")
+    assert [it.image_id for it in unique.splits["test"]] == [6, 42]  # entry 6 has no id: its position
+    dc = DigitCaptionsDataModule(image_size=8, test_size=5)
+    dc.setup("test")
+    _, y = dc.test_set[3]
+    assert int(y["image_id"]) == 3 and y["refs_raw"] == [" ".join(y["refs"][0])]
+
+
+def test_vocabulary_keeps_the_most_frequent_words_up_to_max_words(tmp_path):
+    write_coco(tmp_path, COLOURS)
+    # training words: a x5, road x2, bus x2, dog, on x2, red: the 3 most frequent (ties alphabetical)
+    dm = coco_module(tmp_path, max_words=3)
+    assert dm.model_kwargs()["vocab"] == ["<pad>", "<start>", "<end>", "<unk>", "a", "bus", "on"]
+    with pytest.raises(ConfigError, match="data.max_words=0"):
+        coco_module(tmp_path, max_words=0)

@@ -4,11 +4,14 @@ beam search (batched = per image, exact on a tiny vocabulary, no <end>), and tra
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 
 import pytest
 import torch
 
 from attnbench.mechanisms.additive_attention import AdditiveAttention, doubly_stochastic_penalty
+from attnbench.metrics.bleu import CorpusBLEU
 from attnbench.models.show_attend_tell import ShowAttendTell
 from attnbench.tasks.captioning import CaptioningTask
 
@@ -114,18 +117,37 @@ def make_task(net, **kw) -> CaptioningTask:
     return CaptioningTask(net, mean=[0.0], std=[1.0], **kw)
 
 
-def test_task_loss_is_word_cross_entropy_plus_lambda_times_doubly_stochastic_term():
-    net = tiny_model().float()
-    task = make_task(net, alpha_c=0.7)
+def test_task_loss_weights_the_doubly_stochastic_term_as_eq_14():
+    """Eq. 14: per caption the summed NLL + λ Σ_i (1 − Σ_t α_ti)², here divided by the batch's word count
+    (= the batch mean of eq. 14 divided by the mean caption length). Hand computation: uniform logits over
+    V = 14 words (NLL log 14 per word), captions of 3 and 2 words (with <end>), 2 locations."""
+    import math
+
+    task = make_task(tiny_model().float(), alpha_c=0.7)
     captions = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
-    out = net(torch.rand(2, 1, 8, 32), captions)
+    alphas = torch.tensor(
+        [
+            [[0.5, 0.5], [1.0, 0.0], [0.0, 1.0], [0.3, 0.7]],  # sums over the 3 real steps: [1.5, 1.5]
+            [[0.2, 0.8], [0.6, 0.4], [0.9, 0.1], [0.9, 0.1]],  # over 2 steps: [0.8, 1.2]
+        ]
+    )
+    out = {"logits": torch.zeros(2, 4, len(DIGIT_VOCAB)), "alphas": alphas}
     terms = task.losses(out, captions)
+    p0, p1 = 0.5**2 + 0.5**2, 0.2**2 + 0.2**2  # 0.5 and 0.08
+    eq14 = ((3 * math.log(14) + 0.7 * p0) + (2 * math.log(14) + 0.7 * p1)) / 2  # batch mean of eq. 14
+    assert terms["ce"].item() == pytest.approx(math.log(14), rel=1e-6)  # per word, as val/loss
+    assert terms["doubly_stochastic"].item() == pytest.approx(0.7 * (p0 + p1) / 5, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(eq14 / (5 / 2), rel=1e-6)
+    assert terms["loss_per_caption"].item() == pytest.approx(eq14, rel=1e-6)
+    # not the per-word CE + λ · mean penalty, which weights the penalty 2.5 times more here
+    assert terms["loss"].item() != pytest.approx(math.log(14) + 0.7 * (p0 + p1) / 2, rel=1e-3)
+    net = tiny_model().float()
+    real = net(torch.rand(2, 1, 8, 32), captions)
+    real_terms = make_task(net, alpha_c=1.0).losses(real, captions)
     mask = captions[:, 1:] != 0
-    ce = torch.nn.functional.cross_entropy(out["logits"][mask], captions[:, 1:][mask])
-    reg = 0.7 * ((1 - (out["alphas"] * mask[..., None]).sum(1)) ** 2).sum(-1).mean()
-    assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
-    assert terms["doubly_stochastic"].item() == pytest.approx(reg.item(), rel=1e-5)
-    assert terms["loss"].item() == pytest.approx((ce + reg).item(), rel=1e-5)
+    nll = torch.nn.functional.cross_entropy(real["logits"][mask], captions[:, 1:][mask], reduction="sum")
+    penalty = ((1 - (real["alphas"] * mask[..., None]).sum(1)) ** 2).sum()
+    assert real_terms["loss_per_caption"].item() == pytest.approx(((nll + penalty) / 2).item(), rel=1e-5)
 
 
 def test_hard_attention_reinforce_terms_and_moving_average_baseline():
@@ -152,7 +174,7 @@ def test_hard_attention_reinforce_terms_and_moving_average_baseline():
     # the doubly stochastic term of hard attention has its own lambda (alpha_c applies to soft attention)
     assert "doubly_stochastic" not in make_task(net, alpha_c=1.0).losses(out, captions, use_expected)
     with_reg = make_task(net, alpha_c=0.0, alpha_c_hard=0.5).losses(out, captions, use_expected)
-    penalty = doubly_stochastic_penalty(out["alphas"], captions[:, 1:] != 0).mean()
+    penalty = doubly_stochastic_penalty(out["alphas"], captions[:, 1:] != 0).sum() / n_words  # eq. 14
     assert with_reg["doubly_stochastic"].item() == pytest.approx(0.5 * penalty.item(), rel=1e-5)
 
 
@@ -318,6 +340,145 @@ def test_torchvision_trunk_loads_local_weights_and_stays_frozen(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match="bad.pth"):
         ShowAttendTell(DIGIT_VOCAB, encoder="resnet18", encoder_weights=str(tmp_path / "bad.pth"))
+
+
+def test_vgg19_trunk_is_conv5_4_before_the_last_pool_a_14x14x512_grid_at_224_px(tmp_path):
+    """The paper's annotation vectors: VGG-19's conv5_4 (+ ReLU), before the 5th max-pool, at 224 x 224:
+    196 vectors of 512, taken as they are (no adaptive pooling). Weights from a local state dict of a
+    randomly initialised VGG-19 (its convolutional part; the classifier head may be absent)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg19(weights=None).eval()
+    state = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
+    torch.save(state, tmp_path / "vgg19.pth")
+    net = ShowAttendTell(
+        DIGIT_VOCAB, encoder="vgg19", encoder_weights=str(tmp_path / "vgg19.pth"), embed_dim=8, hidden_dim=8
+    )
+    assert isinstance(net.pool, torch.nn.Identity) and net.feat_dim == 512
+    layers = list(net.encoder)
+    convs = [m for m in layers if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 16 and sum(isinstance(m, torch.nn.MaxPool2d) for m in layers) == 4
+    assert isinstance(layers[-1], torch.nn.ReLU) and layers[-2] is convs[-1]  # ends at conv5_4 + ReLU
+    assert isinstance(reference.features[len(layers)], torch.nn.MaxPool2d)  # the pool that is left out
+    images = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        feats, grid = net.encode(images)
+        expected = reference.features[: len(layers)](images)
+    assert grid == (14, 14) and feats.shape == (1, 196, 512)
+    assert torch.allclose(feats, expected.flatten(2).transpose(1, 2), atol=1e-5)
+
+
+def test_optimizer_choice_builds_rmsprop_and_adam_with_their_arguments():
+    from types import SimpleNamespace
+
+    from attnbench.errors import ConfigError
+
+    for name, kwargs, cls in (
+        ("rmsprop", {"alpha": 0.95, "momentum": 0.9, "centered": True, "eps": 1e-2}, torch.optim.RMSprop),
+        ("adam", None, torch.optim.Adam),
+    ):
+        task = make_task(tiny_model().float(), optimizer=name, optimizer_kwargs=kwargs, lr=1e-4,
+                         warmup_epochs=0, min_lr_ratio=1.0)  # fmt: skip
+        task._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
+        built = task.configure_optimizers()
+        opt = built["optimizer"]
+        assert type(opt) is cls and opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+        for key, value in (kwargs or {}).items():
+            assert opt.param_groups[0][key] == value
+        sched = built["lr_scheduler"]["scheduler"]
+        for _ in range(5):
+            opt.step()
+            sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # constant: no warmup, no decay
+    with pytest.raises(ConfigError, match="model.task.optimizer='sgd'"):
+        make_task(tiny_model().float(), optimizer="sgd")
+
+
+# ------------------------------------------------------------------------------------------- test outputs
+QUICK = [
+    "model=show_attend_tell",
+    "data=digit_captions",
+    "seed=0",
+    "trainer.max_epochs=1",
+    "data.train_size=64",
+    "data.val_size=16",
+    "data.test_size=21",
+    "model.hidden_dim=32",
+    "model.embed_dim=16",
+    "model.attn_dim=16",
+    "model.task.beam_size=2",
+]
+
+
+def quick_captioning_run(folder, *extra) -> dict:
+    from conftest import compose_cfg, run_cfg
+
+    return run_cfg(compose_cfg([*QUICK, *extra], folder))
+
+
+@pytest.mark.slow  # ~20 s on 2 busy cores (METEOR's Java start and 4 PTB tokeniser runs)
+@pytest.mark.skipif(shutil.which("java") is None, reason="the COCO protocol needs a Java runtime")
+def test_test_captions_are_written_in_coco_format_and_scored_as_pycocoevalcap_scores_them(tmp_path):
+    pytest.importorskip("pycocoevalcap")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    metrics = quick_captioning_run(tmp_path)
+    assert metrics["status"] == "ok" and metrics["test/caption_tokenizer"] == "ptb"
+    assert metrics["test/beam_size"] == 2 and "test/caption_note" not in metrics
+    results = json.loads((tmp_path / "test_captions.json").read_text())
+    assert [r["image_id"] for r in results] == list(range(21))  # the canvases' indices, each once
+    assert all(set(r) == {"image_id", "caption"} and isinstance(r["caption"], str) for r in results)
+    detail = json.loads((tmp_path / "test_captions_detail.json").read_text())
+    assert [d["caption"] for d in detail] == [r["caption"] for r in results]
+    assert all(d["beam_size"] == 2 and d["log_prob"] <= 0 and len(d["references"]) == 1 for d in detail)
+    from attnbench.data.digit_captions import DigitCaptionsDataModule
+
+    data = DigitCaptionsDataModule(image_size=8, test_size=21)
+    data.setup("test")
+    assert detail[5]["references"] == [" ".join(data.test_set[5][1]["refs"][0])]
+    # the COCO evaluation, run by pycocoevalcap itself on the files the run wrote
+    tok = PTBTokenizer()
+    gts = tok.tokenize({d["image_id"]: [{"caption": c} for c in d["references"]] for d in detail})
+    res = tok.tokenize({r["image_id"]: [{"caption": r["caption"]}] for r in results})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    expected = {f"test/bleu{n + 1}": b for n, b in enumerate(bleu)}
+    import attnbench.metrics.coco_caption as coco
+
+    meteor = coco._meteor or Meteor()  # the run's METEOR process (one Java start), else a new one
+    expected["test/meteor"] = meteor.compute_score(gts, res)[0]
+    expected["test/rouge_l"] = Rouge().compute_score(gts, res)[0]
+    expected["test/cider"] = Cider().compute_score(gts, res)[0]
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(float(value), rel=1e-6, abs=1e-7), key  # logged as float32
+
+
+def test_without_java_the_run_reports_bleu_rouge_cider_and_records_the_whitespace_protocol(
+    tmp_path, monkeypatch, caplog
+):
+    import attnbench.metrics.coco_caption as coco
+
+    monkeypatch.setattr(coco.shutil, "which", lambda name: None)
+    monkeypatch.setattr(coco, "_warned", set())
+    with caplog.at_level("WARNING", logger="attnbench"):
+        metrics = quick_captioning_run(tmp_path)
+    assert metrics["status"] == "ok" and metrics["test/caption_tokenizer"] == "whitespace"
+    assert "Java runtime" in metrics["test/caption_note"] and caplog.text.count("no a Java runtime") == 1
+    assert "test/meteor" not in metrics
+    assert {f"test/bleu{n}" for n in range(1, 5)} | {"test/rouge_l", "test/cider"} <= set(metrics)
+    recorded = json.loads((tmp_path / "metrics.json").read_text())
+    assert recorded["test/caption_tokenizer"] == "whitespace"
+    results = json.loads((tmp_path / "test_captions.json").read_text())
+    hyps = [r["caption"].split() for r in results]
+    detail = json.loads((tmp_path / "test_captions_detail.json").read_text())
+    refs = [[c.split() for c in d["references"]] for d in detail]
+    bleu = CorpusBLEU()
+    bleu.update(hyps, refs)
+    assert metrics["test/bleu4"] == pytest.approx(bleu.compute()[3].item(), rel=1e-6, abs=1e-7)
 
 
 def test_figures_show_each_generated_word_with_its_attention_map():

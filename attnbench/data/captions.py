@@ -2,13 +2,18 @@
 
 Batches are ``(x, y)``: x float ``[B, C, H, W]`` in [0, 1] (not normalised) and y a dict with
 ``captions`` ``LongTensor[B, T+1]`` (``<start> w1 .. wn <end> <pad>..``: a random reference per training
-image, the first one for validation/test), and ``refs`` (for each image the list of all its reference
-captions as token lists: what BLEU/CIDEr compare against). Data sets with object boxes add ``labels`` and
-``boxes`` (see :mod:`attnbench.data.digit_captions`).
+image, the first one for validation/test), ``refs`` (for each image the list of all its reference
+captions as token lists: what validation BLEU compares against), ``refs_raw`` (the same references as the
+original sentences: what the COCO evaluation's PTB tokeniser reads at test time) and ``image_id``
+(``LongTensor[B]``: the ids of ``test_captions.json``). Data sets with object boxes add ``labels`` and
+``boxes`` (see :mod:`attnbench.data.digit_captions`); Karpathy sets add ``file_name`` (list of str).
 
 ``data=coco|flickr8k|flickr30k`` read the Karpathy split file ``dataset_<name>.json`` (``images[]`` with
-``split`` in train/restval/val/test, ``filename``, COCO's ``filepath``, ``sentences[].tokens``/``raw``)
-and the images under ``data.root``. The vocabulary comes from the training captions.
+``split`` in train/restval/val/test, ``filename``, COCO's ``filepath`` and ``cocoid``, ``imgid``,
+``sentences[].tokens``/``raw``) and the images under ``data.root``. The image id of an entry is its
+``cocoid`` (COCO: the id of the COCO annotation files and evaluation server), else its ``imgid``
+(Flickr8k/30k: the entry's index in Karpathy's file), else its position in ``images[]``. The vocabulary
+comes from the training captions.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -43,10 +48,14 @@ class Vocabulary:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def from_captions(cls, captions: Iterable[Sequence[str]], min_freq: int = 1) -> Vocabulary:
-        """Words seen at least ``min_freq`` times, most frequent first (ties alphabetical)."""
+    def from_captions(
+        cls, captions: Iterable[Sequence[str]], min_freq: int = 1, max_words: int | None = None
+    ) -> Vocabulary:
+        """Words seen at least ``min_freq`` times, most frequent first (ties alphabetical), at most
+        ``max_words`` of them (the four special tokens come on top)."""
         counts = Counter(w for c in captions for w in c)
-        return cls(w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq)
+        ranked = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
+        return cls(ranked[:max_words] if max_words else ranked)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -62,16 +71,18 @@ class Vocabulary:
 def collate_captions(
     samples: list[tuple[torch.Tensor, dict[str, Any]]],
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Stack images, pad captions with ``<pad>`` (id 0), keep references as lists, stack other tensors."""
+    """Stack images, pad captions with ``<pad>`` (id 0), stack the other tensors, keep everything else
+    (references, file names) as lists."""
     x = torch.stack([s[0] for s in samples])
     ys = [s[1] for s in samples]
     y: dict[str, Any] = {
         "captions": pad_sequence([d["caption"] for d in ys], batch_first=True, padding_value=0),
-        "refs": [d["refs"] for d in ys],
     }
     for key in ys[0]:
-        if key not in ("caption", "refs"):
-            y[key] = torch.stack([d[key] for d in ys])
+        if key == "caption":
+            continue
+        values = [d[key] for d in ys]
+        y[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return x, y
 
 
@@ -125,11 +136,29 @@ def layout(dataset: str, json_name: str, image_dir: str) -> str:
     )
 
 
+class CaptionedImage(NamedTuple):
+    """One entry of a Karpathy split file: its image, reference token lists, id and raw sentences."""
+
+    path: Path
+    sentences: list[list[str]]
+    image_id: int
+    raw: list[str]
+
+
+def image_id_of(img: dict, position: int) -> int:
+    """``cocoid`` (COCO), else ``imgid`` (Karpathy's index, Flickr8k/30k), else the position in the file."""
+    for key in ("cocoid", "imgid"):
+        if isinstance(img.get(key), int) and not isinstance(img.get(key), bool):
+            return int(img[key])
+    return position
+
+
 def read_karpathy(
-    json_path: Path, image_root: Path, restval_to_train: bool = True
-) -> tuple[dict[str, list[tuple[Path, list[list[str]]]]], int]:
-    """Parse a Karpathy split file: ``{split: [(image path, [token lists])]}`` and the number of images
-    skipped because they have no sentences. ``restval`` joins ``train`` when ``restval_to_train``."""
+    json_path: Path, image_root: Path, restval_to_train: bool = True, ids_from_position: bool = False
+) -> tuple[dict[str, list[CaptionedImage]], int]:
+    """Parse a Karpathy split file: ``{split: [CaptionedImage]}`` and the number of images skipped because
+    they have no sentences. ``restval`` joins ``train`` when ``restval_to_train``. Image ids as
+    :func:`image_id_of`, or the position in ``images[]`` with ``ids_from_position``."""
     with open(json_path) as f:
         meta = json.load(f)
     if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
@@ -138,9 +167,11 @@ def read_karpathy(
         )
     splits: dict[str, list] = {"train": [], "restval": [], "val": [], "test": []}
     skipped = 0
-    for img in meta["images"]:
-        sentences = [tokens_of(s) for s in img.get("sentences") or []]
-        sentences = [s for s in sentences if s]
+    for position, img in enumerate(meta["images"]):
+        pairs = [(tokens_of(s), s) for s in img.get("sentences") or []]
+        pairs = [(t, s) for t, s in pairs if t]
+        sentences = [t for t, _ in pairs]
+        raw = [str(s.get("raw") or " ".join(t)) for t, s in pairs]
         if not sentences:
             skipped += 1
             continue
@@ -151,18 +182,20 @@ def read_karpathy(
                 "expected train, restval, val or test"
             )
         path = image_root / img.get("filepath", "") / img["filename"]
-        splits[split].append((path, sentences))
+        image_id = position if ids_from_position else image_id_of(img, position)
+        splits[split].append(CaptionedImage(path, sentences, image_id, raw))
     if restval_to_train:
         splits["train"] += splits.pop("restval")
     return splits, skipped
 
 
 class KarpathyImages(SkipsBrokenImages, Dataset):
-    """Images with their captions: ``(x float[3, S, S] in [0, 1], {caption, refs})``."""
+    """Images with their captions: ``(x float[3, S, S] in [0, 1], {caption, refs, refs_raw, image_id,
+    file_name})``."""
 
     def __init__(
         self,
-        items: list[tuple[Path, list[list[str]]]],
+        items: list[CaptionedImage],
         vocab: Vocabulary,
         image_size: int,
         train: bool,
@@ -181,12 +214,18 @@ class KarpathyImages(SkipsBrokenImages, Dataset):
         import numpy as np
         from PIL import Image
 
-        path, sentences = self.items[i]
-        with Image.open(path) as im:
+        item = self.items[i]
+        with Image.open(item.path) as im:
             im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        chosen = random.randrange(len(sentences)) if self.train else 0
-        return x, {"caption": self.vocab.encode(sentences[chosen], self.max_caption_len), "refs": sentences}
+        chosen = random.randrange(len(item.sentences)) if self.train else 0
+        return x, {
+            "caption": self.vocab.encode(item.sentences[chosen], self.max_caption_len),
+            "refs": item.sentences,
+            "refs_raw": item.raw,
+            "image_id": torch.tensor(item.image_id, dtype=torch.long),
+            "file_name": item.path.name,
+        }
 
 
 class KarpathyCaptionsDataModule(CaptionDataModule):
@@ -197,6 +236,8 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
         json_file: the split file, relative to ``root`` (default ``dataset_<dataset>.json``).
         image_dir: the image folder, relative to ``root`` (COCO adds each image's ``filepath``).
         min_word_freq: words seen fewer times in the training captions become ``<unk>``.
+        max_words: keep at most this many of the most frequent training words (null: all that pass
+            ``min_word_freq``); e.g. the fixed 10,000-word vocabulary of Show, Attend and Tell.
         max_caption_len: training captions are cut to this many words.
         restval_to_train: the ``restval`` images join the training split.
     """
@@ -207,6 +248,7 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
         json_file: str | None = None,
         image_dir: str = "",
         min_word_freq: int = 5,
+        max_words: int | None = None,
         max_caption_len: int | None = 50,
         restval_to_train: bool = True,
         **kwargs,
@@ -228,6 +270,15 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
                 f"data={dataset}: image folder {image_root} does not exist; expected:\n{expected}"
             )
         self.splits, self.skipped = read_karpathy(json_path, image_root, restval_to_train)
+        ids = [it.image_id for v in self.splits.values() for it in v]
+        if len(set(ids)) != len(ids):
+            log.warning(
+                "data=%s: %s lists an image id (cocoid/imgid) more than once; images are numbered by their "
+                "position in the file instead (test_captions.json uses these numbers)",
+                dataset,
+                json_path,
+            )
+            self.splits, _ = read_karpathy(json_path, image_root, restval_to_train, ids_from_position=True)
         if self.skipped:
             log.warning(
                 "data=%s: skipped %d image(s) without sentences in %s", dataset, self.skipped, json_path
@@ -237,8 +288,10 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
         self.check_facts(dataset, channels=3)
         self._check_images(dataset, expected)
         self.dataset, self.max_caption_len = dataset, max_caption_len
+        if max_words is not None and (not isinstance(max_words, int) or max_words < 1):
+            raise ConfigError(f"data.max_words={max_words!r}: expected a positive integer or null")
         self.vocab = Vocabulary.from_captions(
-            (s for _, ss in self.splits["train"] for s in ss), min_word_freq
+            (s for item in self.splits["train"] for s in item.sentences), min_word_freq, max_words
         )
         self.channels = 3
         log.info(
@@ -253,17 +306,17 @@ class KarpathyCaptionsDataModule(CaptionDataModule):
         """Every listed image exists (one stat per file, before training starts): refuse the data set when
         none do (a wrong root), else drop the missing ones with a warning naming them."""
         total = sum(len(v) for v in self.splits.values())
-        missing = {k: [it for it in v if not it[0].is_file()] for k, v in self.splits.items()}
+        missing = {k: [it for it in v if not it.path.is_file()] for k, v in self.splits.items()}
         n_missing = sum(len(v) for v in missing.values())
         if not n_missing:
             return
-        example = next(it[0] for v in missing.values() for it in v)
+        example = next(it.path for v in missing.values() for it in v)
         if n_missing == total or len(missing["train"]) == len(self.splits["train"]):
             raise ConfigError(
                 f"data={dataset}: {n_missing} of the {total} images listed in the split file do not exist "
                 f"(e.g. {example}); expected:\n{expected}"
             )
-        shown = ", ".join(str(it[0]) for v in missing.values() for it in v[:3])
+        shown = ", ".join(str(it.path) for v in missing.values() for it in v[:3])
         log.warning(
             "data=%s: %d listed image(s) do not exist and are left out: %s", dataset, n_missing, shown
         )

@@ -52,7 +52,8 @@ def compose(
 
 
 class DigitCanvases(Dataset):
-    """Canvases and captions: ``(x [1, S, W], {caption, refs, labels [M], boxes [M, 4]})``.
+    """Canvases and captions: ``(x [1, S, W], {caption, refs, refs_raw, image_id, labels [M], boxes [M, 4]})``
+    (``image_id``: the canvas' index ``i``).
 
     ``fixed_seed=None`` composes a new random canvas at every access (training; uses torch's RNG, so runs
     are reproducible under a seed); otherwise canvas i is always the same.
@@ -81,7 +82,14 @@ class DigitCanvases(Dataset):
         rng = np.random.default_rng(seed)
         x, lab, box = compose(self.images, self.labels, self.pool, rng, self.min_digits, self.max_digits)
         words = [DIGIT_WORDS[int(c)] for c in lab if c >= 0]
-        return x, {"caption": self.vocab.encode(words), "refs": [words], "labels": lab, "boxes": box}
+        return x, {
+            "caption": self.vocab.encode(words),
+            "refs": [words],
+            "refs_raw": [" ".join(words)],
+            "image_id": torch.tensor(i, dtype=torch.long),  # the canvas' index in its split
+            "labels": lab,
+            "boxes": box,
+        }
 
 
 class DigitCaptionsDataModule(CaptionDataModule):

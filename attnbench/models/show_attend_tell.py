@@ -102,8 +102,12 @@ def _load_local_weights(net: nn.Module, path: str, head_prefixes: tuple[str, ...
 def torchvision_trunk(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
     """The convolutional trunk of a torchvision ResNet/VGG (no pooling/classifier) and its channel count.
 
-    ResNets end after ``layer4`` (stride 32); VGGs after the last conv block without its max-pool (stride 16,
-    the paper's 14x14x512 conv5_4 grid at 224x224).
+    VGGs end after the ReLU of their last convolution, before the last max-pool (``features[:-1]``): for
+    ``vgg19`` that is conv5_4, stride 16, the paper's 14 x 14 x 512 grid at 224 x 224 input (Sec. 4.3), used
+    as is with ``encoder_grid=None``. ResNets end after ``layer4`` (stride 32, 2048 channels for
+    ResNet-50/101/152): 7 x 7 at 224 px, 8 x 8 at 256 px; ``encoder_grid=14`` then resamples that grid *up*
+    by adaptive average pooling (each output cell averages 1-2 neighbouring cells per axis), a common
+    re-implementation choice that is not the paper's grid.
     """
     import torchvision
 
@@ -126,7 +130,8 @@ class ShowAttendTell(nn.Module):
         encoder: ``digits_cnn`` or a torchvision trunk name (``resnet101``, ``vgg19``, ...).
         encoder_weights: a local torchvision state-dict file for the trunk (never downloaded).
         fine_tune_encoder: train the torchvision trunk too (else it is frozen and kept in eval mode).
-        encoder_grid: adaptive-average-pool the feature map to this many cells per side (None: keep).
+        encoder_grid: adaptive-average-pool the feature map to this many cells per side (None: keep; the
+            paper's VGG-19 grid at 224 px is 14 x 14 without it, see :func:`torchvision_trunk`).
         in_channels: image channels (digits_cnn only).
         cnn_channels, cnn_pools: conv widths and number of 2x2 poolings of the digits CNN (see DigitsCNN).
         embed_dim, hidden_dim, attn_dim: sizes of E, the LSTM state and the attention MLP.

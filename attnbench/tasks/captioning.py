@@ -1,13 +1,23 @@
 """Image captioning (Show, Attend and Tell, Xu et al. 2015): training objectives, decoding and metrics.
 
-Training (Sec. 4): teacher-forced cross-entropy per word plus the doubly stochastic regularisation
-λ Σ_i (1 − Σ_t α_ti)² (eq. 14). Hard attention (Sec. 4.1) adds REINFORCE on the sampled locations with
-reward log p(y | s, a), a moving-average baseline (b ← 0.9 b + 0.1 log p(y | s, a)), an entropy bonus on the
-attention distributions, and per image a 0.5 chance of using the expected context instead of a sample.
+Training (Sec. 4): the objective of eq. 14, per caption its *summed* word negative log-likelihood plus the
+doubly stochastic regularisation λ Σ_i (1 − Σ_t α_ti)², summed over the batch and divided by the batch's
+number of words (so ``train/ce`` stays the per-word cross-entropy and the learning rate and gradient
+clipping keep their per-word scale, while the penalty keeps the paper's weight relative to the NLL: a
+per-word CE + λ·penalty would weight it ~caption-length times more). Hard attention (Sec. 4.1) adds
+REINFORCE on the sampled locations with reward log p(y | s, a), a moving-average baseline
+(b ← 0.9 b + 0.1 log p(y | s, a)), an entropy bonus on the attention distributions, and per image a 0.5
+chance of using the expected context instead of a sample (the same per-word normalisation).
 
-Evaluation: ``val/loss`` and ``test/loss`` (teacher forced), captions by beam search (``val_beam_size`` for
-``val/bleu4``, ``beam_size`` for the test metrics) scored against all references: ``test/bleu1..4``,
-``test/cider``, and with object boxes in the batch (``data=digit_captions``) ``test/attn_grounding``.
+Evaluation: ``val/loss`` and ``test/loss`` (teacher-forced cross-entropy per word), captions by beam search.
+Validation: ``val/bleu4`` (``val_beam_size``, the data set's own tokens; what early stopping and the
+checkpoint watch). Test (``beam_size``): the test captions of all processes are gathered
+(:class:`attnbench.metrics.coco_caption.CaptionCorpus`) and scored once with the COCO evaluation,
+``test/bleu1..4``, ``test/meteor``, ``test/rouge_l``, ``test/cider`` (``caption_tokenizer``: PTB tokens, or
+whitespace tokens without METEOR where Java/pycocoevalcap are missing; ``test/caption_tokenizer`` in
+``metrics.json`` says which); global rank 0 writes ``test_captions.json`` (COCO results format) and
+``test_captions_detail.json`` into the run folder. With object boxes in the batch (``data=digit_captions``)
+also ``test/attn_grounding``.
 """
 
 from __future__ import annotations
@@ -21,11 +31,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from attnbench.errors import ConfigError
 from attnbench.mechanisms.additive_attention import doubly_stochastic_penalty
 from attnbench.metrics.bleu import CorpusBLEU
-from attnbench.metrics.cider import CIDErD
+from attnbench.metrics.coco_caption import CaptionCorpus, check_tokenizer, score_corpus, write_caption_files
 from attnbench.metrics.grounding import AttentionGrounding
 from attnbench.tasks.base import BaseTask
+from attnbench.tasks.optim import param_groups, warmup_cosine
+
+OPTIMIZERS = ("adamw", "adam", "rmsprop")
 
 
 class CaptioningTask(BaseTask):
@@ -35,7 +49,8 @@ class CaptioningTask(BaseTask):
         net: the captioner (``net.vocab``, ``net.mixer``, ``net(images, captions)``,
             ``net.beam_search``).
         mean, std: per-channel normalisation applied on-device to images in [0, 1].
-        alpha_c: λ of the doubly stochastic regularisation with soft attention (Sec. 4.2.1).
+        alpha_c: λ of the doubly stochastic regularisation with soft attention (Sec. 4.2.1), weighted as in
+            eq. 14 against the caption's summed NLL (1 in the authors' arctic-captions release).
         alpha_c_hard: the same λ with hard attention (the paper introduces the term for soft attention; on
             digit_captions any λ > 0 kept hard attention at uniform weights).
         reinforce_weight, entropy_weight: λ_r and λ_e of the hard-attention objective.
@@ -43,8 +58,13 @@ class CaptioningTask(BaseTask):
         expected_prob: hard attention: per-image chance of using the expected context (0.5 in the paper).
         beam_size, val_beam_size, max_len, length_norm: decoding for test / validation (1 = greedy).
         object_words: word of each object class (index = class), for ``attn_grounding``; None: no grounding.
+        caption_tokenizer: test evaluation protocol, ``auto`` | ``ptb`` | ``whitespace`` (see
+            :mod:`attnbench.metrics.coco_caption`); ``ptb`` refuses to start where it cannot run.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         n_figures: images in the caption/attention figure.
+        optimizer: ``adamw`` (default) | ``adam`` | ``rmsprop`` (torch's, with ``optimizer_kwargs``, e.g.
+            ``{alpha: 0.95, momentum: 0.9, centered: true}``); the schedule is the shared warmup + cosine
+            (``warmup_epochs=0, min_lr_ratio=1``: a constant learning rate).
     """
 
     def __init__(
@@ -63,6 +83,7 @@ class CaptioningTask(BaseTask):
         max_len: int = 20,
         length_norm: float = 0.0,
         object_words: list[str] | None = None,
+        caption_tokenizer: str = "auto",
         grad_clip: float | None = 5.0,
         n_figures: int = 4,
         lr: float = 1e-3,
@@ -72,7 +93,12 @@ class CaptioningTask(BaseTask):
         min_lr_ratio: float = 0.01,
         compile: bool = False,
         channels_last: bool = False,
+        optimizer: str = "adamw",
+        optimizer_kwargs: dict[str, Any] | None = None,
     ):
+        check_tokenizer(caption_tokenizer)
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"model.task.optimizer={optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the run config instead
         self.register_buffer(
@@ -85,8 +111,10 @@ class CaptioningTask(BaseTask):
         self.vocab: list[str] = list(net.vocab)
         self.pad_id = net.pad_id
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_bleu, self.test_bleu = CorpusBLEU(4), CorpusBLEU(4)
-        self.test_cider = CIDErD()
+        self.val_bleu = CorpusBLEU(4)
+        self.test_corpus = CaptionCorpus()  # scored once over all processes in on_test_epoch_end
+        self.protocol: dict[str, Any] = {}  # string fields for metrics.json (train.py reads them)
+        self._unnamed_images = 0
         words = {w: i for i, w in enumerate(object_words or [])}
         self.val_grounding, self.test_grounding = AttentionGrounding(words), AttentionGrounding(words)
 
@@ -107,14 +135,26 @@ class CaptioningTask(BaseTask):
     def losses(
         self, out: dict[str, torch.Tensor], captions: torch.Tensor, use_expected: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """The terms of the objective (all to be minimised) and their total under ``loss``."""
+        """The terms of the objective (all to be minimised), their total under ``loss``, and
+        ``loss_per_caption`` (not optimised; for logs): the same total per caption instead of per word.
+
+        With B captions holding W words in all (``<end>`` included), per caption b the NLL_b = Σ_t −log p(y_t)
+        and the penalty P_b = Σ_i (1 − Σ_t α_ti)²::
+
+            ce                = Σ_b NLL_b / W
+            doubly_stochastic = λ Σ_b P_b / W
+            loss              = ce + doubly_stochastic (+ the hard-attention terms, also divided by W)
+                              = (W / B)⁻¹ · mean_b (NLL_b + λ P_b)        (eq. 14, batch mean)
+            loss_per_caption  = loss · W / B
+        """
         hp = self.hparams
         ce, mask = self.word_losses(out["logits"], captions)
         n_words = mask.sum().clamp_min(1)
         terms = {"ce": ce.sum() / n_words}
         lam = {"soft": hp.alpha_c, "hard": hp.alpha_c_hard}.get(self.net.mixer, 0.0)
         if lam:
-            terms["doubly_stochastic"] = lam * doubly_stochastic_penalty(out["alphas"], mask).mean()
+            penalty = doubly_stochastic_penalty(out["alphas"], mask)  # [B]
+            terms["doubly_stochastic"] = lam * penalty.sum() / n_words
         if "log_probs" in out and self.training:
             reward = -ce.sum(1).detach()  # log p(y | s, a) per caption
             if torch.isnan(self.baseline):
@@ -127,6 +167,7 @@ class CaptioningTask(BaseTask):
             d = hp.baseline_decay
             self.baseline.mul_(d).add_((1 - d) * reward.mean())
         terms["loss"] = sum(terms.values())
+        terms["loss_per_caption"] = terms["loss"].detach() * n_words / max(1, len(captions))
         return terms
 
     def words(self, tokens: torch.Tensor) -> list[list[str]]:
@@ -178,9 +219,17 @@ class CaptioningTask(BaseTask):
         beam = self.hparams.val_beam_size if split == "val" else self.hparams.beam_size
         result = self.caption(x, beam)
         hyps = self.words(result["tokens"])
-        (self.val_bleu if split == "val" else self.test_bleu).update(hyps, y["refs"])
-        if split == "test":
-            self.test_cider.update(hyps, y["refs"])
+        if split == "val":
+            self.val_bleu.update(hyps, y["refs"])
+        else:
+            refs_raw = y.get("refs_raw") or [[" ".join(r) for r in rs] for rs in y["refs"]]
+            ids = y.get("image_id")
+            if ids is None:  # a data set without ids: numbered in test order (one process only)
+                ids = list(range(self._unnamed_images, self._unnamed_images + len(hyps)))
+                self._unnamed_images += len(hyps)
+            names = y.get("file_name")
+            extra = [{"file_name": str(n)} for n in names] if names else None
+            self.test_corpus.update(ids, hyps, y["refs"], refs_raw, result["scores"], extra)
         if "boxes" in y and self.val_grounding.word_labels:
             grounding = self.val_grounding if split == "val" else self.test_grounding
             grid = tuple(int(v) for v in result["grid"])
@@ -203,15 +252,50 @@ class CaptioningTask(BaseTask):
             m.reset()
 
     def on_test_epoch_end(self) -> None:
-        bleu = self.test_bleu.compute()
+        """Score the gathered test captions once (on global rank 0, which also writes the caption files),
+        broadcast the numbers, and log them on every process."""
+        records = self.test_corpus.compute()  # collective: every process takes part
+        trainer = self.trainer
+        scores: dict[str, float] = {}
+        protocol: dict[str, Any] = {}
+        failure, error = "", None
+        if trainer.is_global_zero:
+            try:
+                scores, protocol = score_corpus(records, self.hparams.caption_tokenizer)
+            except Exception as err:  # noqa: BLE001 - every process must reach the broadcast, then all raise
+                failure, error = f"{type(err).__name__}: {err}", err
+            protocol["test/beam_size"] = int(self.hparams.beam_size)
+        scores, protocol, failure = trainer.strategy.broadcast((scores, protocol, failure), src=0)
+        if error is not None:
+            raise error
+        if failure:
+            raise RuntimeError(f"scoring the test captions failed on global rank 0: {failure}")
+        if trainer.is_global_zero and trainer.default_root_dir:
+            write_caption_files(trainer.default_root_dir, records, self.hparams.beam_size)
+        self.protocol = dict(protocol)
         self.log("test/loss", self.test_loss.compute())
-        for k in range(4):
-            self.log(f"test/bleu{k + 1}", bleu[k].float())
-        self.log("test/cider", self.test_cider.compute().float())
+        for name, value in scores.items():
+            self.log(name, float(value))
         if self.test_grounding.total > 0:
             self.log("test/attn_grounding", self.test_grounding.compute().float())
-        for m in (self.test_loss, self.test_bleu, self.test_cider, self.test_grounding):
+        for m in (self.test_loss, self.test_corpus, self.test_grounding):
             m.reset()
+        self._unnamed_images = 0
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "adamw":
+            return super().configure_optimizers()
+        groups = param_groups(self.net, hp.weight_decay)
+        extra = dict(hp.optimizer_kwargs or {})
+        if hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=self.peak_lr(), betas=tuple(hp.betas), **extra)
+        else:
+            optimizer = torch.optim.RMSprop(groups, lr=self.peak_lr(), **extra)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.hparams.grad_clip:
