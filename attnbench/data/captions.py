@@ -31,7 +31,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from attnbench.data.base import ImageDataModule, require_dir
+from attnbench.data.base import ImageDataModule, evaluation_sampler, require_dir
 from attnbench.data.files import SkipsBrokenImages
 from attnbench.errors import ConfigError
 
@@ -104,10 +104,12 @@ class CaptionDataModule(ImageDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         self.resolve_workers()
+        sampler = None if shuffle or getattr(self, "_whole_splits", False) else evaluation_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,  # under DDP: every caption evaluated once (no padding repeats)
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
