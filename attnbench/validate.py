@@ -65,3 +65,27 @@ def validate_config(cfg: DictConfig) -> None:
                 f"checkpoint of this model){alternative}; testing random weights would record a "
                 "meaningless result"
             )
+
+    _validate_gan_evaluation(cfg)
+
+
+def _validate_gan_evaluation(cfg: DictConfig) -> None:
+    """``train=false`` on an ImageFolder data set reads ``val/`` alone: a GAN can then neither take its FID
+    reference from ``train/`` nor train its domain scorer there; say so before the test loop runs."""
+    task = (cfg.get("model") or {}).get("task") or {}
+    data = cfg.get("data") or {}
+    if cfg.get("train", True) or not str(task.get("_target_", "")).endswith("GANTask"):
+        return
+    if not str(data.get("_target_", "")).endswith("ImageFolderDataModule"):
+        return
+    if task.get("fid_reference", "train") == "train":
+        raise ConfigError(
+            "model.task.fid_reference=train: evaluating (train=false) reads val/ alone, so the FID reference "
+            "cannot come from train/; use model.task.fid_reference=val"
+        )
+    if not task.get("inception_weights"):
+        raise ConfigError(
+            "train=false without metrics.inception_weights: the domain scorer that would stand in for "
+            "Inception trains on train/, which evaluation does not read; give "
+            "metrics.inception_weights=/path/pt_inception-2015-12-05-6726825d.pth"
+        )

@@ -54,12 +54,14 @@ def test_sagan_imagenet128_holds_the_paper_architecture():
 def test_sagan_cifar10_runs_on_cpu_and_stops_after_max_g_steps(tmp_path):
     root = write_cifar10(tmp_path / "cifar", n_train=20)
     overrides = ["experiment=sagan_cifar10", f"data.root={root}", "data.val_size=5", *SMALL_GAN,
-                 "model.task.max_g_steps=3", "model.task.n_dis=2"]  # fmt: skip
+                 "model.task.max_g_steps=1", "model.task.n_dis=2"]  # fmt: skip
     metrics = run_cfg(compose_cfg(overrides, tmp_path / "run"))
     assert metrics["status"] == "ok" and metrics["run/variant"] == "self_attention"
     assert metrics["test/fid_n_real"] == 20  # the whole training set (validation images included)
+    assert metrics["test/kid_n_real"] == 20  # KID on all of them: fewer than test_samples
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["gan_steps"] == {"d": 6, "g": 3}  # stopped after 3 G updates (with 2 D steps each)
+    # stopped within the first epoch (4 batches) after 1 G update (with 2 D steps)
+    assert ckpt["gan_steps"] == {"d": 2, "g": 1}
 
 
 def test_max_g_steps_must_be_positive():
@@ -106,6 +108,9 @@ def test_sagan_imagenet128_runs_on_cpu_as_a_smoke_test(tmp_path):
     root = make_imagefolder(tmp_path / "imnet")
     overrides = ["experiment=sagan_imagenet128", f"data.root={root}", "data.num_classes=2",
                  "data.image_size=32", "model.attn_res_g=16", "model.attn_res_d=16", *SMALL_GAN,
-                 "model.task.max_g_steps=2"]  # fmt: skip
+                 "model.task.max_g_steps=2", "model.task.test_samples=4"]  # fmt: skip
     metrics = run_cfg(compose_cfg(overrides, tmp_path / "run"))
     assert metrics["status"] == "ok" and metrics["test/fid_n_real"] == 10  # every (un-augmented) train image
+    assert metrics["data/crop_pct"] == 1.0  # whole images in every split
+    # KID keeps a seeded random subset of about test_samples (4) of the 10 reference images; FID all of them
+    assert 0 < metrics["test/kid_n_real"] < 10

@@ -189,3 +189,33 @@ def test_gans_train_on_whole_unaugmented_imagenet_images_and_fid_reads_the_whole
     classifier = compose_cfg(["model=focalnet", "data=imagenet", f"data.root={root}", "data.num_classes=2"],
                              tmp_path)  # fmt: skip
     assert classifier.data.augment is True  # the task family decides
+
+
+def test_gan_evaluation_on_imagenet_is_refused_early_when_it_would_need_train(tmp_path):
+    from test_data_ondisk import make_imagefolder
+
+    from attnbench.validate import validate_config
+
+    root = make_imagefolder(tmp_path / "imnet")
+    base = ["model=sagan", "data=imagenet", f"data.root={root}", "data.num_classes=2", "train=false",
+            f"ckpt_path={tmp_path / 'x.ckpt'}"]  # fmt: skip
+    with pytest.raises(ConfigError, match="use model.task.fid_reference=val"):
+        validate_config(compose_cfg(base, tmp_path))
+    with pytest.raises(ConfigError, match="metrics.inception_weights="):
+        validate_config(compose_cfg([*base, "model.task.fid_reference=val"], tmp_path))
+    validate_config(compose_cfg([*base, "model.task.fid_reference=val", "metrics.inception_weights=/w.pth"],
+                                tmp_path))  # fmt: skip
+
+
+def test_an_evaluation_split_smaller_than_the_process_count_is_a_config_error(monkeypatch):
+    import torch.distributed as dist
+
+    from attnbench.data.base import evaluation_sampler
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    with pytest.raises(ConfigError, match="3 images cannot be shared by 4 processes"):
+        evaluation_sampler(list(range(3)))
+    sampler = evaluation_sampler(list(range(10)))  # 10 over 4: shares 3, 3, 2, 2 (no repeats)
+    assert list(sampler) == [0, 4, 8]

@@ -75,13 +75,13 @@ def test_ddp_test_accuracy_equals_single_process_on_same_checkpoint(tmp_path):
 
 
 def test_ddp_evaluation_of_an_odd_sized_val_split_scores_each_image_once(tmp_path):
-    """15 validation images on 2 processes: the default DistributedSampler would pad with a repeated image
-    (16 scored); the shares are 8 and 7 images (2 and 1 batches of 7), and top-1/top-5/loss equal one
-    process's evaluation of the same checkpoint."""
+    """35 validation images (7 classes) on 2 processes: the default DistributedSampler would pad with a
+    repeated image (36 scored); the shares are 18 and 17 images, and top-1/top-5/loss equal one process's
+    evaluation of the same checkpoint."""
     from test_data_ondisk import make_imagefolder
 
-    root = make_imagefolder(tmp_path / "imnet", classes=("a", "b", "c"))
-    data = ["data=imagenet", f"data.root={root}", "data.num_classes=3", "data.num_workers=0",
+    root = make_imagefolder(tmp_path / "imnet", classes=tuple("abcdefg"))
+    data = ["data=imagenet", f"data.root={root}", "data.num_classes=7", "data.num_workers=0",
             "data.image_size=16"]  # fmt: skip
     train = cli(*TINY, *data, "data.batch_size=5", "trainer=cpu", f"hydra.run.dir={tmp_path / 'train'}")
     assert train.returncode == 0, train.stderr[-2000:]
@@ -94,7 +94,8 @@ def test_ddp_evaluation_of_an_odd_sized_val_split_scores_each_image_once(tmp_pat
     a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
     for key in ("test/acc", "test/acc_top5"):
         assert a[key] == pytest.approx(b[key], abs=1e-7)
-        assert round(a[key] * 15) == pytest.approx(a[key] * 15, abs=1e-4)  # a count out of 15 images
+        assert round(a[key] * 35) == pytest.approx(a[key] * 35, abs=1e-4)  # a count out of 35 images
+    assert a["test/acc_top5"] < 1.0  # top-5 of 7 classes: not trivially 1
     assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
 
 

@@ -57,6 +57,11 @@ def evaluation_sampler(dataset: Dataset):
         return None
     from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 
+    if len(dataset) < dist.get_world_size():
+        raise ConfigError(
+            f"an evaluation split of {len(dataset)} images cannot be shared by {dist.get_world_size()} "
+            "processes (each needs at least one); evaluate with fewer devices, e.g. trainer.devices=1"
+        )
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 

@@ -13,6 +13,7 @@ v2 (faster; what differs from the PIL path is in ``data.tensor_pipeline``).
 
 from __future__ import annotations
 
+import math
 import os
 
 from torchvision import datasets, transforms
@@ -119,8 +120,8 @@ def eval_transform(size: int, crop_pct: float = 0.875) -> transforms.Compose:
     return transforms.Compose(
         [
             transforms.Resize(
-                int(round(size / crop_pct)), interpolation=transforms.InterpolationMode.BICUBIC
-            ),
+                math.floor(size / crop_pct), interpolation=transforms.InterpolationMode.BICUBIC
+            ),  # timm's scale_size: floor(224 / 0.9) = 248
             transforms.CenterCrop(size),
             transforms.ToTensor(),
         ]
@@ -185,6 +186,8 @@ class ImageFolderDataModule(ImageDataModule):
         self.re_prob, self.re_mode = float(re_prob), re_mode  # read by the task (erasing after normalising)
         self.decoder, self.decode_device = decoder, decode_device
         self.augment = bool(augment)
+        if not self.augment:  # generative models see, score and compare whole images in every split
+            self.crop_pct = 1.0
         if decoder == "torchvision":  # refuse what the tensor path cannot do now, not in a worker later
             tensor_pipeline.train_transform(self.image_size, auto_augment, color_jitter, interpolation)
 
@@ -215,8 +218,8 @@ class ImageFolderDataModule(ImageDataModule):
 
     def reference_dataloader(self, split: str):
         """The FID reference images (GANs): ``train`` is the whole training split, un-augmented (centre crop
-        of the long edge), in file order; ``val`` / ``test`` the validation images (ImageNet's test labels
-        are not public: the val split serves as both)."""
+        of the long edge), in file order; ``val`` / ``test`` the validation images, cropped the same way
+        (ImageNet's test labels are not public: the val split serves as both)."""
         if split == "train":
             if not self.training:
                 raise ConfigError("model.task.fid_reference=train needs the train/ split (train=true)")

@@ -278,7 +278,7 @@ def eval_transform(size: int, crop_pct: float = 0.875) -> Callable[[torch.Tensor
 
     return v2.Compose(
         [
-            v2.Resize(int(round(size / crop_pct)), interpolation=_interpolation("bicubic"), antialias=True),
+            v2.Resize(math.floor(size / crop_pct), interpolation=_interpolation("bicubic"), antialias=True),
             v2.CenterCrop(size),
             v2.ToDtype(torch.float32, scale=True),
         ]

@@ -395,6 +395,11 @@ class GANTask(pl.LightningModule):
         rank, world = self.global_rank, self.trainer.world_size
         if isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
             rank, world = 0, 1  # the loader already gives this rank its share
+        # KID keeps every feature it is given (torchmetrics): a seeded random subset of about test_samples
+        # reference images (all of CIFAR's 50k; ~50k of ImageNet's 1.28M instead of 10 GB of features)
+        total = len(getattr(loader, "dataset", [])) or 1
+        keep = min(1.0, self.hparams.test_samples / total)
+        pick = torch.Generator().manual_seed(self.hparams.scorer_seed + 1000003 * rank)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.hparams.scorer_seed)  # a fixed pass over an augmented training split
             for i, (x, _) in enumerate(loader):
@@ -403,7 +408,10 @@ class GANTask(pl.LightningModule):
                         self._scorer_to_device(), x.to(self.device), self.hparams.eval_batch_size
                     )
                     self.fid.update(feats, real=True)
-                    self.kid.update(feats, real=True)
+                    if keep < 1.0:
+                        feats = feats[(torch.rand(len(feats), generator=pick) < keep).to(feats.device)]
+                    if len(feats):
+                        self.kid.update(feats, real=True)
 
     def _generated_scores(self, n: int, seed: int, is_metric, kid: bool = False) -> None:
         scorer = self._scorer_to_device()
@@ -443,8 +451,12 @@ class GANTask(pl.LightningModule):
         self._generated_scores(hp.test_samples, seed=4321, is_metric=self.test_is, kid=True)
         is_mean, is_std = self.test_is.compute()
         fid = self.fid.compute()
-        n_real = float(self.all_gather(self.fid.real_features_num_samples).sum())
-        self.kid.subset_size = int(min(self.kid.subset_size, n_real, hp.test_samples))
+        n_kid_real = float(
+            self.all_gather(
+                torch.tensor(float(sum(len(f) for f in self.kid.real_features)), device=self.device)
+            ).sum()
+        )
+        self.kid.subset_size = int(min(self.kid.subset_size, n_kid_real, hp.test_samples))
         with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same for every run
             torch.manual_seed(0)
             kid_mean, kid_std = self.kid.compute()
@@ -456,6 +468,7 @@ class GANTask(pl.LightningModule):
             "test/fid": fid,
             "test/kid": kid_mean,  # kernel distance: unbiased MMD^2 over subsets (Binkowski et al. 2018)
             "test/kid_std": kid_std,
+            "test/kid_n_real": n_kid_real,
             "test/is_real": real_mean,
             "test/is_real_std": real_std,
             "test/num_samples": float(hp.test_samples),
