@@ -116,3 +116,39 @@ def test_paper_randaugment_posterizes_to_black_at_full_magnitude_instead_of_fail
     assert post(img).getextrema() == ((0, 0), (0, 0), (0, 0))
     post.magnitude = 5  # 2 bits: Pillow's own posterize
     assert post(img).getpixel((0, 0)) == (192, 64, 0)
+
+
+@pytest.mark.slow
+def test_model_ema_resumes_exactly(tmp_path):
+    """Two epochs in one go, or one epoch then ``resume=true`` to two: the same EMA (and raw) weights."""
+    import torch
+    from conftest import compose_cfg, run_cfg
+
+    quick = [
+        "model=timm",
+        "model.name=resnet10t",
+        "data.image_size=16",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "callbacks=default",
+        "callbacks.progress_bar=null",
+        "model.task.ema_decay=0.5",
+        "trainer=cpu",
+        "trainer.deterministic=true",
+        "model.task.warmup_epochs=0",
+        "+model.task.min_lr_ratio=1.0",
+    ]  # fmt: skip  (constant LR: independent of max_epochs)
+    assert run_cfg(compose_cfg([*quick, "trainer.max_epochs=2"], tmp_path / "full"))["status"] == "ok"
+    assert run_cfg(compose_cfg([*quick, "trainer.max_epochs=1"], tmp_path / "cut"))["status"] == "ok"
+    resumed = compose_cfg([*quick, "trainer.max_epochs=2", "resume=true"], tmp_path / "cut")
+    assert run_cfg(resumed)["status"] == "ok"
+
+    def weights(run):
+        state = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith(("net_ema.", "net."))}
+
+    full, cut = weights("full"), weights("cut")
+    assert any(k.startswith("net_ema.") for k in full) and full.keys() == cut.keys()
+    for k in full:
+        torch.testing.assert_close(cut[k], full[k], rtol=0, atol=0, msg=k)
