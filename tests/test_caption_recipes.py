@@ -42,6 +42,7 @@ def test_experiment_configs_hold_the_papers_recipe(name):
     assert (model.embed_dim, model.hidden_dim) == (512, 1800)
     assert task.beam_size == 3 and task.caption_tokenizer == "ptb"
     assert task.weight_decay == 0.0 and task.grad_clip is None
+    assert task.loss_norm == "caption"  # the batch mean of eq. 14, the scale arctic's step sizes assume
     assert (task.warmup_epochs, task.min_lr_ratio) == (0, 1.0)  # a constant learning rate
     if "coco" in name:  # Adam on COCO (and Flickr30k), RMSProp on Flickr8k
         assert (

@@ -123,6 +123,8 @@ def test_task_loss_weights_the_doubly_stochastic_term_as_eq_14():
     V = 14 words (NLL log 14 per word), captions of 3 and 2 words (with <end>), 2 locations."""
     import math
 
+    from attnbench.errors import ConfigError
+
     task = make_task(tiny_model().float(), alpha_c=0.7)
     captions = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
     alphas = torch.tensor(
@@ -148,6 +150,13 @@ def test_task_loss_weights_the_doubly_stochastic_term_as_eq_14():
     nll = torch.nn.functional.cross_entropy(real["logits"][mask], captions[:, 1:][mask], reduction="sum")
     penalty = ((1 - (real["alphas"] * mask[..., None]).sum(1)) ** 2).sum()
     assert real_terms["loss_per_caption"].item() == pytest.approx(((nll + penalty) / 2).item(), rel=1e-5)
+    # loss_norm=caption optimises eq. 14's batch mean itself (the recipes'): the loss and its gradient are
+    # W / B = 5 / 2 times the per-word objective's, the logged per-word CE unchanged
+    per_caption = make_task(tiny_model().float(), alpha_c=0.7, loss_norm="caption").losses(out, captions)
+    assert per_caption["loss"].item() == pytest.approx(eq14, rel=1e-6)
+    assert per_caption["ce"].item() == pytest.approx(math.log(14), rel=1e-6)
+    with pytest.raises(ConfigError, match="loss_norm='sentence'"):
+        make_task(tiny_model().float(), loss_norm="sentence")
 
 
 def test_hard_attention_reinforce_terms_and_moving_average_baseline():

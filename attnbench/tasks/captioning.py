@@ -65,6 +65,11 @@ class CaptioningTask(BaseTask):
         optimizer: ``adamw`` (default) | ``adam`` | ``rmsprop`` (torch's, with ``optimizer_kwargs``, e.g.
             ``{alpha: 0.95, momentum: 0.9, centered: true}``); the schedule is the shared warmup + cosine
             (``warmup_epochs=0, min_lr_ratio=1``: a constant learning rate).
+        loss_norm: what the optimised objective is divided by: ``word`` (default: the batch's word count W,
+            so the scale of the loss, the gradient and ``grad_clip`` is per word) or ``caption`` (the batch
+            size B: the batch mean of eq. 14 itself, as the arctic-captions release optimises it; the
+            recipes use it so that its RMSProp step sizes mean what they meant there). Both weight the
+            doubly stochastic term as eq. 14; ``train/ce`` and ``val/loss`` stay per word.
     """
 
     def __init__(
@@ -95,8 +100,11 @@ class CaptioningTask(BaseTask):
         channels_last: bool = False,
         optimizer: str = "adamw",
         optimizer_kwargs: dict[str, Any] | None = None,
+        loss_norm: str = "word",
     ):
         check_tokenizer(caption_tokenizer)
+        if loss_norm not in ("word", "caption"):
+            raise ConfigError(f"model.task.loss_norm={loss_norm!r}; expected word or caption")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"model.task.optimizer={optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         super().__init__(net, lr, weight_decay, betas, warmup_epochs, min_lr_ratio, compile, channels_last)
@@ -167,7 +175,10 @@ class CaptioningTask(BaseTask):
             d = hp.baseline_decay
             self.baseline.mul_(d).add_((1 - d) * reward.mean())
         terms["loss"] = sum(terms.values())
-        terms["loss_per_caption"] = terms["loss"].detach() * n_words / max(1, len(captions))
+        per_caption = terms["loss"] * n_words / max(1, len(captions))
+        terms["loss_per_caption"] = per_caption.detach()
+        if hp.get("loss_norm", "word") == "caption":
+            terms["loss"] = per_caption  # eq. 14 averaged over the batch's captions
         return terms
 
     def words(self, tokens: torch.Tensor) -> list[list[str]]:
