@@ -74,8 +74,28 @@ class Run:
         value."""
         last: dict[str, str] = {}
         for o in self.overrides:
-            last[o.split("=", 1)[0].lstrip("+~")] = o
+            key, eq, value = o.partition("=")
+            if value in ("True", "False"):  # Hydra's sweep writes Python's spelling: the same setting
+                o = f"{key}{eq}{value.lower()}"
+            last[key.lstrip("+~")] = o
         return {o for o in last.values() if not o.lstrip("+~").startswith(IGNORED_OVERRIDES)}
+
+    def saved_value(self, key: str) -> str | None:
+        """``key`` (dotted) in the run's saved ``.hydra/config.yaml``: the value a run had without
+        overriding it (e.g. the default beam size in a beam-size sweep's table)."""
+        import yaml
+
+        try:
+            node: Any = yaml.safe_load((self.folder / ".hydra" / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        if isinstance(node, bool):
+            return str(node).lower()
+        return None if isinstance(node, (dict, list)) or node is None else str(node)
 
 
 @dataclass
@@ -283,13 +303,25 @@ def table(
     groups: list[Group], metrics: list[str], shared: set[str] | None = None
 ) -> tuple[list[str], list[list[str]]]:
     keys = varying_keys(groups, shared or set())
-    header = ["configuration", *keys, "runs", *metrics]
+    protocols = mixed_protocols(groups)
+    header = ["configuration", *keys, "runs", *metrics, *protocols]
     rows = []
     for g in groups:
         own = group_settings(g, shared or set())
-        settings = [own.get(k, "–") for k in keys]
-        rows.append([g.key, *settings, str(len(g.runs)), *(fmt(g.mean_ci(m)) for m in metrics)])
+        settings = [own.get(k) or (g.runs[0].saved_value(k) if g.runs else None) or "–" for k in keys]
+        scored = [", ".join(sorted({str(r.metrics.get(k, "–")) for r in g.runs})) for k in protocols]
+        rows.append([g.key, *settings, str(len(g.runs)), *(fmt(g.mean_ci(m)) for m in metrics), *scored])
     return header, rows
+
+
+# how a run was scored (metrics.json string fields): runs that differ in one are not comparable
+PROTOCOL_KEYS = ("test/scorer", "test/inception_resize", "test/fid_reference", "test/caption_tokenizer")
+
+
+def mixed_protocols(groups: list[Group]) -> list[str]:
+    """The protocol keys whose recorded values differ between the successful runs."""
+    runs = [r for g in groups for r in g.runs]
+    return [k for k in PROTOCOL_KEYS if len({str(r.metrics.get(k)) for r in runs if k in r.metrics}) > 1]
 
 
 def comparison_markdown(base: Group, comparisons: list[Comparison], metric: str) -> list[str]:
@@ -428,7 +460,8 @@ def build_report(
         writer.writerow(["configuration", *keys, "runs", *columns])
         for g in groups:
             own = group_settings(g, shared)
-            row: list[Any] = [g.key, *(own.get(k, "") for k in keys), len(g.runs)]
+            filled = [own.get(k) or (g.runs[0].saved_value(k) if g.runs else None) or "" for k in keys]
+            row: list[Any] = [g.key, *filled, len(g.runs)]
             for m in metrics:
                 ms, ci = g.mean_std(m), g.mean_ci(m)
                 row += [ms[0], ms[1], "" if math.isnan(ci[1]) else ci[1]] if ms and ci else ["", "", ""]
@@ -459,6 +492,10 @@ def build_report(
         "",
         markdown(header, rows) if rows else "_no successful runs yet_",
     ]
+    for key in mixed_protocols(groups):
+        values = sorted({str(r.metrics[key]) for g in groups for r in g.runs if key in r.metrics})
+        text += ["", f"**Not comparable across rows:** the runs were scored with different `{key}` "
+                 f"({', '.join(values)}); its column says which row used which."]  # fmt: skip
     text += compared
     if failed:
         text += ["", "## Failed runs", ""]

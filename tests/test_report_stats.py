@@ -45,3 +45,27 @@ def test_report_compares_with_the_chosen_baseline(tmp_path):
 
     with pytest.raises(ConfigError, match="matches 0 configurations"):
         build_report(tmp_path, baseline="mixer=global_attention")
+
+
+def test_report_fills_default_settings_and_flags_mixed_scoring_protocols(tmp_path):
+    """A beam-size sweep where one job kept the default: its beam size comes from its saved config; runs
+    scored with different caption protocols are flagged and each row says which it used."""
+    jobs = {"a": (["train=False", "model.task.beam_size=1"], 1, "ptb"),
+            "b": (["train=false"], 3, "ptb"),
+            "c": (["train=false", "model.task.beam_size=5"], 5, "whitespace")}  # fmt: skip
+    for name, (overrides, beam, tokenizer) in jobs.items():
+        hydra = tmp_path / name / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (hydra / "config.yaml").write_text(f"train: false\nmodel:\n  task:\n    beam_size: {beam}\n")
+        record = {"status": "ok", "test/bleu4": 0.1 * beam, "test/caption_tokenizer": tokenizer}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(record))
+    md = build_report(tmp_path)
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| model.task")
+            or line.startswith("| (shared")}  # fmt: skip
+    assert set(rows) == {"1", "3", "5"}  # 3 configurations: train=False and train=false are one setting
+    assert rows["3"].rstrip().endswith("| ptb |") and rows["5"].rstrip().endswith("| whitespace |")
+    assert "**Not comparable across rows:**" in md and "`test/caption_tokenizer` (ptb, whitespace)" in md
+    (tmp_path / "c" / "metrics.json").write_text(json.dumps({"status": "ok", "test/bleu4": 0.5,
+                                                             "test/caption_tokenizer": "ptb"}))  # fmt: skip
+    assert "Not comparable" not in build_report(tmp_path)
