@@ -31,7 +31,13 @@ def with_saved_run_config(cfg: DictConfig) -> DictConfig:
         saved.paths = cfg.paths
         for key in ("task_name", "train", "test", "ckpt_path", "resume"):
             saved[key] = cfg.get(key)
-    for key in override_keys(command_overrides()):
+    from attnbench.train import saved_choices
+
+    run_groups = saved_choices(saved_file.parent.parent)
+    own = {
+        f"{g}={v}" for g, v in run_groups.items()
+    }  # the run's own model / data options (with_saved_groups)
+    for key in override_keys([o for o in command_overrides() if o.lstrip("+~") not in own]):
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
     return saved
 
@@ -41,10 +47,27 @@ def app(cfg: DictConfig) -> float | None:
     return run_app(with_saved_run_config(cfg))
 
 
+def with_saved_groups(argv: list[str]) -> list[str]:
+    """``argv`` with the ``model=`` / ``data=`` options of the run that wrote ``ckpt_path`` added (unless the
+    command gives them): the command's overrides are then checked against that model's and data set's keys
+    (``model.task.beam_size=5`` on a captioner), not the default FocalNet's."""
+    from attnbench.train import saved_choices
+
+    given = {a.split("=", 1)[0].lstrip("+~") for a in argv[1:] if "=" in a and not a.startswith("-")}
+    ckpt = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("ckpt_path=")), None)
+    if not ckpt or "," in ckpt:
+        return argv
+    picked = saved_choices(Path(ckpt).expanduser().resolve().parent.parent)
+    extra = [
+        f"{group}={picked[group]}" for group in ("model", "data") if picked.get(group) and group not in given
+    ]
+    return [argv[0], *extra, *argv[1:]]
+
+
 def main() -> None:
     from attnbench.__main__ import exit_with_failures, multirun_flag_first
 
-    sys.argv = multirun_flag_first(sys.argv)
+    sys.argv = multirun_flag_first(with_saved_groups(sys.argv))
     app()
     exit_with_failures()
 

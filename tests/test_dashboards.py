@@ -193,6 +193,10 @@ def test_eval_entry_point_reproduces_the_runs_test_metrics(tmp_path):
         metrics["test/loss"]
     )
     assert (tmp_path / "eval" / "eval.log").is_file() and not (run / "eval.log").exists()
+    # an override of a key only the run's model has (model=timm's fresh_head; not the default FocalNet's)
+    own_key = cli(f"ckpt_path={metrics['test/ckpt']}", "model.fresh_head=false",
+                  f"hydra.run.dir={tmp_path / 'eval3'}", module="attnbench.eval")  # fmt: skip
+    assert own_key.returncode == 0, own_key.stderr[-2000:]
     missing = cli(f"hydra.run.dir={tmp_path / 'eval2'}", module="attnbench.eval")
     assert missing.returncode == 2 and "ckpt_path" in missing.stderr
 
