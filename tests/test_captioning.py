@@ -426,9 +426,31 @@ def quick_captioning_run(folder, *extra) -> dict:
     return run_cfg(compose_cfg([*QUICK, *extra], folder))
 
 
+def image_dependent_test_captions(monkeypatch) -> None:
+    """Make the test captions of a one-epoch model informative: each image's caption is a prefix of its own
+    first reference (of a length that varies with the image), so BLEU/METEOR/CIDEr are far from 0 and a
+    caption filed under another image's id would be caught."""
+    original = CaptioningTask._evaluate
+
+    def evaluate(self, batch, split):
+        self._test_refs = batch[1]["refs"] if split == "test" else None
+        return original(self, batch, split)
+
+    def words(self, tokens):
+        refs = getattr(self, "_test_refs", None)
+        if refs is None:
+            return self.net.decode(tokens)
+        return [r[0][: 1 + i % len(r[0])] for i, r in enumerate(refs)]
+
+    monkeypatch.setattr(CaptioningTask, "_evaluate", evaluate)
+    monkeypatch.setattr(CaptioningTask, "words", words)
+
+
 @pytest.mark.slow  # ~20 s on 2 busy cores (METEOR's Java start and 4 PTB tokeniser runs)
 @pytest.mark.skipif(shutil.which("java") is None, reason="the COCO protocol needs a Java runtime")
-def test_test_captions_are_written_in_coco_format_and_scored_as_pycocoevalcap_scores_them(tmp_path):
+def test_test_captions_are_written_in_coco_format_and_scored_as_pycocoevalcap_scores_them(
+    tmp_path, monkeypatch
+):
     pytest.importorskip("pycocoevalcap")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -436,6 +458,7 @@ def test_test_captions_are_written_in_coco_format_and_scored_as_pycocoevalcap_sc
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    image_dependent_test_captions(monkeypatch)
     metrics = quick_captioning_run(tmp_path)
     assert metrics["status"] == "ok" and metrics["test/caption_tokenizer"] == "ptb"
     assert metrics["test/beam_size"] == 2 and "test/caption_note" not in metrics
@@ -450,6 +473,10 @@ def test_test_captions_are_written_in_coco_format_and_scored_as_pycocoevalcap_sc
     data = DigitCaptionsDataModule(image_size=8, test_size=21)
     data.setup("test")
     assert detail[5]["references"] == [" ".join(data.test_set[5][1]["refs"][0])]
+    for r in results:  # each caption filed under its own image: a prefix of that image's reference
+        reference = " ".join(data.test_set[r["image_id"]][1]["refs"][0])
+        assert reference.startswith(r["caption"]) and r["caption"], r
+    assert len({r["caption"] for r in results}) > 5 and metrics["test/bleu1"] > 0.3
     # the COCO evaluation, run by pycocoevalcap itself on the files the run wrote
     tok = PTBTokenizer()
     gts = tok.tokenize({d["image_id"]: [{"caption": c} for c in d["references"]] for d in detail})
@@ -473,10 +500,11 @@ def test_without_java_the_run_reports_bleu_rouge_cider_and_records_the_whitespac
 
     monkeypatch.setattr(coco.shutil, "which", lambda name: None)
     monkeypatch.setattr(coco, "_warned", set())
+    image_dependent_test_captions(monkeypatch)
     with caplog.at_level("WARNING", logger="attnbench"):
         metrics = quick_captioning_run(tmp_path)
     assert metrics["status"] == "ok" and metrics["test/caption_tokenizer"] == "whitespace"
-    assert "Java runtime" in metrics["test/caption_note"] and caplog.text.count("no a Java runtime") == 1
+    assert "no Java" in metrics["test/caption_note"] and caplog.text.count("no Java (") == 1
     assert "test/meteor" not in metrics
     assert {f"test/bleu{n}" for n in range(1, 5)} | {"test/rouge_l", "test/cider"} <= set(metrics)
     recorded = json.loads((tmp_path / "metrics.json").read_text())
@@ -487,7 +515,9 @@ def test_without_java_the_run_reports_bleu_rouge_cider_and_records_the_whitespac
     refs = [[c.split() for c in d["references"]] for d in detail]
     bleu = CorpusBLEU()
     bleu.update(hyps, refs)
-    assert metrics["test/bleu4"] == pytest.approx(bleu.compute()[3].item(), rel=1e-6, abs=1e-7)
+    for n in range(4):
+        assert metrics[f"test/bleu{n + 1}"] == pytest.approx(bleu.compute()[n].item(), rel=1e-6, abs=1e-7)
+    assert metrics["test/bleu1"] > 0.3 and metrics["test/cider"] > 0.1  # informative captions
 
 
 def test_figures_show_each_generated_word_with_its_attention_map():

@@ -60,9 +60,9 @@ def coco_scorer_missing() -> list[str]:
     """What the PTB tokeniser and METEOR need that this machine lacks (empty: the COCO protocol can run)."""
     missing = []
     if importlib.util.find_spec("pycocoevalcap") is None:
-        missing.append("the pycocoevalcap package (pip install 'attnbench[coco]')")
+        missing.append("pycocoevalcap (pip install 'attnbench[coco]')")
     if shutil.which("java") is None:
-        missing.append("a Java runtime (`java` on PATH)")
+        missing.append("Java (`java` on PATH)")
     return missing
 
 

@@ -273,6 +273,8 @@ class CaptioningTask(BaseTask):
         if trainer.is_global_zero:
             try:
                 scores, protocol = score_corpus(records, self.hparams.caption_tokenizer)
+                if trainer.default_root_dir:  # before the broadcast: a failure here stops every process
+                    write_caption_files(trainer.default_root_dir, records, self.hparams.beam_size)
             except Exception as err:  # noqa: BLE001 - every process must reach the broadcast, then all raise
                 failure, error = f"{type(err).__name__}: {err}", err
             protocol["test/beam_size"] = int(self.hparams.beam_size)
@@ -281,8 +283,6 @@ class CaptioningTask(BaseTask):
             raise error
         if failure:
             raise RuntimeError(f"scoring the test captions failed on global rank 0: {failure}")
-        if trainer.is_global_zero and trainer.default_root_dir:
-            write_caption_files(trainer.default_root_dir, records, self.hparams.beam_size)
         self.protocol = dict(protocol)
         self.log("test/loss", self.test_loss.compute())
         for name, value in scores.items():
