@@ -211,17 +211,40 @@ def node_ranks(cfg) -> int:
     return int(devices) if isinstance(devices, int) and devices > 0 else local_ranks()
 
 
-def loader_rate(loader, batches: int) -> tuple[float, int]:
-    """Samples/s of ``loader`` over ``batches`` batches after a warm-up batch (worker start-up excluded)."""
+def loader_rate(loader, batches: int, decode=None) -> tuple[float, int]:
+    """Samples/s of ``loader`` over ``batches`` batches after a warm-up batch (worker start-up excluded).
+    ``decode``: applied to each batch (``data.decode_device=cuda``: the decoding on the GPU counts too)."""
+    decode = decode or (lambda b: b)
     it = iter(loader)
-    next(it)
+    decode(next(it))
     n, t0 = 0, time.perf_counter()
     for _ in range(batches):
         try:
-            n += len(next(it)[0])
+            n += len(decode(next(it))[0])
         except StopIteration:
             break
+    _sync()
     return n / (time.perf_counter() - t0), n
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def device_decoder(dm):
+    """For ``data.decode_device=cuda``: a function decoding a loader batch on the GPU as training does."""
+    if getattr(dm, "decode_device", "cpu") != "cuda":
+        return None
+    from attnbench.data import tensor_pipeline
+
+    def decode(batch):
+        x, kept = tensor_pipeline.decode_on_device(batch[0], "cuda", dm.train_set.device_transform)
+        return x, batch[1][kept.to(batch[1].device)]
+
+    return decode
 
 
 def step_rate(cfg, dm, batch, steps: int, device: str) -> float:
@@ -276,7 +299,8 @@ def bench_loader(
     dm.setup("fit")
     loader = dm.train_dataloader()
     workers, ranks = dm.num_workers, ranks or node_ranks(cfg)
-    rate, n = loader_rate(loader, batches)
+    decode = device_decoder(dm)
+    rate, n = loader_rate(loader, batches, decode)
     per_worker = rate / max(1, workers)
     node_workers = max(1, workers) * ranks
     report = {
@@ -303,6 +327,8 @@ def bench_loader(
     ]
     if step:
         batch = next(iter(loader))
+        if decode is not None:
+            batch = decode(batch)
         if step_batch_size:
             batch = [t[:step_batch_size] for t in batch]
         steps = step_batches or batches

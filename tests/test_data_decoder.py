@@ -1,6 +1,7 @@
 """``data.decoder=torchvision``: torchvision.io decoding + transforms v2 on uint8 tensors gives what the PIL
 path gives (sizes, range, RGB from any file, broken files skipped), evaluation within a small tolerance of
-it, and timm's RandAugment ops op by op; ``data.decode_device=cuda`` is refused as not implemented."""
+it, and timm's RandAugment ops op by op; ``data.decode_device=cuda`` (batches decoded on the training device)
+gives the workers' images, tested on the CPU."""
 
 from __future__ import annotations
 
@@ -91,9 +92,13 @@ def test_corrupt_files_are_skipped_with_a_warning_naming_them(tmp_path):
     assert len(items) == len(dm.train_set) and all(x.shape == (3, 16, 16) for x, _ in items)
 
 
-def test_decoder_options_are_checked_and_gpu_decoding_is_refused_as_not_implemented(jpegs):
-    with pytest.raises(ConfigError, match="decode_device=cuda.*not implemented"):
+def test_decoder_options_are_checked(jpegs, monkeypatch):
+    monkeypatch.setattr(tp, "cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match="decode_device=cuda.*no CUDA device.*decode_device=cpu"):
         ImageFolderDataModule(root=str(jpegs), num_classes=2, decoder="torchvision", decode_device="cuda")
+    monkeypatch.setattr(tp, "cuda_available", lambda: True)
+    with pytest.raises(ConfigError, match="decode_device=cuda.*needs data.decoder=torchvision"):
+        ImageFolderDataModule(root=str(jpegs), num_classes=2, decoder="pil", decode_device="cuda")
     with pytest.raises(ConfigError, match="data.decoder='dali'.*pil, torchvision"):
         ImageFolderDataModule(root=str(jpegs), num_classes=2, decoder="dali")
     with pytest.raises(ConfigError, match="data.auto_augment='original'.*data.decoder=pil"):
@@ -166,3 +171,46 @@ def test_generated_jpegs_are_imagenet_like(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(natural_image(np.random.default_rng(0), (500, 375))).save(buf, "JPEG", quality=90)
     assert 60_000 < len(buf.getvalue()) < 160_000
+
+
+def device_decoding_module(root, monkeypatch, **kw) -> ImageFolderDataModule:
+    """A ``decode_device=cuda`` data module on this CPU-only machine: the decoding code is device-agnostic,
+    so with the availability check passed it decodes on the trainer's device, here the CPU."""
+    monkeypatch.setattr(tp, "cuda_available", lambda: True)
+    dm = ImageFolderDataModule(root=str(root), decoder="torchvision", decode_device="cuda", **kw)
+    monkeypatch.undo()
+    return dm
+
+
+def test_decoding_on_the_training_device_gives_the_workers_images(jpegs, monkeypatch, tmp_path):
+    kw = dict(image_size=40, batch_size=4, num_classes=2, num_workers=0)
+    on_device = device_decoding_module(jpegs, monkeypatch, **kw)
+    in_workers = ImageFolderDataModule(root=str(jpegs), decoder="torchvision", **kw)
+    on_device.setup("test")
+    in_workers.setup("test")
+    encoded, labels = next(iter(on_device.val_dataloader()))
+    assert isinstance(encoded, list) and all(t.dim() == 1 and t.dtype == torch.uint8 for t in encoded)
+    x, y = on_device.on_before_batch_transfer((encoded, labels), 0)  # what Lightning calls per batch
+    ref_x, ref_y = next(iter(in_workers.val_dataloader()))
+    assert torch.equal(y, ref_y) and torch.equal(x, ref_x)  # the same pixels, decoded in one batched call
+    # a file PIL reads but libjpeg-turbo cannot decode is left out of its batch, with its label
+    bad = bytearray(next((jpegs / "val").rglob("*.JPEG")).read_bytes())
+    garbage = torch.frombuffer(bytearray(bad[:600]) + bytes(4000), dtype=torch.uint8)
+    with pytest.warns(UserWarning, match="could not be decoded"):
+        x2, kept = tp.decode_on_device(
+            [encoded[0], garbage, encoded[1]], "cpu", on_device.val_set.device_transform
+        )
+    assert kept.tolist() == [0, 2] and torch.equal(x2, ref_x[:2])
+
+
+def test_a_run_with_decoding_on_the_training_device_trains_and_tests(jpegs, monkeypatch, tmp_path):
+    """The whole run through Lightning (its batch-transfer hook decodes every batch; the trainer's device is
+    the CPU here), the paper recipe's RandAugment included."""
+    monkeypatch.setattr(tp, "cuda_available", lambda: True)
+    cfg = compose_cfg(["data=imagenet", f"data.root={jpegs}", "data.num_classes=2", "data.image_size=32",
+                       "data.batch_size=3", "data.num_workers=0", "data.decoder=torchvision",
+                       "data.decode_device=cuda", "data.auto_augment=rand-m9-mstd0.5-inc1", "trainer=cpu",
+                       "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                       "trainer.limit_test_batches=1"], tmp_path)  # fmt: skip
+    metrics = run_cfg(cfg)
+    assert metrics["status"] == "ok" and 0 <= metrics["test/acc"] <= 1

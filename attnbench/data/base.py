@@ -164,6 +164,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         generator = torch.Generator()  # iterators never draw from the global RNG
         self.resolve_workers()
+        if getattr(self, "_whole_splits", False) and hasattr(dataset, "worker_decoded"):
+            dataset = dataset.worker_decoded()  # read directly (no trainer hooks): decoded in the workers
         sampler = EpochShuffle(len(dataset), generator, run_seed()) if shuffle else None
         if not shuffle and not getattr(self, "_whole_splits", False):
             sampler = evaluation_sampler(dataset)
@@ -171,6 +173,7 @@ class ImageDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            collate_fn=getattr(dataset, "collate_fn", None),  # e.g. encoded JPEGs (data.decode_device=cuda)
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

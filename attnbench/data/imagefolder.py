@@ -13,9 +13,11 @@ v2 (faster; what differs from the PIL path is in ``data.tensor_pipeline``).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
+import torch
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -149,7 +151,8 @@ class ImageFolderDataModule(ImageDataModule):
         """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
         ``train/`` is neither required nor scanned. ``decoder``: ``pil`` (PIL + timm / torchvision
         transforms on PIL images) or ``torchvision`` (``torchvision.io`` JPEG decoding + transforms v2 on
-        uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` is refused as not implemented.
+        uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` (with ``torchvision``): workers only
+        read the files and each batch is decoded on the training GPU (nvJPEG) and transformed there.
         ``augment=false`` (generative models: ``model.train_augment``): training images are the whole image,
         centre-cropped along its long edge and resized to ``image_size`` (BigGAN/SAGAN's ImageNet input), with
         no random crop, flip or augmentation."""
@@ -191,9 +194,31 @@ class ImageFolderDataModule(ImageDataModule):
         if decoder == "torchvision":  # refuse what the tensor path cannot do now, not in a worker later
             tensor_pipeline.train_transform(self.image_size, auto_augment, color_jitter, interpolation)
 
-    def _folder(self, split: str, transform) -> datasets.ImageFolder:
+    def _folder(self, split: str, transform, on_device: bool | None = None) -> datasets.ImageFolder:
+        """The split's dataset. ``on_device`` (default: ``decode_device=cuda``): items are the encoded
+        payloads of ``tensor_pipeline.read_encoded``; ``transform`` is applied after decoding each batch on
+        the training device (``on_before_batch_transfer``)."""
+        on_device = self.decode_device == "cuda" if on_device is None else on_device
+        if on_device:
+            folder = SafeImageFolder(str(self.root_path / split), loader=tensor_pipeline.read_encoded)
+            folder.device_transform = transform
+            folder.collate_fn = tensor_pipeline.collate_encoded
+            folder.worker_decoded = functools.partial(self._folder, split, transform, on_device=False)
+            return folder
         loader = tensor_pipeline.read_rgb_tensor if self.decoder == "torchvision" else load_rgb
         return SafeImageFolder(str(self.root_path / split), transform=transform, loader=loader)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """``decode_device=cuda``: decode the batch's JPEGs on the training device and transform them there
+        (``tensor_pipeline.decode_on_device``); images that cannot be decoded are left out with their
+        labels. Other batches pass unchanged."""
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], list)):
+            return batch
+        trainer = self.trainer
+        dataset = self.train_set if trainer is not None and trainer.training else self.val_set
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        x, kept = tensor_pipeline.decode_on_device(batch[0], device, dataset.device_transform)
+        return x, batch[1][kept]
 
     def setup(self, stage: str | None = None) -> None:
         tensors = self.decoder == "torchvision"
@@ -223,8 +248,10 @@ class ImageFolderDataModule(ImageDataModule):
         if split == "train":
             if not self.training:
                 raise ConfigError("model.task.fid_reference=train needs the train/ split (train=true)")
-            return self._loader(self._folder("train", self._whole_image_transform()), shuffle=False)
-        if split in ("val", "test"):
+            folder = self._folder("train", self._whole_image_transform(), on_device=False)
+            return self._loader(folder, shuffle=False)
+        if split in ("val", "test"):  # read by the task itself: decoded in the workers
             self.setup("test")
-            return self._loader(self.val_set, shuffle=False)
+            val = self.val_set.worker_decoded() if hasattr(self.val_set, "worker_decoded") else self.val_set
+            return self._loader(val, shuffle=False)
         raise ConfigError(f"model.task.fid_reference={split!r}: expected train, val or test")
