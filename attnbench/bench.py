@@ -238,13 +238,7 @@ def device_decoder(dm):
     """For ``data.decode_device=cuda``: a function decoding a loader batch on the GPU as training does."""
     if getattr(dm, "decode_device", "cpu") != "cuda":
         return None
-    from attnbench.data import tensor_pipeline
-
-    def decode(batch):
-        x, kept = tensor_pipeline.decode_on_device(batch[0], "cuda", dm.train_set.device_transform)
-        return x, batch[1][kept.to(batch[1].device)]
-
-    return decode
+    return lambda batch: dm.decode_batch(batch, "cuda", training=True)
 
 
 def step_rate(cfg, dm, batch, steps: int, device: str) -> float:

@@ -215,8 +215,12 @@ class ImageFolderDataModule(ImageDataModule):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], list)):
             return batch
         trainer = self.trainer
-        dataset = self.train_set if trainer is not None and trainer.training else self.val_set
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return self.decode_batch(batch, device, training=trainer is not None and trainer.training)
+
+    def decode_batch(self, batch, device, training: bool):
+        """``(encoded payloads, labels)`` -> ``(x on device, labels)`` with the train or eval transform."""
+        dataset = self.train_set if training else self.val_set
         x, kept = tensor_pipeline.decode_on_device(batch[0], device, dataset.device_transform)
         return x, batch[1][kept]
 

@@ -86,19 +86,22 @@ def read_rgb_tensor(path: str) -> torch.Tensor:
 
     Raises what PIL raises for a file that is not an image, a truncated one, or a decompression bomb (OSError,
     ValueError, ``Image.DecompressionBombError``), so ``SkipsBrokenImages`` skips it as on the PIL path."""
+    payload = read_encoded(path)
+    if payload.dim() == 3:
+        return payload
+    decode_jpeg, mode = _tv()
+    try:
+        return decode_jpeg(payload, mode=mode.RGB)
+    except RuntimeError:  # libjpeg-turbo refused it: PIL decodes it, or raises (then: skipped)
+        return _pil_rgb(payload.numpy().tobytes())
+
+
+def _pil_rgb(data: bytes) -> torch.Tensor:
+    """uint8 ``[3, H, W]``: ``data`` decoded by PIL and converted to RGB (raises what PIL raises)."""
     from PIL import Image
 
-    with open(path, "rb") as f:
-        data = f.read()
-    with Image.open(io.BytesIO(data)) as img:  # the header only: format, mode, size, bomb check
-        if img.format == "JPEG" and img.mode in ("RGB", "L"):
-            decode_jpeg, mode = _tv()
-            try:
-                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode.RGB)
-            except RuntimeError:  # libjpeg-turbo refused it: PIL decodes it, or raises (then: skipped)
-                pass
-        rgb = img.convert("RGB")
-    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+    with Image.open(io.BytesIO(data)) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 # --- decoding on the training device (data.decode_device=cuda) ---------------------------------------------
@@ -113,7 +116,7 @@ def read_encoded(path: str) -> torch.Tensor:
 
     with open(path, "rb") as f:
         data = f.read()
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data)) as img:  # the header only: format, mode, size, bomb check
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
         rgb = img.convert("RGB")
@@ -128,16 +131,13 @@ def collate_encoded(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.T
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     """One encoded JPEG on ``device``; PIL (on the CPU) if libjpeg-turbo / nvJPEG refuse it; None if
     neither can decode it."""
-    from PIL import Image
-
     decode_jpeg, mode = _tv()
     try:
         return decode_jpeg(data, mode=mode.RGB, device=device)
     except RuntimeError:
         pass
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
-            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).to(device)
+        return _pil_rgb(data.numpy().tobytes()).to(device)
     except (OSError, ValueError):
         return None
 
