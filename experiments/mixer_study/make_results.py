@@ -1,0 +1,195 @@
+"""Build the mixer study's RESULTS.md and one card per mixer from its run folders alone.
+
+    python experiments/mixer_study/make_results.py [RUNS_DIR] [--out DIR]
+
+RUNS_DIR (default ``experiments/mixer_study/runs``) holds ``<family>/<task>/<mixer>_s<seed>/`` folders, each
+with the ``metrics.json`` (and ``probes.json``) of one run. Per (family, task): mixers ranked by the family's
+primary metric with mean ± 95 % t-interval over seeds (tied ranks where intervals overlap), each mixer's
+Welch difference from the reference (focal modulation) with its interval, raw and Holm-corrected p-values
+(the family of one task's comparisons: ``attnbench/multiple_comparisons.py``), parameters and FLOPs per
+sample, and the probes' means for classifiers. The protocol that fixes all of this is PROTOCOL.md beside
+this file; nothing here is tuned to the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = "focal_modulation"
+# family -> (primary metric, higher is better, other metrics shown)
+FAMILIES = {
+    "focalnet": ("test/acc", True, ["test/loss"]),
+    "sagan": ("test/twin_consistency", True, ["test/twin_distance", "test/fid", "test/kid"]),
+    "image_transformer": ("test/bpd_second", False, ["test/bpd"]),
+    "show_attend_tell": ("test/bleu4", True, ["test/attn_grounding", "test/cider"]),
+}
+COST = ["params", "flops_per_sample", "throughput/train_samples_per_sec"]
+PROBES = ["probe/shift_consistency", "probe/corruption_mean", "probe/erf_area_50"]
+HEADLINE_P = 0.01
+
+
+def _number(v) -> float | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+        return float(v)
+    return None
+
+
+def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
+    """{(family, task): {mixer: [record, ...]}}, problems (runs not ok), the commits the runs were made at."""
+    cells: dict = defaultdict(lambda: defaultdict(list))
+    problems, commits = [], set()
+    for path in sorted(runs_dir.glob("*/*/*/metrics.json")):
+        family, task, job = path.parent.parent.parent.name, path.parent.parent.name, path.parent.name
+        record = json.loads(path.read_text())
+        if record.get("status") != "ok":
+            problems.append(f"{family}/{task}/{job}: status {record.get('status')}")
+            continue
+        probes = path.parent / "probes.json"
+        if probes.is_file():
+            record.update({k: v for k, v in json.loads(probes.read_text()).items() if k.startswith("probe/")})
+        commits.add(str(record.get("provenance/commit", "unrecorded")))
+        mixer = str(record.get("run/variant") or job.rsplit("_s", 1)[0])
+        record["_job"] = job
+        cells[(family, task)][mixer].append(record)
+    return cells, problems, commits
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of the 95 % t-interval; low = high = mean for one value."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:.{digits}g}"
+
+
+def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
+    from attnbench.multiple_comparisons import contrasts_against, rank_with_ties
+
+    metric, higher, others = FAMILIES.get(family, ("test/loss", False, []))
+    values = {m: [v for r in runs if (v := _number(r.get(metric))) is not None] for m, runs in mixers.items()}
+    values = {m: v for m, v in values.items() if v}
+    if not values:
+        return [f"### {family} · {task}", "", f"no run has `{metric}`", ""], {}
+    stats_ = {m: interval(v) for m, v in values.items()}
+    ranks = rank_with_ties(stats_, higher_is_better=higher)
+    contrasts = {c.name: c for c in contrasts_against(REFERENCE, values)} if REFERENCE in values else {}
+    lines = [
+        f"### {family} · {task} — `{metric}` ({'higher' if higher else 'lower'} is better)",
+        "",
+        f"| rank | mixer | n | {metric} (mean ± 95 % CI) | − {REFERENCE} [95 % CI] | p | p (Holm) | "
+        + " | ".join(others + COST + (PROBES if family == "focalnet" else []))
+        + " |",
+        "|" + "---|" * (7 + len(others) + len(COST) + (len(PROBES) if family == "focalnet" else 0)),
+    ]
+    summary = {}
+    for mixer in ranks:
+        mean, low, high = stats_[mixer]
+        ci = f"{fmt(mean)} ± {fmt((high - low) / 2, 2)}" if not math.isnan(low) else fmt(mean)
+        c = contrasts.get(mixer)
+        if c:
+            diff = f"{c.diff:+.4g} [{c.low:+.3g}, {c.high:+.3g}]"
+        else:
+            diff = "reference" if mixer == REFERENCE else "–"
+        extra = []
+        for key in others + COST + (PROBES if family == "focalnet" else []):
+            vals = [v for r in mixers[mixer] if (v := _number(r.get(key))) is not None]
+            extra.append(fmt(statistics.fmean(vals)) if vals else "–")
+        bold = "**" if c and c.p_holm < HEADLINE_P else ""
+        p_cells = [fmt(c.p_value, 3), f"{bold}{fmt(c.p_holm, 3)}{bold}"] if c else ["", ""]
+        row = [ranks[mixer], f"`{mixer}`", str(len(values[mixer])), ci, diff, *p_cells, *extra]
+        lines.append("| " + " | ".join(row) + " |")
+        summary[mixer] = {"mean": mean, "low": low, "high": high, "rank": ranks[mixer], "contrast": c}
+    lines.append("")
+    return lines, summary
+
+
+def write_cards(out: Path, summaries: dict) -> None:
+    """``cards/<mixer>.md``: the mixer's paper (its mechanism's docstring), its results on every task."""
+    from attnbench.mechanisms.registry import ROLES, get_builder
+
+    by_mixer: dict = defaultdict(list)
+    for (family, task), rows in summaries.items():
+        for mixer, s in rows.items():
+            by_mixer[mixer].append((family, task, s))
+    (out / "cards").mkdir(parents=True, exist_ok=True)
+    for mixer, rows in sorted(by_mixer.items()):
+        doc = ""
+        for role in ROLES:
+            try:
+                builder = get_builder(role, mixer)
+            except Exception:  # noqa: BLE001 - not a mixer of this role
+                continue
+            module = sys.modules.get(builder.__module__)
+            doc = ((module.__doc__ or "") if module else "").strip().split("\n\n")[0]
+            break
+        lines = [f"# `{mixer}`", "", doc or "(no mechanism docstring found)", "", "## Results", "",
+                 "| family | task | rank | mean [95 % CI] | − focal modulation | p (Holm) |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        for family, task, s in sorted(rows):
+            c = s["contrast"]
+            ci = f"{fmt(s['mean'])} [{fmt(s['low'])}, {fmt(s['high'])}]"
+            lines.append(f"| {family} | {task} | {s['rank']} | {ci} | {f'{c.diff:+.4g}' if c else '–'} | "
+                         f"{fmt(c.p_holm, 3) if c else '–'} |")  # fmt: skip
+        (out / "cards" / f"{mixer}.md").write_text("\n".join(lines) + "\n")
+
+
+def build(runs_dir: Path, out: Path, command: str) -> str:
+    cells, problems, commits = load(runs_dir)
+    lines = [
+        "# Mixer study — results",
+        "",
+        f"Written by `{command}` on {date.today().isoformat()} "
+        f"({platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}) from {sum(len(r) for c in cells.values() for r in c.values())} "
+        f"runs in `{runs_dir}`; runs made at commit(s) {', '.join(sorted(commits)) or '–'}. Protocol: "
+        "[PROTOCOL.md](PROTOCOL.md). Bold: Holm-corrected p < 0.01 against focal modulation.",
+        "",
+    ]
+    if len(commits) > 1:
+        lines += ["**Mixed:** the runs were made at more than one commit.", ""]
+    summaries = {}
+    for key in sorted(cells):
+        table, summary = cell_table(*key, cells[key])
+        lines += table
+        summaries[key] = summary
+    if problems:
+        lines += ["## Runs not counted", ""] + [f"- {p}" for p in problems] + [""]
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RESULTS.md").write_text(text)
+    write_cards(out, summaries)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="?", default=str(HERE / "runs"))
+    parser.add_argument("--out", default=str(HERE))
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        print(f"error: {runs} is not a folder of runs", file=sys.stderr)
+        return 2
+    command = "python experiments/mixer_study/make_results.py " + " ".join(argv or [])
+    print(build(runs, Path(args.out), command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

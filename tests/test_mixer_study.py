@@ -1,0 +1,47 @@
+"""The mixer study's results script on a made-up study: ranking, Holm-corrected contrasts, cards."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from scipy import stats
+
+from attnbench.multiple_comparisons import holm
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "mixer_study" / "make_results.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("mixer_study_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_rank_and_correct_a_made_up_study(tmp_path):
+    accs = {"focal_modulation": [0.91, 0.92, 0.905, 0.915, 0.918], "identity": [0.6, 0.62, 0.61, 0.59, 0.605],
+            "window_attention": [0.912, 0.915, 0.9, 0.92, 0.91]}  # fmt: skip
+    for mixer, values in accs.items():
+        for seed, acc in enumerate(values):
+            run = tmp_path / "runs" / "focalnet" / "pathfinder" / f"{mixer}_s{seed}"
+            run.mkdir(parents=True)
+            record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "params": 1000,
+                      "provenance/commit": "abc"}  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(record))
+    bad = tmp_path / "runs" / "focalnet" / "pathfinder" / "random_s0"
+    bad.mkdir()
+    (bad / "metrics.json").write_text(json.dumps({"status": "failed"}))
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "make_results.py")
+    rows = [line for line in text.splitlines() if line.startswith("| 1") or line.startswith("| 3")]
+    assert rows[0].startswith("| 1= | `focal_modulation`") or rows[0].startswith("| 1= | `window_attention`")
+    identity = next(line for line in text.splitlines() if "`identity`" in line)
+    assert identity.startswith("| 3 |")
+    raw = [stats.ttest_ind(accs[m], accs["focal_modulation"], equal_var=False).pvalue
+           for m in ("identity", "window_attention")]  # fmt: skip
+    p_holm = holm(raw)
+    assert f"**{p_holm[0]:.3g}**" in identity  # p < 0.01 after correction: bold
+    assert "random_s0: status failed" in text and "commit(s) abc" in text
+    assert (tmp_path / "out" / "RESULTS.md").read_text() == text
+    assert (tmp_path / "out" / "cards" / "identity.md").is_file()
