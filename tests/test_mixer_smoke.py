@@ -82,7 +82,7 @@ def test_help_lists_each_familys_mixers_from_the_registry(tmp_path):
 def test_readme_mixer_table_equals_the_registry():
     """README's "Mixer catalogue" table: one row per (role, mixer) of the registry, nothing else."""
     text = (REPO / "README.md").read_text()
-    section = text.split("<!-- mixer-table -->")[1]
+    section = text.split("<!-- mixer-table -->")[1].split("<!-- mixer-table-end -->")[0]
     rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|", section, flags=re.M)
     expected = [(role, name) for role in ("spatial", "causal", "context") for name in list_mixers(role)]
     assert rows == expected
