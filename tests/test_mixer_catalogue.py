@@ -166,3 +166,18 @@ def test_swin_runs_at_64_px_and_focalnet_window_attention_at_any_multiple_of_32(
     net = create_model("focalnet_micro", mixer="window_attention", num_classes=3, in_chans=1, img_size=96,
                        window_size=5)  # fmt: skip
     assert net(torch.randn(1, 1, 96, 96)).shape == (1, 3)  # maps 24, 12, 6, 3 padded to windows of 5
+
+
+@pytest.mark.parametrize("mixer", SPATIAL)
+def test_sagan_mixer_block_is_the_identity_until_its_gate_opens(mixer):
+    """SAGAN's gated residual ``gamma * mixer(x) + x`` (gamma = 0 at init, Zhang et al. Eq. 3): swapping the
+    mixer changes nothing at initialisation; with the gate open the block mixes."""
+    from attnbench.models.sagan import make_mixer
+
+    torch.manual_seed(0)
+    block = make_mixer(mixer, 16, 8, num_heads=2, window_size=4, attn_variant="official").eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+        block.gamma.fill_(1.0)
+        assert (block(x) - x).abs().max() > 1e-4

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.errors import ConfigError
 from attnbench.mechanisms.registry import attention_heads, register_mixer
 
 
@@ -225,8 +226,6 @@ def build_window_attention(
     **_,
 ) -> WindowAttention:
     """Swin's mixer: windows of ``window_size``, shifted in the odd blocks of a stage (``block_index``)."""
-    from attnbench.errors import ConfigError
-
     if window_size < 1:
         raise ConfigError(f"window_size={window_size}: expected a positive window side")
     heads = attention_heads(dim, num_heads, head_dim)
