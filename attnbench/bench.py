@@ -1,14 +1,16 @@
 """``python -m attnbench.bench``: what each mechanism costs as the input grows, at equal width.
 
-For every token mixer of the backbone (focal_modulation, window_attention, global_attention) on S×S maps,
-and every attention variant of the Image Transformer (full, local_1d, local_2d) on S×S×3 sub-pixel grids,
-it measures time per step (forward; forward+backward), peak memory and forward FLOPs, prints a table with
-the growth factor between consecutive sizes (≈4 for linear cost when S doubles, ≈16 for quadratic), and
-writes ``bench.csv`` + ``bench.png`` into ``--out``. Each point runs in a fresh process, so peak memory
+For every ``spatial`` mixer of the catalogue (``attnbench.mechanisms.list_mixers("spatial")``: FocalNet's and
+SAGAN's mixers, the MetaFormer baselines included) on S×S maps, and every ``causal`` mixer of the Image
+Transformer (full, local_1d, local_2d, focal_modulation, identity) on S×S×3 sub-pixel grids, it measures
+time per step (forward; forward+backward), peak memory and forward FLOPs, prints a table with the growth
+factor between consecutive sizes (≈4 for linear cost when S doubles, ≈16 for quadratic), and writes
+``bench.csv`` + ``bench.png`` into ``--out``. Each point runs in a fresh process, so peak memory
 (CUDA: max allocated; CPU: peak resident-set growth) belongs to that point alone.
 
     python -m attnbench.bench                         # both families, CPU-sized inputs
     python -m attnbench.bench --family backbone --sizes 14,28,56,112 --device cuda
+    python -m attnbench.bench --family backbone --mixers pooling,dwconv,random   # some mixers only
     python -m attnbench.bench --loader data=digits    # data loading alone vs the training step
     python -m attnbench.bench --make-jpegs /tmp/inet --n 2000   # an ImageNet-like JPEG folder, then:
     python -m attnbench.bench --loader experiment=focalnet_tiny_srf_in1k data.root=/tmp/inet \\
@@ -30,8 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-BACKBONE = ("focal_modulation", "window_attention", "global_attention")
-AUTOREGRESSIVE = ("full", "local_1d", "local_2d")
+ROLES = {"backbone": "spatial", "image_transformer": "causal"}  # bench family -> mixer role
 DEFAULT_SIZES = {"backbone": [14, 28, 56], "image_transformer": [8, 16, 32]}
 
 
@@ -39,22 +40,18 @@ def build(family: str, mechanism: str, size: int, dim: int, heads: int, batch: i
     """The module and its input for one measurement point."""
     import torch
 
-    if family == "backbone":
-        from attnbench.mechanisms.focal_modulation import FocalModulation
-        from attnbench.mechanisms.global_attention import GlobalAttention
-        from attnbench.mechanisms.window_attention import WindowAttention
+    from attnbench.mechanisms import create_mixer
 
-        module = {
-            "focal_modulation": lambda: FocalModulation(dim, focal_window=3, focal_level=2),
-            "window_attention": lambda: WindowAttention(dim, heads, window_size=7),
-            "global_attention": lambda: GlobalAttention(dim, heads),
-        }[mechanism]()
+    if family == "backbone":  # Swin's window 7, FocalNet's kernels 3 and 5 + global level, SAGAN's C/8 q/k
+        module = create_mixer(
+            "spatial", mechanism, dim, num_heads=heads, window_size=7, focal_window=3, focal_level=2,
+            input_size=(size, size),
+        )  # fmt: skip
         return module, (torch.randn(batch, dim, size, size),), {}
-    from attnbench.mechanisms.local_attention import GridSelfAttention
-
-    module = GridSelfAttention(
-        dim, heads, kind=mechanism, block_length=64, query_shape=(8, 8), memory_flange=(8, 8)
-    )
+    module = create_mixer(
+        "causal", mechanism, dim, num_heads=heads, block_length=64, query_shape=(8, 8), memory_flange=(8, 8),
+        focal_levels=2, focal_window=3,
+    )  # fmt: skip
     rows, cols = size, size * 3  # the Image Transformer's H × (W·C) grid of sub-pixels
     return module, (torch.randn(batch, rows * cols, dim),), {"grid": (rows, cols)}
 
@@ -126,12 +123,13 @@ def run_point(point: dict) -> dict:
 
 
 def growth(rows: list[dict], key: str) -> dict[tuple[str, int], float]:
-    """Cost ratio between each size and the previous size of the same mechanism."""
+    """Cost ratio between each size and the previous size of the same mechanism, keyed by
+    ``(family, mechanism, size)`` (focal_modulation and identity are in both families)."""
     out, last = {}, {}
     for r in rows:
         k = (r["family"], r["mechanism"])
         if "error" not in r and k in last:
-            out[(r["mechanism"], r["size"])] = r[key] / max(last[k][key], 1e-9)
+            out[(r["family"], r["mechanism"], r["size"])] = r[key] / max(last[k][key], 1e-9)
         if "error" not in r:
             last[k] = r
     return out
@@ -149,7 +147,7 @@ def print_table(rows: list[dict]) -> str:
                 f"| {r['family']} | {r['mechanism']} | {r['size']} | – | error: {r['error'][:60]} |||||"
             )
             continue
-        key = (r["mechanism"], r["size"])
+        key = (r["family"], r["mechanism"], r["size"])
         gt = f"{g_time[key]:.1f}" if key in g_time else "–"
         gf = f"{g_flops[key]:.1f}" if key in g_flops else "–"
         lines.append(
@@ -349,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnbench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=["backbone", "image_transformer", "all"], default="all")
     parser.add_argument("--sizes", default=None, help="comma-separated S values (default per family)")
+    parser.add_argument(
+        "--mixers", default=None, help="comma-separated mixer names (default: every mixer of the role)"
+    )
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
@@ -399,11 +400,16 @@ def main(argv: list[str] | None = None) -> int:
             args.loader, args.batches, args.step_batches, args.step_batch_size, args.local_ranks, args.device
         )
         return 0
+    from attnbench.mechanisms import list_mixers
+
     families = ["backbone", "image_transformer"] if args.family == "all" else [args.family]
     rows = []
     for fam in families:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES[fam]
-        for mech in BACKBONE if fam == "backbone" else AUTOREGRESSIVE:
+        mechanisms = list_mixers(ROLES[fam])
+        if args.mixers:
+            mechanisms = [m for m in args.mixers.split(",") if m in mechanisms]
+        for mech in mechanisms:
             for size in sizes:
                 point = {
                     "family": fam,

@@ -3,6 +3,9 @@
 ``${model_crop_pct:NAME}``: the evaluation centre-crop fraction of architecture ``NAME`` from timm's
 pretrained config (timm FocalNet and Swin: 0.9; ResNets 0.875/0.95 by weights), 0.875 where timm has none.
 ``swin_tiny``-style registry names map to timm's ``swin_tiny_patch4_window7_224``.
+
+``${mixers:ROLE}``: the names of the mixer catalogue's ``ROLE`` (spatial | causal | context), comma-separated,
+from the registry (``python -m attnbench --help`` lists them).
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ def model_crop_pct(name: str | None) -> float:
     return float(crop) if crop else DEFAULT_CROP_PCT
 
 
+def mixers(role: str) -> str:
+    from attnbench.mechanisms import list_mixers
+
+    return ", ".join(list_mixers(str(role)))
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("model_crop_pct"):
         OmegaConf.register_new_resolver("model_crop_pct", model_crop_pct)
+    if not OmegaConf.has_resolver("mixers"):
+        OmegaConf.register_new_resolver("mixers", mixers)

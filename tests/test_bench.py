@@ -20,7 +20,7 @@ def test_attention_flops_are_counted_on_cpu():
 @pytest.mark.slow
 def test_measured_flops_scale_as_each_mechanism_should():
     rows = []
-    for mech in ("focal_modulation", "window_attention", "global_attention"):
+    for mech in ("focal_modulation", "window_attention", "global_attention", "pooling", "dwconv", "random"):
         for size in (14, 28):
             rows.append(
                 measure(
@@ -36,7 +36,7 @@ def test_measured_flops_scale_as_each_mechanism_should():
                     }
                 )
             )
-    for mech in ("full", "local_1d", "local_2d"):
+    for mech in ("full", "local_1d", "local_2d", "focal_modulation"):
         for size in (8, 16):
             rows.append(
                 measure(
@@ -53,12 +53,16 @@ def test_measured_flops_scale_as_each_mechanism_should():
                 )
             )
     g = growth(rows, "gflops")  # 4x tokens
-    assert g[("focal_modulation", 28)] == pytest.approx(4.0, rel=0.05)
-    assert g[("window_attention", 28)] == pytest.approx(4.0, rel=0.05)
-    assert g[("global_attention", 28)] > 8.0  # the N² term dominates
-    assert g[("full", 16)] > 8.0
-    assert g[("local_1d", 16)] == pytest.approx(4.0, rel=0.1)
-    assert g[("local_2d", 16)] == pytest.approx(4.0, rel=0.3)
+    assert g[("backbone", "focal_modulation", 28)] == pytest.approx(4.0, rel=0.05)
+    assert g[("backbone", "window_attention", 28)] == pytest.approx(4.0, rel=0.05)
+    assert g[("backbone", "pooling", 28)] == pytest.approx(4.0, rel=0.01)
+    assert g[("backbone", "dwconv", 28)] == pytest.approx(4.0, rel=0.01)
+    assert g[("backbone", "global_attention", 28)] > 8.0  # the N² term dominates
+    assert g[("backbone", "random", 28)] == pytest.approx(16.0, rel=0.01)  # an N x N matrix product
+    assert g[("image_transformer", "full", 16)] > 8.0
+    assert g[("image_transformer", "local_1d", 16)] == pytest.approx(4.0, rel=0.1)
+    assert g[("image_transformer", "local_2d", 16)] == pytest.approx(4.0, rel=0.3)
+    assert g[("image_transformer", "focal_modulation", 16)] == pytest.approx(4.0, rel=0.05)
     assert all(r["fwd_bwd_ms"] > 0 and r["peak_mib"] >= 0 for r in rows)
 
 
@@ -93,3 +97,17 @@ def test_loader_mode_reports_per_worker_and_per_node_rates_against_the_step(tmp_
         values[key] = float(match.group(1))
     assert all(v > 0 for v in values.values()), values
     assert values["per_node"] == pytest.approx(8 * values["per_worker"], rel=0.01, abs=1)
+
+
+def test_every_spatial_mixer_has_a_cost_and_pooling_counts_its_window():
+    from attnbench.mechanisms import create_mixer, list_mixers
+
+    x = torch.randn(1, 16, 8, 8)
+    for name in list_mixers("spatial"):
+        mod = create_mixer("spatial", name, 16, num_heads=2, window_size=4, input_size=(8, 8))
+        flops = forward_flops(mod, x)
+        assert flops == 0 if name == "identity" else flops > 0, name
+    pool = create_mixer("spatial", "pooling", 16)
+    assert forward_flops(pool, x) == 16 * 8 * 8 * 9  # one addition per window element and output
+    rand = create_mixer("spatial", "random", 16, input_size=(8, 8))
+    assert forward_flops(rand, x) == 2 * 16 * 64 * 64  # [C, N] @ [N, N]

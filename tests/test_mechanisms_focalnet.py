@@ -220,9 +220,27 @@ def test_window_attention_explicit_path_equals_sdpa_and_gives_probabilities():
     assert {tuple(p) for p in (qmap[0] > 0).nonzero().tolist()} == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
-def test_window_attention_rejects_maps_it_cannot_tile():
-    with pytest.raises(ValueError, match="does not tile"):
-        WindowAttention(8, num_heads=2, window_size=3)(torch.randn(1, 8, 8, 8))
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("size", [(9, 9), (10, 7), (16, 16)])
+def test_window_attention_pads_like_timms_swin_block(shift, size):
+    """A map the window does not tile (9x9 / 10x7 with window 4) is padded after the shift and cropped, as
+    timm's SwinTransformerBlock does: the mixer equals its ``_attn`` on the same weights."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    h, w = size
+    ours = randomize(WindowAttention(8, num_heads=2, window_size=4, shift=shift))
+    ref = SwinTransformerBlock(8, (h, w), num_heads=2, window_size=4, shift_size=2 if shift else 0).eval()
+    with torch.no_grad():
+        for name in ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "relative_position_bias_table"):
+            ref.attn.get_parameter(name).copy_(ours.get_parameter(name))
+    x = torch.randn(2, 8, h, w)
+    with torch.no_grad():
+        expected = ref._attn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        got = ours(x)
+        ours.explicit_attn = True
+        explicit = ours(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(explicit, expected, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ global attention
@@ -286,16 +304,9 @@ def test_stochastic_depth_grows_linearly_and_is_off_in_eval():
     "kwargs, match",
     [
         ({"img_size": 30}, "not divisible by the total stride 32"),
-        (
-            {"img_size": 96, "mixer": "window_attention", "window_size": 4},
-            "does not tile the 6x6 map of stage 3",
-        ),
-        (
-            {"mixer": "window_attention", "window_size": 3},
-            "window_size=3 does not tile the 8x8 map of stage 1",
-        ),
-        ({"mixer": "attention"}, "mixer='attention' is not a token mixer"),
-        ({"mixer": "global_attention", "head_dim": 12}, "head_dim=12 must divide embed_dim=32"),
+        ({"mixer": "attention"}, "mixer='attention' is not a spatial mixer; expected one of dwconv, "),
+        ({"mixer": "global_attention", "head_dim": 12}, "head_dim=12 must divide the width 32"),
+        ({"mixer": "window_attention", "window_size": 0}, "window_size=0: expected a positive window"),
         ({"focal_levels": (2, 2)}, "one entry per stage"),
     ],
 )

@@ -10,7 +10,7 @@ import torch.nn as nn
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.non_local import SelfAttention2d
 from attnbench.models import create_model
-from attnbench.models.sagan import Discriminator, FocalModulationBlock2d, Generator
+from attnbench.models.sagan import Discriminator, Generator, make_mixer
 
 
 def reference_attention(block: SelfAttention2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +71,7 @@ def test_attention_stores_map_only_when_asked():
 
 def test_focal_modulation_block_identity_at_init():
     torch.manual_seed(0)
-    block = FocalModulationBlock2d(16)
+    block = make_mixer("focal_modulation", 16, 8)  # the focal modulation in SAGAN's gated residual
     x = torch.randn(2, 16, 8, 8)
     torch.testing.assert_close(block(x), x, rtol=0, atol=0)
     with torch.no_grad():

@@ -4,6 +4,24 @@ The catalogue: ``create_mixer(role, name, dim=..., **context)`` and ``list_mixer
 :mod:`attnbench.mechanisms.registry`); each mechanism module registers its mixers itself.
 """
 
-from attnbench.mechanisms.registry import ROLES, create_mixer, list_mixers, register_mixer
+from attnbench.mechanisms.registry import (
+    ATTN_BACKENDS,
+    ROLES,
+    MixerInfo,
+    check_attn_backend,
+    create_mixer,
+    list_mixers,
+    mixer_info,
+    register_mixer,
+)
 
-__all__ = ["ROLES", "create_mixer", "list_mixers", "register_mixer"]
+__all__ = [
+    "ATTN_BACKENDS",
+    "ROLES",
+    "MixerInfo",
+    "check_attn_backend",
+    "create_mixer",
+    "list_mixers",
+    "mixer_info",
+    "register_mixer",
+]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attnbench.mechanisms.registry import register_mixer
+
 MODES = ("soft", "hard", "none")
 CPU_CHUNK_ELEMENTS = 1 << 19  # 2 MiB of float32 per chunk of the attention MLP's hidden layer (CPU inference)
 
@@ -169,3 +171,16 @@ def doubly_stochastic_penalty(alphas: Tensor, mask: Tensor | None = None) -> Ten
     if mask is not None:
         alphas = alphas * mask[..., None].to(alphas.dtype)
     return ((1.0 - alphas.sum(dim=1)) ** 2).sum(dim=-1)
+
+
+def _additive_builder(mode: str):
+    def build(dim: int, hidden_dim: int = 512, attn_dim: int = 512, gate: bool = True, **_):
+        return AdditiveAttention(dim, hidden_dim, attn_dim, gate=gate)
+
+    build.__name__ = build.__qualname__ = f"build_{mode}"
+    build.__doc__ = f"Show, Attend and Tell's additive attention read in mode {mode!r} (Xu et al. 2015)."
+    return build
+
+
+for _mode in MODES:  # one module for the three modes; the decoder passes the mode to each read
+    register_mixer("context", _mode, attr="attention")(_additive_builder(_mode))

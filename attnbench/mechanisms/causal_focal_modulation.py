@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnbench.mechanisms.registry import register_mixer
+
 
 class CausalFocalModulation(nn.Module):
     """``forward(x [B, N, D], grid=(rows, cols)) -> [B, N, D]``, causal in raster order of the grid.
@@ -106,3 +108,9 @@ class CausalFocalModulation(nn.Module):
         glob = self.act(cache["sum"] / cache["count"])[:, :, None]
         aggregate = aggregate + glob * gates[:, self.focal_levels, None, None]
         return self.proj(q * self.h(aggregate[:, :, 0]))
+
+
+@register_mixer("causal", "focal_modulation", attr="attn")
+def build_causal_focal_modulation(dim: int, focal_levels: int = 2, focal_window: int = 3, **_):
+    """Causal focal modulation in raster order (its decoding state is constant-size)."""
+    return CausalFocalModulation(dim, focal_levels=focal_levels, focal_window=focal_window)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.mechanisms.additive_attention import beams_per_image
+from attnbench.mechanisms.registry import register_mixer
 
 
 @dataclass
@@ -135,3 +136,11 @@ class FocalModulationContext(nn.Module):
         mass = gates.abs().sum(-1)  # [G, K, L]
         alpha = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).reshape(g * k, n_loc)
         return z, alpha, {"beta": h.new_ones(h.shape[0])}
+
+
+@register_mixer("context", "focal_modulation", attr="attention")
+def build_focal_context(
+    dim: int, hidden_dim: int = 512, attn_dim: int = 128, focal_levels: int = 2, focal_window: int = 3, **_
+) -> FocalModulationContext:
+    """Focal modulation as the decoder's read of the annotation grid (the counterpart of soft attention)."""
+    return FocalModulationContext(dim, hidden_dim, attn_dim, focal_levels, focal_window)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.mechanisms.registry import register_mixer
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel axis of a channels-first map: [B, C, H, W] -> [B, C, H, W]."""
@@ -143,3 +145,21 @@ class FocalModulation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, normalize={self.normalize_modulator}"
+
+
+@register_mixer("spatial", "focal_modulation", attr="modulation")
+def build_focal_modulation(
+    dim: int,
+    focal_window: int = 3,
+    focal_level: int = 2,
+    use_post_norm_in_modulation: bool = False,
+    normalize_modulator: bool = False,
+    proj_drop: float = 0.0,
+    **_,
+) -> FocalModulation:
+    """FocalNet's mixer (timm's attribute name ``modulation``); its last level is global (every position)."""
+    return FocalModulation(
+        dim, focal_window=focal_window, focal_level=focal_level,
+        use_postln_in_modulation=use_post_norm_in_modulation, normalize_modulator=normalize_modulator,
+        proj_drop=proj_drop,
+    )  # fmt: skip

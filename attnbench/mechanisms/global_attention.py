@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.mechanisms.registry import attention_heads, register_mixer
+
 
 class GlobalAttention(nn.Module):
     """Multi-head self-attention over all positions: x [B, C, H, W] -> [B, C, H, W].
@@ -75,3 +77,18 @@ class GlobalAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
+
+
+@register_mixer("spatial", "global_attention", attr="attn", position_blind=True)
+def build_global_attention(
+    dim: int,
+    num_heads: int | None = None,
+    head_dim: int | None = 32,
+    qkv_bias: bool = True,
+    attn_drop: float = 0.0,
+    proj_drop: float = 0.0,
+    **_,
+) -> GlobalAttention:
+    """ViT-style MHSA over the whole map (blind to positions: a backbone adds a position embedding)."""
+    heads = attention_heads(dim, num_heads, head_dim)
+    return GlobalAttention(dim, heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)

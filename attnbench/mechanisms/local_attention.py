@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnbench.mechanisms.registry import attention_heads, register_mixer
+
 ATTENTION_KINDS = ("full", "local_1d", "local_2d")
 
 
@@ -238,3 +240,30 @@ class GridSelfAttention(nn.Module):
                 q, cache["k"][:, :, idx], cache["v"][:, :, idx], attn_mask=plan.mask[blk, row][None]
             )
         return self.proj(out.reshape(b, self.dim))
+
+
+# ---- registration (causal role: Image Transformer decoder blocks) ----------------------------------------
+def _grid_attention_builder(kind: str):
+    def build(
+        dim: int,
+        num_heads: int | None = None,
+        head_dim: int | None = None,
+        block_length: int = 64,
+        query_shape=(8, 8),
+        memory_flange=(8, 8),
+        attn_dropout: float = 0.0,
+        **_,
+    ) -> GridSelfAttention:
+        heads = attention_heads(dim, num_heads, head_dim)
+        return GridSelfAttention(
+            dim, heads, kind=kind, block_length=block_length, query_shape=query_shape,
+            memory_flange=memory_flange, attn_dropout=attn_dropout,
+        )  # fmt: skip
+
+    build.__name__ = build.__qualname__ = f"build_{kind}"
+    build.__doc__ = f"Causal {kind} self-attention (Parmar et al. 2018) over the generation grid."
+    return build
+
+
+for _kind in ATTENTION_KINDS:
+    register_mixer("causal", _kind, attr="attn")(_grid_attention_builder(_kind))

@@ -16,6 +16,9 @@ Two variants:
 
 No 1/sqrt(d) scaling (the paper has none). Spectral normalisation of the four 1x1 convolutions is applied
 by the model that owns the block (it normalises every conv/linear it contains).
+
+As the spatial mixer ``self_attention`` of a backbone whose blocks add their own residual (FocalNet), the
+module is built with ``residual=False`` and returns ``o = W_v(attend(x))`` (Eq. 2) without Eq. 3's gate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from attnbench.errors import ConfigError
+from attnbench.mechanisms.registry import register_mixer
 
 
 class SelfAttention2d(nn.Module):
@@ -33,13 +39,15 @@ class SelfAttention2d(nn.Module):
         pooled: 2x2 max-pool keys and values with C/2 value channels (official/BigGAN); else the paper's
             un-pooled form with C/8 value channels. Pooling needs even H and W.
         qk_ratio: C / (query-key channels); 8 in the paper.
+        residual: return Eq. 3's ``gamma * o + x`` (SAGAN's block); ``False``: the mixer output ``o`` alone
+            (no gamma parameter), for a family that adds the residual itself.
 
     Set ``store_attention = True`` to keep the last map in ``last_attention`` (``[B, N_q, N_k]``, each row
     sums to 1, queries in row-major (h, w) order; keys on the pooled grid when ``pooled``), or call
     ``forward(x, return_attention=True)``. Nothing is stored by default.
     """
 
-    def __init__(self, channels: int, pooled: bool = True, qk_ratio: int = 8):
+    def __init__(self, channels: int, pooled: bool = True, qk_ratio: int = 8, residual: bool = True):
         super().__init__()
         v_ratio = 2 if pooled else qk_ratio
         if channels % qk_ratio or channels % v_ratio:
@@ -49,7 +57,9 @@ class SelfAttention2d(nn.Module):
         self.key = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # g, W_g
         self.value = nn.Conv2d(channels, channels // v_ratio, 1, bias=False)  # h, W_h
         self.out = nn.Conv2d(channels // v_ratio, channels, 1, bias=False)  # W_v
-        self.gamma = nn.Parameter(torch.zeros(()))
+        self.gated_residual = residual  # the family asks: does the module add SAGAN's gated residual itself?
+        if residual:
+            self.gamma = nn.Parameter(torch.zeros(()))
         self.store_attention = False
         self.last_attention: torch.Tensor | None = None
 
@@ -69,10 +79,25 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         o, beta = self.attention(x)
-        y = self.gamma * o + x  # Eq. 3
+        y = self.gamma * o + x if self.gated_residual else o  # Eq. 3
         if self.store_attention:
             self.last_attention = beta.detach()
         return (y, beta) if return_attention else y
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pooled={self.pooled}"
+
+
+@register_mixer("spatial", "self_attention", attr="attn", position_blind=True)
+def build_self_attention(
+    dim: int, attn_variant: str = "paper", gated_residual: bool = False, **_
+) -> SelfAttention2d:
+    """SAGAN's non-local block; ``attn_variant`` = ``official`` (pooled keys/values) | ``paper`` (un-pooled,
+    the default outside SAGAN: it works on maps of any size); with ``gated_residual`` Eq. 3's
+    ``gamma * o + x`` (SAGAN), else ``o`` (a block that adds its own residual)."""
+    if dim % 8:
+        raise ConfigError(
+            f"the self-attention block gets {dim} channels; it needs a multiple of 8 (query/key "
+            "channels are C/8): widen the network (model.ch, g_channels/d_channels) or move attn_res_g/_d"
+        )
+    return SelfAttention2d(dim, pooled=attn_variant == "official", residual=gated_residual)

@@ -18,6 +18,16 @@ of the mixer (e.g. ``num_heads``, ``block_index``, ``window_size``, ``input_size
 builder takes the ones it needs and ignores the rest (``**_``), so a family never names a mixer and a new
 mechanism needs no change in any model. Every mechanism module is imported by :func:`_load_all` on first use,
 so registration happens by importing the package, never by a model.
+
+A registration also carries what a family needs to know about the mixer without naming it
+(:class:`MixerInfo`): the attribute the family stores it under (``attr``: timm's FocalNet calls focal
+modulation ``modulation`` and attention ``attn``; state-dict keys of earlier checkpoints depend on it) and
+whether it is blind to positions (``position_blind``: a backbone then adds an absolute position embedding by
+default).
+
+``attn_backend`` (:data:`ATTN_BACKENDS`) is passed to every builder by every family: it picks how an
+attention mixer computes (``auto`` | ``sdpa`` | ``flex`` | ``math``), never what; mixers that do not attend
+ignore it.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch.nn as nn
 
@@ -36,8 +47,29 @@ ROLES: dict[str, str] = {
     "context": "the decoder's read of an annotation grid given its state",
 }
 
+ATTN_BACKENDS = ("auto", "sdpa", "flex", "math")
+
+
+@dataclass(frozen=True)
+class MixerInfo:
+    """What a family may ask about a registered mixer (see the module docstring)."""
+
+    role: str
+    name: str
+    attr: str = "mixer"
+    position_blind: bool = False
+
+
 _MIXERS: dict[str, dict[str, Callable[..., nn.Module]]] = {role: {} for role in ROLES}
+_INFO: dict[str, dict[str, MixerInfo]] = {role: {} for role in ROLES}
 _loaded = False
+
+
+def check_attn_backend(value: str) -> str:
+    """``value`` if it is one of :data:`ATTN_BACKENDS`, else a ConfigError naming them."""
+    if value not in ATTN_BACKENDS:
+        raise ConfigError(f"model.attn_backend={value!r}: expected one of {', '.join(ATTN_BACKENDS)}")
+    return value
 
 
 def _check_role(role: str) -> None:
@@ -45,8 +77,23 @@ def _check_role(role: str) -> None:
         raise ConfigError(f"unknown mixer role {role!r}; expected one of {', '.join(ROLES)}")
 
 
-def register_mixer(role: str, name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``builder(dim, **context) -> nn.Module`` as mixer ``name`` of ``role``."""
+def attention_heads(dim: int, num_heads: int | None = None, head_dim: int | None = None) -> int:
+    """Heads of an attention mixer of width ``dim``: ``num_heads`` when a family gives it, else
+    ``dim / head_dim``; a ConfigError when they do not divide ``dim``."""
+    if num_heads is None:
+        if not head_dim or head_dim < 1 or dim % head_dim:
+            raise ConfigError(f"head_dim={head_dim} must divide the width {dim} (heads = width / head_dim)")
+        num_heads = dim // head_dim
+    if num_heads < 1 or dim % num_heads:
+        raise ConfigError(f"num_heads={num_heads} must divide the width {dim}")
+    return int(num_heads)
+
+
+def register_mixer(
+    role: str, name: str, *, attr: str = "mixer", position_blind: bool = False
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``builder(dim, **context) -> nn.Module`` as mixer ``name`` of ``role``;
+    ``attr`` and ``position_blind`` are its :class:`MixerInfo`."""
     _check_role(role)
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -54,6 +101,7 @@ def register_mixer(role: str, name: str) -> Callable[[Callable[..., nn.Module]],
         if known is not None and known is not builder and known.__qualname__ != builder.__qualname__:
             raise RuntimeError(f"mixer {name!r} of role {role!r} is registered twice")
         _MIXERS[role][name] = builder
+        _INFO[role][name] = MixerInfo(role, name, attr=attr, position_blind=position_blind)
         return builder
 
     return wrap
@@ -73,18 +121,25 @@ def _load_all() -> None:
 
 
 def list_mixers(role: str) -> list[str]:
-    """The names registered for ``role``, in registration order."""
+    """The names registered for ``role``, sorted."""
     _check_role(role)
     _load_all()
-    return list(_MIXERS[role])
+    return sorted(_MIXERS[role])
 
 
 def get_builder(role: str, name: str) -> Callable[..., nn.Module]:
-    """The builder registered as ``name`` for ``role``; an unknown name is a ConfigError listing the role's."""
+    """The builder registered as ``name`` for ``role``; an unknown name is a ConfigError listing the
+    role's names."""
     names = list_mixers(role)
     if name not in _MIXERS[role]:
         raise ConfigError(f"model.mixer={name!r} is not a {role} mixer; expected one of {', '.join(names)}")
     return _MIXERS[role][name]
+
+
+def mixer_info(role: str, name: str) -> MixerInfo:
+    """The :class:`MixerInfo` of ``name``; an unknown name is a ConfigError listing the role's names."""
+    get_builder(role, name)
+    return _INFO[role][name]
 
 
 def create_mixer(role: str, name: str, dim: int, **context) -> nn.Module:

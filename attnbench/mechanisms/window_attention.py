@@ -6,7 +6,10 @@ Liu et al.: "Swin Transformer: Hierarchical Vision Transformer using Shifted Win
 ``(2w - 1)^2`` relative offsets per head. Every other block cyclically shifts the map by ``w // 2`` before
 partitioning, and a region mask stops tokens that were not neighbours before the shift from attending to each
 other (Sec. 3.2, "efficient batch computation for shifted configuration"). When the map is no larger than
-the window along an axis, the window shrinks to the map and that axis is not shifted (the Swin rule).
+the window along an axis, the window shrinks to the map and that axis is not shifted (the Swin rule). A map
+that the window does not tile is zero-padded at the bottom and right after the shift, attended as timm's
+``SwinTransformerBlock`` does (the padded positions are keys like any other, the region mask is that of the
+padded map), and the output is cropped back to the map.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnbench.errors import ConfigError
+from attnbench.mechanisms.registry import attention_heads, register_mixer
 
 
 def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
@@ -67,7 +73,7 @@ class WindowAttention(nn.Module):
     Args:
         dim: channels ``C`` (split into ``num_heads`` heads).
         num_heads: attention heads.
-        window_size: window side ``w``; H and W must be multiples of it unless smaller than it.
+        window_size: window side ``w``; a map it does not tile is padded (module docstring).
         shift: shift the windows by ``w // 2`` (the odd blocks of a Swin stage).
         qkv_bias: bias in the query/key/value projection.
         attn_drop, proj_drop: dropout on attention weights / after the output projection.
@@ -106,11 +112,6 @@ class WindowAttention(nn.Module):
     def window_geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(wh, ww, sh, sw): effective window and shift for an ``h x w`` map (Swin's small-map rule)."""
         wh, ww = min(self.window_size, h), min(self.window_size, w)
-        if h % wh or w % ww:
-            raise ValueError(
-                f"window_size={self.window_size} does not tile a {h}x{w} feature map; "
-                "choose a window that divides every stage's map (or is at least as large)"
-            )
         sh = wh // 2 if self.shift and h > self.window_size else 0
         sw = ww // 2 if self.shift and w > self.window_size else 0
         return wh, ww, sh, sw
@@ -137,11 +138,14 @@ class WindowAttention(nn.Module):
         x = x.permute(0, 2, 3, 1)  # [B, H, W, C]
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        hp, wp = h + (-h % wh), w + (-w % ww)  # padded to whole windows (after the shift, as timm)
+        if (hp, wp) != (h, w):
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
         windows = window_partition(x, wh, ww)  # [B, nW, N, C]
         nw, n = windows.shape[1], windows.shape[2]
         qkv = self.qkv(windows).view(b, nw, n, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)  # each [B, nW, heads, N, d]
-        bias = self.attention_bias(h, w).to(q.dtype)  # [nW or 1, heads, N, N]
+        bias = self.attention_bias(hp, wp).to(q.dtype)  # [nW or 1, heads, N, N]
         drop = self.attn_drop if self.training else 0.0
         # Training on CPU: a bias that needs its gradient sends SDPA to its unfused math path, which adds
         # -inf row checks and copies (0.8x the explicit product below, fwd+bwd); elsewhere SDPA's kernels win.
@@ -164,7 +168,7 @@ class WindowAttention(nn.Module):
             out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, dropout_p=drop)
             out = out.view(b, nw, self.num_heads, n, self.head_dim)
         out = self.proj(out.transpose(2, 3).reshape(b, nw, n, c))  # [B, nW, N, C]
-        out = window_reverse(out, wh, ww, h, w)
+        out = window_reverse(out, wh, ww, hp, wp)[:, :h, :w]
         if sh or sw:
             out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
         return self.proj_drop(out).permute(0, 3, 1, 2)
@@ -180,12 +184,13 @@ class WindowAttention(nn.Module):
         wh, ww, sh, sw = self.window_geometry(h, w)
         i, j = query if query is not None else (h // 2, w // 2)
         ri, rj = (i - sh) % h, (j - sw) % w  # position after the cyclic shift
-        window = (ri // wh) * (w // ww) + rj // ww
+        hp, wp = h + (-h % wh), w + (-w % ww)  # the padded map (see forward)
+        window = (ri // wh) * (wp // ww) + rj // ww
         row = probs[:, window, :, (ri % wh) * ww + rj % ww].mean(dim=1).view(-1, wh, ww)
-        out = probs.new_zeros(probs.shape[0], h, w)
+        out = probs.new_zeros(probs.shape[0], hp, wp)
         top, left = (ri // wh) * wh, (rj // ww) * ww
         out[:, top : top + wh, left : left + ww] = row
-        return torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+        return torch.roll(out[:, :h, :w], shifts=(sh, sw), dims=(1, 2))
 
     def received_map(self, probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Attention each position receives, head-averaged and averaged over the queries of its window, in
@@ -195,13 +200,36 @@ class WindowAttention(nn.Module):
         shows which positions the mixer draws on. Each window's map averages to 1.
         """
         wh, ww, sh, sw = self.window_geometry(h, w)
+        hp, wp = h + (-h % wh), w + (-w % ww)  # the padded map (see forward)
         b, n_windows = probs.shape[0], probs.shape[1]
         received = probs.mean(dim=2).mean(dim=2) * (wh * ww)  # [B, nW, N]
-        grid = received.view(b, h // wh, w // ww, wh, ww).permute(0, 1, 3, 2, 4).reshape(b, h, w)
-        assert n_windows == (h // wh) * (w // ww)
-        return torch.roll(grid, shifts=(sh, sw), dims=(1, 2))
+        grid = received.view(b, hp // wh, wp // ww, wh, ww).permute(0, 1, 3, 2, 4).reshape(b, hp, wp)
+        assert n_windows == (hp // wh) * (wp // ww)
+        return torch.roll(grid[:, :h, :w], shifts=(sh, sw), dims=(1, 2))
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, shift={self.shift}"
         )
+
+
+@register_mixer("spatial", "window_attention", attr="attn")
+def build_window_attention(
+    dim: int,
+    num_heads: int | None = None,
+    head_dim: int | None = 32,
+    window_size: int = 7,
+    block_index: int = 0,
+    qkv_bias: bool = True,
+    attn_drop: float = 0.0,
+    proj_drop: float = 0.0,
+    **_,
+) -> WindowAttention:
+    """Swin's mixer: windows of ``window_size``, shifted in the odd blocks of a stage (``block_index``)."""
+    if window_size < 1:
+        raise ConfigError(f"window_size={window_size}: expected a positive window side")
+    heads = attention_heads(dim, num_heads, head_dim)
+    return WindowAttention(
+        dim, heads, window_size=window_size, shift=block_index % 2 == 1, qkv_bias=qkv_bias,
+        attn_drop=attn_drop, proj_drop=proj_drop,
+    )  # fmt: skip

@@ -5,9 +5,11 @@ FocalNet-T/S/B configurations); Liu et al.: "Swin Transformer", ICCV 2021, Sec. 
 
 Stem (4x4 patch conv + LN) -> 4 stages, each a 2x2 downsampling conv + LN (except the first) and pre-LN
 blocks ``x + DropPath(LS(mixer(LN(x))))``, ``x + DropPath(LS(MLP(LN(x))))`` with MLP ratio 4 -> LN -> global
-average pool -> linear head. Everything is channels-first [B, C, H, W]. The mixer is ``focal_modulation``
-(FocalNet), ``window_attention`` (Swin, shifted windows in every other block) or ``global_attention``
-(ViT-style MHSA, with a learned absolute position embedding by default); only the mixer differs.
+average pool -> linear head. Everything is channels-first [B, C, H, W]. The mixer is any ``spatial`` mixer of
+the catalogue (:mod:`attnbench.mechanisms`: ``focal_modulation`` = FocalNet, ``window_attention`` = Swin with
+shifted windows in every other block, ``global_attention`` = ViT-style MHSA, the MetaFormer baselines, ...);
+the backbone asks the registry for it and passes what it knows about the block's place; only the mixer
+differs. Mixers blind to positions get a learned absolute position embedding by default.
 
 With ``mixer="focal_modulation"`` the state-dict keys and shapes are exactly those of timm's ``FocalNet``, so
 ``create_model("focalnet_tiny_srf").load_state_dict(timm.create_model("focalnet_tiny_srf").state_dict())``
@@ -31,13 +33,13 @@ from torch.utils.checkpoint import checkpoint
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.focal_modulation import FocalModulation, LayerNorm2d
 from attnbench.mechanisms.global_attention import GlobalAttention
+from attnbench.mechanisms.registry import check_attn_backend, create_mixer, mixer_info
 from attnbench.mechanisms.window_attention import WindowAttention
 from attnbench.models.registry import register_model
 from attnbench.safe_files import YACS_CONFIG, load_torch_file
 
 log = logging.getLogger(__name__)
 
-MIXERS = ("focal_modulation", "window_attention", "global_attention")
 PATCH_SIZE = 4
 
 
@@ -124,7 +126,8 @@ class PatchMerging(nn.Module):
 class Block(nn.Module):
     """Pre-LN residual block around a token mixer and an MLP: [B, C, H, W] -> [B, C, H, W].
 
-    The mixer is registered as ``modulation`` (focal modulation, timm's name) or ``attn`` (attention).
+    The mixer is stored under the attribute its registration names (``modulation`` for focal modulation and
+    ``attn`` for attention, timm's names; ``token_mixer`` for the MetaFormer baselines).
     ``use_post_norm`` moves the LNs after the branches (the large FocalNets).
     """
 
@@ -213,15 +216,15 @@ class FocalNet(nn.Module):
         in_chans, num_classes: input channels and classes (``num_classes=0``: no head, features out).
         embed_dim: width of stage 1; stage ``i`` has ``embed_dim * 2**i`` channels.
         depths: blocks per stage.
-        mixer: ``focal_modulation`` | ``window_attention`` | ``global_attention``.
+        mixer: a ``spatial`` mixer of the catalogue (``attnbench.mechanisms.list_mixers("spatial")``).
         mlp_ratio: MLP hidden width / block width.
         focal_levels, focal_windows: per-stage focal levels ``L`` and first kernel sizes (focal modulation).
         use_post_norm_in_modulation, normalize_modulator: focal-modulation options (see the mechanism).
         window_size: Swin window side (window attention).
         head_dim: channels per attention head (heads = width / head_dim).
         qkv_bias: bias of the attention q/k/v projection.
-        abs_pos_embed: learned absolute position embedding added after the stem; ``None`` = only for
-            ``global_attention`` (the only mixer blind to positions otherwise).
+        abs_pos_embed: learned absolute position embedding added after the stem; ``None`` = only for mixers
+            registered as blind to positions (global attention, SAGAN's self-attention).
         img_size: expected input size; when given, it is checked against the total stride and the window.
             The position embedding is made for it (default 224) and resized for other inputs.
         use_overlap_down, use_post_norm, layerscale_value: options of the large FocalNets.
@@ -230,6 +233,7 @@ class FocalNet(nn.Module):
         drop_rate, proj_drop_rate, attn_drop_rate: dropout before the head / after projections / on attention.
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
         grad_checkpointing: recompute each block's activations in the backward pass (memory for time).
+        attn_backend: how attention mixers compute (``auto`` | ``sdpa`` | ``flex`` | ``math``), never what.
     """
 
     def __init__(
@@ -258,9 +262,11 @@ class FocalNet(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         grad_checkpointing: bool = False,
+        attn_backend: str = "auto",
     ):
         super().__init__()
         depths = tuple(int(d) for d in depths)
+        check_attn_backend(attn_backend)
         check_config(mixer, depths, embed_dim, focal_levels, focal_windows, window_size, head_dim, img_size)
         if downsample not in ("conv", "patch_merging"):
             raise ConfigError(f"downsample={downsample!r}: expected conv or patch_merging")
@@ -272,7 +278,7 @@ class FocalNet(nn.Module):
 
         self.stem = Downsample(in_chans, self.embed_dim[0], stride=PATCH_SIZE, overlap=use_overlap_down)
         if abs_pos_embed is None:
-            abs_pos_embed = mixer == "global_attention"
+            abs_pos_embed = mixer_info("spatial", mixer).position_blind
         self.pos_embed = None
         if abs_pos_embed:
             gh, gw = (s // PATCH_SIZE for s in (self.img_size or (224, 224)))
@@ -283,6 +289,7 @@ class FocalNet(nn.Module):
             focal_levels=focal_levels, focal_windows=focal_windows, window_size=window_size,
             head_dim=head_dim, qkv_bias=qkv_bias, use_post_norm_in_modulation=use_post_norm_in_modulation,
             normalize_modulator=normalize_modulator, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
+            attn_backend=attn_backend,
         )  # fmt: skip
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # linear stochastic-depth rule
         stages = []
@@ -308,20 +315,25 @@ class FocalNet(nn.Module):
         self.apply(_init_weights)
 
     def _make_mixer(self, dim: int, stage: int, index: int) -> tuple[str, nn.Module]:
-        """(attribute name, token mixer) of block ``index`` of ``stage``; shifted windows in odd blocks."""
+        """(attribute name, token mixer) of block ``index`` of ``stage``, from the ``spatial`` registry; the
+        context names the block's place (``block_index``: shifted windows in odd blocks; ``input_size``: the
+        stage's map when the image size is known)."""
         o = self._mixer_opts
-        if self.mixer == "focal_modulation":
-            return "modulation", FocalModulation(
-                dim, focal_window=o["focal_windows"][stage], focal_level=o["focal_levels"][stage],
-                use_postln_in_modulation=o["use_post_norm_in_modulation"],
-                normalize_modulator=o["normalize_modulator"], proj_drop=o["proj_drop"],
-            )  # fmt: skip
-        heads = dim // o["head_dim"]
-        common = dict(qkv_bias=o["qkv_bias"], attn_drop=o["attn_drop"], proj_drop=o["proj_drop"])
-        if self.mixer == "window_attention":
-            shift = index % 2 == 1
-            return "attn", WindowAttention(dim, heads, window_size=o["window_size"], shift=shift, **common)
-        return "attn", GlobalAttention(dim, heads, **common)
+        size = None
+        if self.img_size is not None:
+            size = tuple(s // (PATCH_SIZE * 2**stage) for s in self.img_size)
+        context = dict(
+            head_dim=o["head_dim"], window_size=o["window_size"], block_index=index, stage=stage,
+            focal_window=o["focal_windows"][stage], focal_level=o["focal_levels"][stage],
+            use_post_norm_in_modulation=o["use_post_norm_in_modulation"],
+            normalize_modulator=o["normalize_modulator"], qkv_bias=o["qkv_bias"], attn_drop=o["attn_drop"],
+            proj_drop=o["proj_drop"], input_size=size, attn_backend=o["attn_backend"],
+        )  # fmt: skip
+        try:
+            module = create_mixer("spatial", self.mixer, dim, **context)
+        except ValueError as err:
+            raise ConfigError(f"mixer={self.mixer!r} in stage {stage + 1}: {err}") from err
+        return mixer_info("spatial", self.mixer).attr, module
 
     def _pos(self, size: torch.Size) -> torch.Tensor:
         pos = self.pos_embed
@@ -381,21 +393,17 @@ def check_config(
     head_dim: int,
     img_size: int | Sequence[int] | None,
 ) -> None:
-    """Raise ConfigError for settings that cannot build or cannot run at ``img_size``."""
-    if mixer not in MIXERS:
-        raise ConfigError(f"mixer={mixer!r} is not a token mixer; expected one of {', '.join(MIXERS)}")
+    """Raise ConfigError for settings that cannot build or cannot run at ``img_size`` (the mixer's own
+    settings are checked by its builder)."""
+    mixer_info("spatial", mixer)  # an unknown name: ConfigError listing the spatial mixers
     if not depths or any(d < 1 for d in depths):
         raise ConfigError(f"depths={list(depths)}: expected one positive block count per stage")
     n = len(depths)
-    if mixer == "focal_modulation" and (len(focal_levels) < n or len(focal_windows) < n):
+    if len(focal_levels) < n or len(focal_windows) < n:
         raise ConfigError(
             f"focal_levels={list(focal_levels)} / focal_windows={list(focal_windows)} need one "
             f"entry per stage ({n} stages)"
         )
-    if mixer != "focal_modulation" and (head_dim < 1 or embed_dim % head_dim):
-        raise ConfigError(f"head_dim={head_dim} must divide embed_dim={embed_dim} (heads = width / head_dim)")
-    if mixer == "window_attention" and window_size < 1:
-        raise ConfigError(f"window_size={window_size}: expected a positive window side")
     if img_size is None:
         return
     stride = PATCH_SIZE * 2 ** (n - 1)
@@ -406,17 +414,6 @@ def check_config(
                 f"(patch {PATCH_SIZE} x 2^{n - 1} "
                 f"downsamplings for {n} stages); use a multiple of {stride}"
             )
-    if mixer == "window_attention":
-        for i in range(n):
-            for s in _pair(img_size):
-                m = s // (PATCH_SIZE * 2**i)
-                if m > window_size and m % window_size:
-                    raise ConfigError(
-                        f"window_size={window_size} does not tile the {m}x{m} map of stage {i + 1} "
-                        f"(image {s} / stride {PATCH_SIZE * 2**i}); use a window that divides every stage "
-                        "map "
-                        "larger than it"
-                    )
 
 
 # ------------------------------------------------------------------------------------- visualisation

@@ -45,11 +45,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnbench.errors import ConfigError
-from attnbench.mechanisms.causal_focal_modulation import CausalFocalModulation
-from attnbench.mechanisms.local_attention import ATTENTION_KINDS, GridSelfAttention
+from attnbench.mechanisms.registry import check_attn_backend, create_mixer, mixer_info
 from attnbench.models.registry import register_model
 
-MIXERS = (*ATTENTION_KINDS, "focal_modulation")
 OUTPUTS = ("categorical", "dmol", "dmol_pixel")
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s lower bound on the log-scales
 
@@ -190,11 +188,12 @@ class DecoderBlock(nn.Module):
     ):
         super().__init__()
         self.pre = norm == "pre"
-        # the token mixer (named ``attn`` for every variant: checkpoints keep their keys)
-        if attn_kw["kind"] == "focal_modulation":
-            self.attn = CausalFocalModulation(dim, **(focal or {}))
-        else:
-            self.attn = GridSelfAttention(dim, heads, attn_dropout=attn_dropout, **attn_kw)
+        # the token mixer, from the causal registry (``attn`` for every mixer: checkpoints keep their keys)
+        context = {k: v for k, v in attn_kw.items() if k != "kind"}
+        context.update(focal or {})
+        self.attn = create_mixer(
+            "causal", attn_kw["kind"], dim, num_heads=heads, attn_dropout=attn_dropout, **context
+        )
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         act = nn.GELU() if activation == "gelu" else nn.ReLU()
         inner = dropout if ffn_dropout is None else ffn_dropout
@@ -253,11 +252,13 @@ class ImageTransformer(nn.Module):
         class_conditional: bool | None = None,
         output: str = "categorical",
         num_mixtures: int = 10,
+        attn_backend: str = "auto",
     ):
         super().__init__()
+        mixer_info("causal", mixer)  # an unknown name: ConfigError listing the causal mixers
+        check_attn_backend(attn_backend)
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         checks = [
-            (mixer in MIXERS, f"mixer={mixer!r}: expected one of {', '.join(MIXERS)}"),
             (norm in ("pre", "post"), f"norm={norm!r}: expected 'pre' or 'post'"),
             (
                 pos_encoding in ("sinusoidal", "learned"),
@@ -306,6 +307,7 @@ class ImageTransformer(nn.Module):
             block_length=block_length,
             query_shape=tuple(query_shape),
             memory_flange=tuple(memory_flange),
+            attn_backend=attn_backend,
         )
         try:
             self.blocks = nn.ModuleList(

@@ -12,8 +12,10 @@ BigGAN/SNGAN ResNet GANs the paper builds on (Miyato et al. 2018; Miyato & Koyam
   sum pooling over positions, ``linear(h) + <embed(y), h>`` (the projection term, Miyato & Koyama 2018).
 - Spectral normalisation (``torch.nn.utils.parametrizations.spectral_norm``) on every conv and linear of G
   and D, the mixer's included, and on D's class embedding.
-- The mixer (``self_attention`` | ``focal_modulation`` | ``none``) follows the block whose output
-  resolution is listed in ``attn_res_g`` / ``attn_res_d``.
+- The mixer follows the block whose output resolution is listed in ``attn_res_g`` / ``attn_res_d``: any
+  ``spatial`` mixer of the catalogue (:mod:`attnbench.mechanisms`), asked from the registry with the map's
+  size, inside SAGAN's gated residual ``y = gamma * mixer(x) + x`` with gamma starting at 0 (Zhang et al.
+  Eq. 3; the non-local block ``self_attention`` has this gate built in), or ``none`` (no block at all).
 """
 
 from __future__ import annotations
@@ -28,46 +30,47 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.non_local import SelfAttention2d
+from attnbench.mechanisms.registry import check_attn_backend, create_mixer, list_mixers, mixer_info
 from attnbench.models.registry import register_model
 
-MIXERS = ("self_attention", "focal_modulation", "none")
+NO_MIXER = "none"  # SAGAN's own option beside the spatial mixers: no mixer block at all
 ATTN_VARIANTS = ("official", "paper")
 
 
-class FocalModulationBlock2d(nn.Module):
-    """Residual wrapper ``y = gamma * FocalModulation(x) + x`` on ``[B, C, H, W]`` maps (attnbench's
-    FocalModulation is channels-first, like timm's), gamma initialised
-    to 0 like the SAGAN block, so swapping the mixer changes nothing at initialisation.
+class GatedResidual(nn.Module):
+    """``y = gamma * mixer(x) + x`` on ``[B, C, H, W]`` maps, gamma initialised to 0 like SAGAN's block
+    (Zhang et al. 2019, Eq. 3), so swapping the mixer changes nothing at initialisation. The mixer is stored
+    under the attribute its registration names (``modulation`` for focal modulation: the keys of earlier
+    checkpoints)."""
 
-    FocalNet (Yang et al., NeurIPS 2022, Eq. 4-6) is non-causal here: every position sees its whole
-    neighbourhood and the global context.
-    """
-
-    def __init__(self, channels: int, focal_window: int = 3, focal_level: int = 2):
+    def __init__(self, mixer: nn.Module, attr: str = "mixer"):
         super().__init__()
-        from attnbench.mechanisms.focal_modulation import FocalModulation
-
-        self.modulation = FocalModulation(channels, focal_window=focal_window, focal_level=focal_level)
+        self.mixer_name = attr
+        self.add_module(attr, mixer)
         self.gamma = nn.Parameter(torch.zeros(()))
 
+    @property
+    def mixer(self) -> nn.Module:
+        return getattr(self, self.mixer_name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.modulation(x) + x
+        return self.gamma * self.mixer(x) + x
 
 
-def make_mixer(
-    mixer: str, channels: int, attn_variant: str, focal_window: int, focal_level: int
-) -> nn.Module:
-    """The block placed after a ResNet block: SAGAN self-attention, focal modulation, or nothing."""
-    if mixer == "self_attention":
-        if channels % 8:
-            raise ConfigError(
-                f"the self-attention block gets {channels} channels; it needs a multiple of 8 (query/key "
-                "channels are C/8): widen the network (model.ch, g_channels/d_channels) or move attn_res_g/_d"
-            )
-        return SelfAttention2d(channels, pooled=attn_variant == "official")
-    if mixer == "focal_modulation":
-        return FocalModulationBlock2d(channels, focal_window, focal_level)
-    return nn.Identity()
+def make_mixer(mixer: str, channels: int, resolution: int, **context) -> nn.Module:
+    """The block placed after a ResNet block whose output is a ``resolution`` x ``resolution`` map: the
+    ``spatial`` mixer ``mixer`` in SAGAN's gated residual (its own when it has one), or nothing (``none``)."""
+    if mixer == NO_MIXER:
+        return nn.Identity()
+    try:
+        module = create_mixer(
+            "spatial", mixer, channels, input_size=(resolution, resolution), gated_residual=True, **context
+        )
+    except ValueError as err:
+        raise ConfigError(f"model.mixer={mixer!r} at {resolution}x{resolution}: {err}") from err
+    if getattr(module, "gated_residual", False):
+        return module
+    return GatedResidual(module, mixer_info("spatial", mixer).attr)
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -221,6 +224,7 @@ class Generator(nn.Module):
         focal_level: int = 2,
         shared_dim: int = 0,
         class_input: bool = False,
+        mixer_context: dict | None = None,
     ):
         super().__init__()
         chans = list(channels) if channels else default_g_channels(image_size, ch)
@@ -230,7 +234,7 @@ class Generator(nn.Module):
                 f"g_channels={chans} gives {res[-1]} px images, expected {len(res)} entries "
                 f"ending at image_size={image_size}"
             )
-        attn = _as_res_set(attn_res) if mixer != "none" else set()
+        attn = _as_res_set(attn_res) if mixer != NO_MIXER else set()
         _check_res("attn_res_g", attn, res[1:])
         self.z_dim, self.num_classes, self.image_size = z_dim, num_classes, image_size
         self.bottom_channels = chans[0]
@@ -246,10 +250,10 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, cond_dim) for i in range(len(chans) - 1)
         )
+        context = dict(attn_variant=attn_variant, focal_window=focal_window, focal_level=focal_level,
+                       **(mixer_context or {}))  # fmt: skip
         self.mixers = nn.ModuleList(
-            make_mixer(mixer, chans[i + 1], attn_variant, focal_window, focal_level)
-            if res[i + 1] in attn
-            else nn.Identity()
+            make_mixer(mixer, chans[i + 1], res[i + 1], **context) if res[i + 1] in attn else nn.Identity()
             for i in range(len(chans) - 1)
         )
         self.out_bn = nn.BatchNorm2d(chans[-1])
@@ -283,6 +287,7 @@ class Discriminator(nn.Module):
         attn_variant: str = "official",
         focal_window: int = 3,
         focal_level: int = 2,
+        mixer_context: dict | None = None,
     ):
         super().__init__()
         chans, downs = default_d_layout(image_size, ch)
@@ -297,7 +302,7 @@ class Discriminator(nn.Module):
         for d in downs:
             r = r // 2 if d else r
             res.append(r)
-        attn = _as_res_set(attn_res) if mixer != "none" else set()
+        attn = _as_res_set(attn_res) if mixer != NO_MIXER else set()
         _check_res("attn_res_d", attn, sorted(set(res)))
         self.num_classes = num_classes
         cins = [in_channels] + chans[:-1]
@@ -306,12 +311,12 @@ class Discriminator(nn.Module):
         )
         # a resolution shared by several plain blocks gets its mixer after the first of them only
         placed, mixers = set(), []
+        context = dict(attn_variant=attn_variant, focal_window=focal_window, focal_level=focal_level,
+                       **(mixer_context or {}))  # fmt: skip
         for i in range(len(chans)):
             use = res[i] in attn and res[i] not in placed
             placed |= {res[i]} if use else set()
-            mixers.append(
-                make_mixer(mixer, chans[i], attn_variant, focal_window, focal_level) if use else nn.Identity()
-            )
+            mixers.append(make_mixer(mixer, chans[i], res[i], **context) if use else nn.Identity())
         self.mixers = nn.ModuleList(mixers)
         self.linear = nn.Linear(chans[-1], 1)
         self.embed = nn.Embedding(num_classes, chans[-1]) if num_classes else None
@@ -368,6 +373,9 @@ def sagan(
     focal_level: int = 2,
     shared_dim: int = 0,
     class_input: bool = False,
+    heads: int = 1,
+    window_size: int = 4,
+    attn_backend: str = "auto",
 ) -> SAGAN:
     """Class-conditional SAGAN for ``image_size`` px images with ``channels`` colour channels.
 
@@ -377,10 +385,14 @@ def sagan(
     C/2 values) or ``paper`` (un-pooled, C/8 values). ``shared_dim=0``: per-class BatchNorm gains and biases
     (SAGAN release); ``shared_dim=d``: gains and biases are linear maps of a shared d-dim class embedding
     (BigGAN); ``class_input=true`` also feeds that embedding, concatenated with z, to G's first linear layer
-    (BigGAN-deep).
+    (BigGAN-deep). ``mixer`` is ``none`` or any ``spatial`` mixer of the catalogue; ``heads`` and
+    ``window_size`` configure the attention mixers other than SAGAN's own (window / global attention),
+    ``attn_backend`` how attention computes.
     """
-    if mixer not in MIXERS:
-        raise ConfigError(f"model.mixer={mixer!r}: expected one of {', '.join(MIXERS)}")
+    if mixer != NO_MIXER and mixer not in list_mixers("spatial"):
+        names = ", ".join([*list_mixers("spatial"), NO_MIXER])
+        raise ConfigError(f"model.mixer={mixer!r} is not a SAGAN mixer; expected one of {names}")
+    check_attn_backend(attn_backend)
     if attn_variant not in ATTN_VARIANTS:
         raise ConfigError(f"model.attn_variant={attn_variant!r}: expected one of {', '.join(ATTN_VARIANTS)}")
     common = dict(
@@ -390,6 +402,7 @@ def sagan(
         attn_variant=attn_variant,
         focal_window=focal_window,
         focal_level=focal_level,
+        mixer_context=dict(num_heads=heads, window_size=window_size, attn_backend=attn_backend),
     )
     g = Generator(
         out_channels=channels,

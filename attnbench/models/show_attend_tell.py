@@ -21,12 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.errors import ConfigError
-from attnbench.mechanisms.additive_attention import MODES, AdditiveAttention
-from attnbench.mechanisms.focal_context import FocalModulationContext
+from attnbench.mechanisms.registry import check_attn_backend, create_mixer, mixer_info
 from attnbench.models.registry import register_model
 from attnbench.safe_files import load_torch_file
-
-MIXERS = (*MODES, "focal_modulation")
 
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
 TORCHVISION_TRUNKS = (
@@ -159,13 +156,14 @@ class ShowAttendTell(nn.Module):
         hard_eval: str = "argmax",
         focal_levels: int = 2,
         focal_window: int = 3,
+        attn_backend: str = "auto",
     ):
         super().__init__()
         vocab = [str(w) for w in vocab]
         if tuple(vocab[:4]) != SPECIALS:
             raise ConfigError(f"the vocabulary must start with {SPECIALS}; got {vocab[:4]}")
-        if mixer not in MIXERS:
-            raise ConfigError(f"model.mixer={mixer!r}; expected one of {', '.join(MIXERS)}")
+        mixer_info("context", mixer)  # an unknown name: ConfigError listing the context mixers
+        check_attn_backend(attn_backend)
         if hard_eval not in ("argmax", "expected"):
             raise ConfigError(f"hard_eval={hard_eval!r}; expected argmax or expected")
         self.vocab = vocab
@@ -192,12 +190,10 @@ class ShowAttendTell(nn.Module):
         self.embed = nn.Embedding(v, embed_dim)  # E
         self.init_h = nn.Linear(feat_dim, hidden_dim)  # f_init,h
         self.init_c = nn.Linear(feat_dim, hidden_dim)  # f_init,c
-        if mixer == "focal_modulation":  # the modulation counterpart of soft attention (focal_context.py)
-            self.attention = FocalModulationContext(
-                feat_dim, hidden_dim, attn_dim, focal_levels, focal_window
-            )
-        else:
-            self.attention = AdditiveAttention(feat_dim, hidden_dim, attn_dim, gate=gate)
+        self.attention = create_mixer(  # the context mixer, from the registry (attribute ``attention``)
+            "context", mixer, feat_dim, hidden_dim=hidden_dim, attn_dim=attn_dim, gate=gate,
+            focal_levels=focal_levels, focal_window=focal_window, attn_backend=attn_backend,
+        )  # fmt: skip
         self.lstm = nn.LSTMCell(embed_dim + feat_dim, hidden_dim)
         self.out_h = nn.Linear(hidden_dim, embed_dim)  # L_h
         self.out_z = nn.Linear(feat_dim, embed_dim, bias=False)  # L_z
