@@ -374,12 +374,8 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     )
     from attnbench.validate import validate_config
 
-    if not cfg.get("resume") and requeued_on_slurm(out):
-        log.info(
-            "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
-            os.environ.get("SLURM_RESTART_COUNT"),
-            out,
-        )
+    requeued = not cfg.get("resume") and requeued_on_slurm(out)
+    if requeued:
         cfg = cfg.copy()
         OmegaConf.update(cfg, "resume", True, force_add=True)
     resuming = bool(cfg.get("resume"))
@@ -392,7 +388,13 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     ckpt = resume_checkpoint(cfg, out)
     checkpoint = read_checkpoint(ckpt, ident, cfg) if ckpt else None
     if resuming:
-        check_resume_progress(cfg, out, checkpoint)
+        check_resume_progress(cfg, out, checkpoint)  # a complete run: nothing is written, not even a log line
+    if requeued:
+        log.info(
+            "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
+            os.environ.get("SLURM_RESTART_COUNT"),
+            out,
+        )
 
     started = time.perf_counter()
     saved_env = snapshot_env()
