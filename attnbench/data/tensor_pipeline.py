@@ -100,8 +100,10 @@ def _pil_rgb(data: bytes) -> torch.Tensor:
     """uint8 ``[3, H, W]``: ``data`` decoded by PIL and converted to RGB (raises what PIL raises)."""
     from PIL import Image
 
+    from attnbench.data.files import to_rgb
+
     with Image.open(io.BytesIO(data)) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1).contiguous()
 
 
 # --- decoding on the training device (data.decode_device=cuda) ---------------------------------------------
