@@ -211,13 +211,13 @@ class ImageFolderDataModule(ImageDataModule):
         **kwargs,
     ):
         """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
-        ``train/`` is not required (when it exists, its class folders decide the labels). ``decoder``:
-        ``pil`` (PIL + timm / torchvision transforms on PIL images) or ``torchvision`` (``torchvision.io``
-        JPEG decoding + transforms v2 on uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda``
-        (with ``torchvision``): workers only read the files and each batch is decoded on the training GPU (nvJPEG) and transformed there.
-        ``augment=false`` (generative models: ``model.train_augment``): training images are the whole image,
-        centre-cropped along its long edge and resized to ``image_size`` (BigGAN/SAGAN's ImageNet input), with
-        no random crop, flip or augmentation."""
+        ``train/`` is not required (when it exists, its class folders decide the labels). ``decoder``: ``pil``
+        (PIL + timm / torchvision transforms on PIL images) or ``torchvision`` (``torchvision.io`` JPEG
+        decoding + transforms v2 on uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` (with
+        ``torchvision``): workers only read the files and each batch is decoded on the training GPU (nvJPEG)
+        and transformed there. ``augment=false`` (generative models: ``model.train_augment``): training images
+        are the whole image, centre-cropped along its long edge and resized to ``image_size`` (BigGAN/SAGAN's
+        ImageNet input), with no random crop, flip or augmentation."""
         check_decoder(decoder, decode_device)
         super().__init__(**kwargs)
         root = require_dir(self.root, name, LAYOUT)
