@@ -245,3 +245,205 @@ def test_a_deeply_nested_metrics_file_is_no_run_and_no_crash(tmp_path):
 
     (tmp_path / "metrics.json").write_text("[" * 200_000 + "]" * 200_000)
     assert saved_record(tmp_path) == {} and run_markers(tmp_path) == ["metrics.json"]
+
+
+# ------------------------------------------------------------------------ silently wrong: data
+def flickr(root: Path, edit=None) -> dict:
+    """A tiny Flickr8k tree; ``edit(meta)`` changes its Karpathy file before it is written back."""
+    from test_caption_data import write_flickr8k
+
+    write_flickr8k(root)
+    meta = json.loads((root / "dataset_flickr8k.json").read_text())
+    if edit is not None:
+        edit(meta)
+        (root / "dataset_flickr8k.json").write_text(json.dumps(meta))
+    return meta
+
+
+def flickr_module(root: Path):
+    from attnbench.data.captions import KarpathyCaptionsDataModule
+
+    return KarpathyCaptionsDataModule(dataset="flickr8k", root=str(root), image_dir="images", min_word_freq=1)
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (
+            lambda m: m["images"][0].update(filename="../../outside.jpg"),
+            r"images\[0\] names the image .*outside",
+        ),
+        (
+            lambda m: m["images"][1].update(filename="/etc/hostname"),
+            r"images\[1\] names the image '/etc/hostname'",
+        ),
+        (lambda m: m["images"][0].pop("filename"), r"images\[0\] has no `filename`"),
+        (lambda m: m["images"][2].update(split=["train"]), r"images\[2\] .* has split \['train'\]"),
+        (
+            lambda m: m["images"][0]["sentences"].__setitem__(0, "a dog"),
+            r"images\[0\].sentences\[0\] is a str",
+        ),
+        (lambda m: [i.pop("sentences") for i in m["images"]], r"no entry of `images` has `sentences`"),
+        (lambda m: m.pop("images"), r"expected a JSON object with an `images` list"),
+    ],
+)
+def test_a_damaged_karpathy_file_is_one_clear_error_naming_the_entry(tmp_path, edit, pattern):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"never read")
+    flickr(tmp_path / "data" / "flickr", edit)
+    with pytest.raises(ConfigError, match=pattern):
+        flickr_module(tmp_path / "data" / "flickr")
+
+
+def test_truncated_and_latin1_karpathy_files_name_the_file_and_position(tmp_path):
+    root = tmp_path / "flickr"
+    flickr(root)
+    path = root / "dataset_flickr8k.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # cut mid-file
+    with pytest.raises(ConfigError, match=r"dataset_flickr8k.json' is not valid JSON: .* line 1, column \d+"):
+        flickr_module(root)
+    path.write_bytes(text.replace("grass", "gr\u00e4ss").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte \d+"):
+        flickr_module(root)
+
+
+def test_sixteen_bit_greyscale_is_scaled_on_both_decoders(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from attnbench.data.imagefolder import load_rgb
+    from attnbench.data.tensor_pipeline import read_rgb_tensor
+
+    ramp = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)  # 0 .. 64484
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    expected = np.rint(ramp / 257.0)
+    pil = np.asarray(load_rgb(str(tmp_path / "deep.png")))[..., 0]
+    tv = read_rgb_tensor(str(tmp_path / "deep.png"))[0].numpy()
+    for got in (pil, tv):
+        assert np.abs(got - expected).max() <= 1 and (got == 255).mean() < 0.01  # not clipped to white
+
+
+def test_an_empty_class_folder_is_named_and_not_counted(tmp_path, caplog):
+    import logging
+
+    from test_data_ondisk import make_imagefolder
+
+    from attnbench.data.imagefolder import ImageFolderDataModule
+
+    root = make_imagefolder(tmp_path / "imnet")
+    for split in ("train", "val"):
+        (root / split / "zebra").mkdir()  # no images in any split
+    with caplog.at_level(logging.WARNING, logger="attnbench"):
+        with pytest.raises(ConfigError, match="has 2 class folders with images .* set data.num_classes=2"):
+            ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=3)
+    assert "train/zebra: left out as a class" in caplog.text
+    dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=2)
+    assert dm.classes == ["cat", "dog"]
+    shutil.rmtree(root / "val" / "dog")
+    (root / "val" / "dog").mkdir()  # a class that is never validated: kept, named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="attnbench"):
+        dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=2)
+    assert dm.classes == ["cat", "dog"] and "val/dog: it holds no images" in caplog.text
+    shutil.rmtree(root / "train" / "cat")
+    (root / "train" / "cat").mkdir()
+    with pytest.raises(ConfigError, match="val/cat holds images but .*train/cat holds none"):
+        ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=2)
+
+
+def test_incomplete_cifar_sets_name_the_missing_file_and_fifos_are_not_read(tmp_path):
+    import os
+
+    from test_data_ondisk import write_cifar10
+
+    from attnbench.data.cifar_files import read_split
+
+    root = write_cifar10(tmp_path / "c")
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(ConfigError, match="data_batch_3 is missing"):
+        read_split(root, "cifar10", train=True)
+    os.mkfifo(root / "cifar-10-batches-py" / "data_batch_3")  # opening it for reading would block
+    with pytest.raises(ConfigError, match="data_batch_3 is not a regular file"):
+        read_split(root, "cifar10", train=True)
+
+
+# ------------------------------------------------------------------------ silently wrong: report
+def report_run(folder: Path, metrics: dict, overrides: list[str] | None = None) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides or []))
+    (folder / "metrics.json").write_text(json.dumps({"status": "ok", **metrics}))
+    return folder
+
+
+def test_report_names_non_finite_metrics_and_refuses_unknown_ones(tmp_path):
+    from attnbench.report import build_report, main
+
+    report_run(tmp_path / "a", {"test/acc": 0.8, "seed": 0})
+    (tmp_path / "b").mkdir()
+    report_run(tmp_path / "b" / "r", {})
+    (tmp_path / "b" / "r" / "metrics.json").write_text('{"status": "ok", "test/acc": NaN}')
+    report_run(tmp_path / "c", {})
+    (tmp_path / "c" / "metrics.json").write_text('{"status": "ok", "test/acc": 1e400}')
+    md = build_report(tmp_path)
+    assert "## Non-finite metrics (2, left out of the means)" in md
+    assert (
+        f"`{tmp_path / 'b' / 'r'}`: `test/acc` = nan" in md and f"`{tmp_path / 'c'}`: `test/acc` = inf" in md
+    )
+    (tmp_path / "report.md").unlink()
+    with pytest.raises(ConfigError, match="--metric test/acc_top9: no run .* recorded metrics: .*test/acc"):
+        build_report(tmp_path, metric="test/acc_top9")
+    assert not (tmp_path / "report.md").exists()
+    (tmp_path / "file").write_text("x")
+    assert main([str(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_report_never_writes_through_symlinks_and_resolves_interpolations(tmp_path):
+    from attnbench.report import build_report
+
+    sweep = tmp_path / "sweep"
+    run = report_run(sweep / "0", {"test/acc": 0.5}, ["model.task.beam_size=3"])
+    report_run(sweep / "1", {"test/acc": 0.6}, ["data.batch_size=8"])
+    (run / ".hydra" / "config.yaml").write_text(
+        "model:\n  task:\n    beam_size: 3\ndata:\n  batch_size: ${model.task.beam_size}\n"
+    )
+    outside = tmp_path / "outside"
+    (sweep / "report.md").symlink_to(outside / "report.md")  # dangling: outside/ does not exist
+    (sweep / "report.csv").symlink_to(tmp_path / "elsewhere.csv")
+    md = build_report(sweep)
+    assert not outside.exists() and not (tmp_path / "elsewhere.csv").exists()
+    assert (sweep / "report-2.md").is_file() and "${" not in (sweep / "report-2.csv").read_text()
+    assert "${" not in md
+
+
+def test_report_wandb_is_offline_without_wandb_mode(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from attnbench.report import log_report_to_wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    seen = {}
+
+    class FakeRun:
+        id, summary = "x", {}
+
+        def log(self, *_):
+            pass
+
+        def finish(self):
+            pass
+
+    def init(**kw):
+        import os
+
+        seen.update(mode=kw["mode"], env=os.environ.get("WANDB_MODE"))
+        return FakeRun()
+
+    fake = types.SimpleNamespace(init=init, Table=lambda **kw: None, Image=lambda *a, **k: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log_report_to_wandb(tmp_path, tmp_path, ["a"], [["1"]], [], "md", "offline")
+    # wandb-core resolves its server's name unless WANDB_MODE=offline is set (strace: 1 DNS query vs 0)
+    assert seen == {"mode": "offline", "env": "offline"}

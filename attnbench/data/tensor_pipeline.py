@@ -121,7 +121,9 @@ def read_encoded(path: str) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as img:  # the header only: format, mode, size, bomb check
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        rgb = img.convert("RGB")
+        from attnbench.data.files import to_rgb
+
+        rgb = to_rgb(img)  # 16-bit greyscale scaled, not clipped
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
