@@ -110,9 +110,19 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
                 return newest
             # stopped before its first checkpoint: the saved run starts again from its beginning
             # (run_folder.check_resume_progress refuses this for a run that finished)
+            if saved_status(out) != "ok":
+                log.warning(
+                    "resume=true: %s holds no checkpoint yet; the saved run restarts from step 0", out
+                )
             return None
         return str(last)
     return None
+
+
+def saved_status(out: Path) -> str | None:
+    from attnbench.run_folder import saved_record
+
+    return saved_record(out).get("status")
 
 
 def newest_checkpoint(folder: Path) -> str | None:

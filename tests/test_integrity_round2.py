@@ -447,3 +447,13 @@ def test_report_wandb_is_offline_without_wandb_mode(tmp_path, monkeypatch):
     log_report_to_wandb(tmp_path, tmp_path, ["a"], [["1"]], [], "md", "offline")
     # wandb-core resolves its server's name unless WANDB_MODE=offline is set (strace: 1 DNS query vs 0)
     assert seen == {"mode": "offline", "env": "offline"}
+
+
+def test_report_skips_a_deeply_nested_record(tmp_path):
+    from attnbench.report import build_report
+
+    report_run(tmp_path / "a", {"test/acc": 0.7})
+    report_run(tmp_path / "deep", {})
+    (tmp_path / "deep" / "metrics.json").write_text("[" * 200_000 + "]" * 200_000)
+    md = build_report(tmp_path)
+    assert "1 finished runs" in md and "## Skipped records (1)" in md and "RecursionError" in md
