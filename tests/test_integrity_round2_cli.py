@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from test_app import REPO
 from test_integrity import WritesMarker, tree_digest
@@ -46,7 +46,7 @@ def _with_evil_callback(src, dst, marker):
     ``marker`` when it runs): what a run folder received from someone else can hold."""
     shutil.copytree(src, dst)
     crafted = dst / "crafted.pkl"
-    crafted.write_bytes(pickle.dumps(WritesMarker(marker)))
+    torch.save(WritesMarker(marker), crafted)  # torch.load(weights_only=False) of it creates the marker
     config = yaml.safe_load((dst / ".hydra" / "config.yaml").read_text())
     config["callbacks"]["evil"] = {"_target_": "torch.load", "f": str(crafted), "weights_only": False}
     (dst / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
