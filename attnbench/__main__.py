@@ -62,7 +62,14 @@ def run_app(cfg: DictConfig) -> float | None:
         return None
     except Exception as err:  # noqa: BLE001
         if not _is_multirun():
-            raise
+            recorded = recorded_failure(cfg, err)
+            if recorded is None:  # failed before its record existed (a bug): the whole traceback
+                raise
+            print(
+                f"error: {type(err).__name__}: {_first_line(err)}\n  recorded in {recorded}", file=sys.stderr
+            )
+            log_traceback_to_file(err)
+            sys.exit(1)
         logging.getLogger("attnbench").exception("job failed; the sweep goes on")
         _report_failure(f"job failed: {type(err).__name__}: {err}", cfg)
         return None
@@ -70,6 +77,41 @@ def run_app(cfg: DictConfig) -> float | None:
         print_summary(metrics, cfg)
     value = metrics.get(str(cfg.get("optimized_metric")))
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def recorded_failure(cfg: DictConfig, err: BaseException) -> Path | None:
+    """The run's ``metrics.json`` when it records this failure (``status: failed``), else None."""
+    from attnbench.run_folder import saved_record
+
+    out = Path(str(cfg.paths.get("output_dir", "")))
+    record = saved_record(out)
+    ours = record.get("status") == "failed" and str(record.get("error", "")).startswith(type(err).__name__)
+    return out / "metrics.json" if ours else None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:500] if text else ""
+
+
+def log_traceback_to_file(err: BaseException) -> None:
+    """The traceback of ``err`` into the run's log file(s) (``train.log``), not the terminal."""
+    import traceback
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    record = logging.LogRecord(
+        "attnbench",
+        logging.ERROR,
+        __file__,
+        0,
+        "run failed:\n%s",
+        ("".join(traceback.format_exception(err)),),
+        None,
+    )
+    for handler in handlers:
+        handler.handle(record)
+    if handlers:
+        print(f"  traceback in {handlers[0].baseFilename}", file=sys.stderr)
 
 
 def _report_failure(message: str, cfg: DictConfig) -> None:

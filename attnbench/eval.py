@@ -26,7 +26,9 @@ def with_saved_run_config(cfg: DictConfig) -> DictConfig:
     saved_file = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / RECORD_DIR / "config.yaml"
     if not saved_file.is_file():
         return cfg
-    saved = OmegaConf.load(saved_file)
+    from attnbench.saved_config import checked_saved_config
+
+    saved = checked_saved_config(saved_file.parent.parent)  # rebuilt from attnbench's configs and compared
     with open_dict(saved):
         saved.paths = cfg.paths
         for key in ("task_name", "train", "test", "ckpt_path", "resume"):
@@ -44,7 +46,14 @@ def with_saved_run_config(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def app(cfg: DictConfig) -> float | None:
-    return run_app(with_saved_run_config(cfg))
+    from attnbench.errors import ConfigError
+
+    try:
+        cfg = with_saved_run_config(cfg)
+    except ConfigError as err:  # a damaged or edited run record: one message, nothing written
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return run_app(cfg)
 
 
 def with_saved_groups(argv: list[str]) -> list[str]:

@@ -93,6 +93,8 @@ class Run:
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
+        if isinstance(node, str) and "${" in node:  # an interpolation: its value, never the ${...} text
+            node = resolved_value(self.folder / ".hydra" / "config.yaml", key)
         if isinstance(node, bool):
             return str(node).lower()
         return None if isinstance(node, (dict, list)) or node is None else str(node)
@@ -203,7 +205,7 @@ def read_metrics(path: Path) -> dict[str, Any] | str:
     """A run's ``metrics.json`` as a dict, or the reason it cannot be read (truncated, not an object)."""
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         return f"unreadable ({type(err).__name__}: {str(err)[:80]})"
     if not isinstance(record, dict):
         return f"not a JSON object (a {type(record).__name__})"
@@ -375,6 +377,8 @@ class OwnFiles:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     def _mine(self, path: Path) -> bool:
+        if path.is_symlink():  # even a dangling one: writing through it would create a file elsewhere
+            return False
         return not path.exists() or self.owned.get(path.name) == self._digest(path)
 
     def path(self, name: str) -> Path:
@@ -390,6 +394,8 @@ class OwnFiles:
     def wrote(self, path: Path) -> None:
         self.owned[path.name] = self._digest(path)
         tmp = self.folder / f"{self.MANIFEST}.tmp"
+        if tmp.is_symlink():
+            tmp.unlink()
         tmp.write_text(json.dumps(self.owned, indent=1, sort_keys=True))
         tmp.replace(self.folder / self.MANIFEST)
 
@@ -431,10 +437,11 @@ def build_report(
     """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text.
     ``wandb_mode`` ("offline" or "online") also logs them as a W&B run in the sweep's group."""
     out = out or root
-    out.mkdir(parents=True, exist_ok=True)
-    files = OwnFiles(out)
     skipped: list[tuple[Path, str]] = []
     runs, unfinished = find_runs(root, skipped)
+    check_inputs(runs, out, metric)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    files = OwnFiles(out)
     groups = group_runs(runs)
     failed = [r for r in runs if r.status != "ok"]
     main = metric or primary_metric(groups)
@@ -502,6 +509,7 @@ def build_report(
         text += [f"- `{r.folder}`: {str(r.metrics.get('error', 'unknown error'))[:300]}" for r in failed]
     if unfinished:
         text += ["", f"## Unfinished ({len(unfinished)})", ""] + [f"- `{p}`" for p in unfinished]
+    text += nonfinite_section(runs, list(dict.fromkeys([*([main] if main else []), *SHOWN])))
     if skipped:
         text += ["", f"## Skipped records ({len(skipped)})", ""] + [f"- `{p}`: {why}" for p, why in skipped]
     if plots:
@@ -523,6 +531,55 @@ def build_report(
     return md
 
 
+# ------------------------------------------------------------------------------------------- input checks
+def check_inputs(runs: list[Run], out: Path, metric: str | None) -> None:
+    """ConfigError for a request the runs cannot answer: ``--metric`` that no run recorded, an output
+    location that is a file."""
+    from attnbench.errors import ConfigError
+
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"output folder {out}: {parent} is a file; expected a folder")
+            break
+    if metric and runs and not any(metric in r.metrics for r in runs):
+        present = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
+        raise ConfigError(
+            f"--metric {metric}: no run under the folder recorded it; recorded metrics: "
+            f"{', '.join(present[:30])}"
+        )
+
+
+def nonfinite(value: Any) -> bool:
+    """A metric value that is no finite number: NaN / ±inf (JSON ``NaN``, ``1e400``) or their text form."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+
+
+def nonfinite_section(runs: list[Run], metrics: list[str]) -> list[str]:
+    """Markdown naming each run whose value of a reported metric is not finite: left out of the means
+    (``Group.values``), counted and named here instead of silently shrinking a row's run count."""
+    found = [
+        (r, m, r.metrics[m]) for r in runs for m in metrics if m in r.metrics and nonfinite(r.metrics[m])
+    ]
+    if not found:
+        return []
+    lines = ["", f"## Non-finite metrics ({len(found)}, left out of the means)", ""]
+    return lines + [f"- `{r.folder}`: `{m}` = {v!r}" for r, m, v in found]
+
+
+def resolved_value(config_file: Path, key: str) -> Any:
+    """``key`` of a saved config with its interpolations resolved (None when they cannot be: e.g. Hydra's
+    ``${hydra:...}`` outside a run)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.select(OmegaConf.load(config_file), key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation is no value to show
+        return None
+
+
 def log_report_to_wandb(
     root: Path, out: Path, header: list[str], rows: list[list[str]], plots: list[Path], md: str, mode: str
 ) -> str:
@@ -534,6 +591,8 @@ def log_report_to_wandb(
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    if mode == "offline":  # the promise: no network unless --wandb-online (wandb reads WANDB_MODE early)
+        os.environ["WANDB_MODE"] = "offline"
     group = root.resolve().name
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "attnbench"),
@@ -567,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a folder", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file; expected a folder (new or existing)", file=sys.stderr)
         return 2
     mode = ("online" if args.wandb_online else "offline") if args.wandb else None
     from attnbench.errors import ConfigError

@@ -70,9 +70,20 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir() and not self.path.is_symlink():
+            raise ConfigError(
+                f"{self.path} is a directory, not attnbench's lock file; remove it (or choose another "
+                "hydra.run.dir)"
+            )
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as err:
+                raise ConfigError(
+                    f"output folder {self.folder} cannot be written ({err.strerror or err}: {err.filename}); "
+                    "expected a writable location: choose another hydra.run.dir (or paths.log_dir)"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -129,8 +140,6 @@ def _read_owner(fd: int) -> str:
 # ------------------------------------------------------------------------------------------------ taken
 def run_markers(folder: Path) -> list[str]:
     """What in ``folder`` shows that it holds a run (empty: the folder is free)."""
-    import json
-
     found = []
     if (folder / RECORD_DIR / "config.yaml").is_file():
         found.append(f"{RECORD_DIR}/config.yaml")
@@ -138,10 +147,7 @@ def run_markers(folder: Path) -> list[str]:
         found.append("checkpoints/")
     metrics = folder / METRICS_FILE
     if metrics.is_file():
-        try:
-            record = json.loads(metrics.read_text())
-        except (ValueError, OSError):
-            record = {}
+        record = saved_record(folder)
         if not (isinstance(record, dict) and record.get("stage") == "setup"):  # a setup failure is no run
             found.append(METRICS_FILE)
     return found
@@ -185,13 +191,19 @@ def save_record(folder: Path, cfg: DictConfig, resumed: bool) -> None:
     record.mkdir(parents=True, exist_ok=True)
     overrides = command_overrides()
     if resumed and (record / "overrides.yaml").is_file():
-        saved = OmegaConf.load(record / "overrides.yaml")
-        overrides = [*(str(o) for o in saved), *overrides]
+        saved = [str(o) for o in OmegaConf.load(record / "overrides.yaml")]
+        # only what changes the record: a requeue's repeated command appends nothing
+        effective = {_override_key(o): o for o in saved}
+        overrides = [*saved, *(o for o in overrides if effective.get(_override_key(o)) != o)]
     _atomic_save(OmegaConf.create(overrides), record / "overrides.yaml")
     _atomic_save(cfg, record / "config.yaml")
     hydra = hydra_runtime()
     if hydra is not None and not resumed:
         _atomic_save(hydra, record / "hydra.yaml")
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _atomic_save(node: Any, path: Path) -> None:
@@ -212,10 +224,18 @@ def restore_saved_config(cfg: DictConfig, folder: Path) -> DictConfig:
             f"resume=true but {folder} holds no saved run: there is no {lacks}. Pass the run's folder "
             "(hydra.run.dir=DIR) written by attnbench, or start a new run from a checkpoint: ckpt_path=FILE"
         )
-    saved = OmegaConf.load(saved_file)
+    from attnbench.saved_config import checked_saved_config, load_record
+
+    # through the app (a command line), keys the command does not give come from the saved file: it is
+    # checked against attnbench's own configs first; the Python API compares every key with ``cfg``
+    saved = checked_saved_config(folder) if hydra_runtime() is not None else load_record(saved_file)
+    if not isinstance(saved, DictConfig):
+        raise ConfigError(f"{saved_file}: expected a YAML mapping (the run's configuration)")
     with open_dict(saved):
         saved.paths = cfg.paths  # the same folder: paths that resolve into it compare equal
     keys = command_changes(cfg)  # None: compare everything (Python API)
+    if keys is not None:  # every key the command gives is compared with the saved run, not with the defaults
+        keys = sorted(set(keys) | set(override_keys(command_overrides())))
     restored = saved.copy()
     refused = []
     for key, new, old in _differences(cfg, saved, keys):
@@ -307,6 +327,78 @@ def _resumable(key: str, new: Any, old: Any) -> bool:
     return True
 
 
+# ------------------------------------------------------------------------------------------------ progress
+class RunComplete(Exception):
+    """``resume=true`` on a run that finished (``status: ok``) with nothing more asked: nothing is done,
+    nothing is written; the app prints this and exits 0 with the saved record."""
+
+    def __init__(self, folder: Path, record: dict[str, Any], done: str):
+        super().__init__(
+            f"the run in {folder} is complete ({done}, status ok): nothing to continue, nothing was written. "
+            "To train it further, resume with a higher trainer.max_epochs (or trainer.max_steps)"
+        )
+        self.record = record
+
+
+def saved_record(folder: Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` as a dict (empty when missing or unreadable)."""
+    from attnbench.safe_files import read_json_file
+
+    try:
+        record = read_json_file(folder / METRICS_FILE)
+    except (ConfigError, OSError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def checkpoint_progress(checkpoint: dict) -> tuple[int, int]:
+    """``(epochs whose training part is done, optimizer steps)`` stored in a Lightning checkpoint."""
+    step = checkpoint.get("global_step", 0)
+    try:
+        epochs = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    except (KeyError, TypeError):
+        epochs = checkpoint.get("epoch", -1) + 1 if isinstance(checkpoint.get("epoch"), int) else 0
+    return int(epochs), int(step) if isinstance(step, int) else 0
+
+
+def _limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def check_resume_progress(cfg: DictConfig, folder: Path, checkpoint: dict | None) -> None:
+    """Before a resumed run touches anything: refuse limits below what was done, raise ``RunComplete`` for a
+    finished run with nothing more asked, and refuse to restart a finished run that holds no checkpoint."""
+    record = saved_record(folder)
+    finished = record.get("status") == "ok"
+    if not cfg.get("train", True):
+        return
+    if checkpoint is None:
+        if finished:
+            raise ConfigError(
+                f"resume=true: the run in {folder} finished (status ok) but holds no checkpoint to continue "
+                "from (checkpoints/*.ckpt); restarting it would replace its record. Start a new run in a new "
+                "folder instead"
+            )
+        return
+    epochs, steps = checkpoint_progress(checkpoint)
+    max_epochs, max_steps = _limit(cfg.trainer.get("max_epochs")), _limit(cfg.trainer.get("max_steps"))
+    if max_epochs is not None and max_epochs < epochs:
+        raise ConfigError(
+            f"resume=true trainer.max_epochs={max_epochs}: the run in {folder} has already trained {epochs} "
+            f"epochs; a resume continues a run and cannot undo epochs. Give trainer.max_epochs >= {epochs}"
+        )
+    if max_steps is not None and 0 <= max_steps < steps:
+        raise ConfigError(
+            f"resume=true trainer.max_steps={max_steps}: the run in {folder} has already made {steps} "
+            f"optimizer steps; give trainer.max_steps >= {steps} (or -1)"
+        )
+    reached = (max_epochs is not None and epochs >= max_epochs) or (
+        max_steps is not None and steps >= max_steps
+    )
+    if finished and reached:
+        raise RunComplete(folder, record, f"{epochs} epochs, {steps} steps")
+
+
 # ------------------------------------------------------------------------------------------------ hydra
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
@@ -350,4 +442,9 @@ class RunFolderGuard(_HydraCallback):
             if parent.exists() and not parent.is_dir():
                 _fail(f"{key}={str(path)!r}: {parent} is a file, not a folder; expected a folder path")
             if parent.is_dir():
+                if not os.access(parent, os.W_OK | os.X_OK):  # read-only file system or no permission
+                    _fail(
+                        f"{key}={str(path)!r}: {parent} is not writable (read-only file system or no "
+                        "permission); expected a writable location"
+                    )
                 break

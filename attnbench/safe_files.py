@@ -113,3 +113,26 @@ def restricted_unpickle(path: str | Path, allowed: Iterable[str], encoding: str 
             f"{str(path)!r} is not a readable pickle: truncated or corrupt ({type(err).__name__}: "
             f"{_first_line(err)})"
         ) from None
+
+
+def read_json_file(path: str | Path, what: str = "file") -> Any:
+    """``json.loads`` of a file from elsewhere: invalid, non-UTF-8 or absurdly nested JSON (which makes
+    Python's parser recurse out of its stack) is one ``UnreadableFileError`` naming the file."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise UnreadableFileError(
+            f"{what} {str(path)!r} is nested too deeply to be a record (more than Python's recursion limit)"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise UnreadableFileError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); expected JSON"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise UnreadableFileError(
+            f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
+            f"(character {err.pos}); the file is truncated or damaged"
+        ) from None

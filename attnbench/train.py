@@ -39,12 +39,17 @@ def choices(cfg: DictConfig) -> dict[str, str]:
 
 def saved_choices(out: Path) -> dict[str, str]:
     """The config-group options the run saved in ``out`` was launched with (its ``.hydra/hydra.yaml``)."""
+    from attnbench.saved_config import valid_choice
+
     path = out / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return {}
-    saved = OmegaConf.load(path)
-    picked = OmegaConf.select(saved, "hydra.runtime.choices", default=None)
-    return {k: v for k, v in (picked or {}).items() if isinstance(v, str)}
+    try:  # a file from elsewhere: only option names (no paths) are taken; a damaged file is checked later
+        saved = OmegaConf.load(path)
+        picked = OmegaConf.select(saved, "hydra.runtime.choices", default=None)
+        return {k: v for k, v in (picked or {}).items() if isinstance(k, str) and valid_choice(v)}
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def run_identity(cfg: DictConfig, picked: dict[str, str] | None = None) -> dict[str, Any]:
@@ -100,11 +105,53 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         if hpc and (not last.is_file() or hpc[-1].stat().st_mtime > last.stat().st_mtime):
             return str(hpc[-1])
         if not last.is_file():
+            newest = newest_checkpoint(out / "checkpoints")
+            if newest is not None:  # last.ckpt lost: continue from the newest checkpoint the run kept
+                return newest
             # stopped before its first checkpoint: the saved run starts again from its beginning
-            log.warning("resume=true: %s holds no checkpoint yet; the saved run restarts from step 0", out)
+            # (run_folder.check_resume_progress refuses this for a run that finished)
+            if saved_status(out) != "ok":
+                log.warning(
+                    "resume=true: %s holds no checkpoint yet; the saved run restarts from step 0", out
+                )
             return None
         return str(last)
     return None
+
+
+def saved_status(out: Path) -> str | None:
+    from attnbench.run_folder import saved_record
+
+    return saved_record(out).get("status")
+
+
+def newest_checkpoint(folder: Path) -> str | None:
+    """The checkpoint in ``folder`` with the highest stored ``global_step`` (each read safely)."""
+    from attnbench.safe_files import load_torch_file
+
+    best: tuple[int, float, str] | None = None
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        if not path.is_file():
+            continue
+        stored = load_torch_file(path, what="checkpoint")
+        step = stored.get("global_step", -1) if isinstance(stored, dict) else -1
+        key = (step if isinstance(step, int) else -1, path.stat().st_mtime, str(path))
+        best = key if best is None or key > best else best
+    return best[2] if best is not None else None
+
+
+def own_copy(path: str, dirpath: str | None) -> str:
+    """A checkpoint path restored from a checkpoint (absolute, of the folder the run was in when it was
+    saved) as the same file in this run's checkpoint folder: a moved or copied run tests its own files."""
+    if not dirpath or Path(path).resolve().parent == Path(dirpath).resolve():
+        return path
+    mine = Path(dirpath) / Path(path).name
+    if not mine.is_file():
+        raise ConfigError(
+            f"the best checkpoint recorded by this run, {path}, is not in its checkpoint folder {dirpath} "
+            "(the run folder was moved or copied without it); refusing to test a file of another folder"
+        )
+    return str(mine)
 
 
 def read_checkpoint(path: str, ident: dict[str, Any], cfg: DictConfig) -> dict:
@@ -306,15 +353,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bad input: exit code 2). Then the run's record (``.hydra/``) is written and training starts; from then on
     every ending is recorded in ``metrics.json``: ``ok``, ``failed`` (with the error) or ``interrupted``.
     """
-    from attnbench.run_folder import FolderLock, refuse_taken
+    from attnbench.run_folder import FolderLock, RunComplete, refuse_taken
+    from attnbench.validate import validate_config
 
     out = output_dir(cfg)
     lead = is_global_zero()  # DDP workers share the lead's folder, claim and record
+    if not cfg.get("resume") and not requeued_on_slurm(out):
+        validate_config(cfg)  # bad values before the folder is made or claimed: nothing is written
     if lead and not cfg.get("resume") and not requeued_on_slurm(out):
         refuse_taken(out, cfg.get("ckpt_path"))  # before the lock file: a taken folder gets no write at all
     lock = FolderLock(out).acquire() if lead else None
     try:
         return _run_in_claimed_folder(cfg, out, lead)
+    except RunComplete as done:  # resume of a finished run with nothing more asked: nothing written
+        print(f"attnbench: {done}", file=sys.stderr)
+        return done.record
     finally:
         if lock is not None:
             lock.release()
@@ -322,15 +375,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, Any]:
     from attnbench.callbacks.interrupt import InterruptFlag, RunInterrupted
-    from attnbench.run_folder import refuse_taken, restore_saved_config, run_markers, save_record
+    from attnbench.run_folder import (
+        check_resume_progress,
+        refuse_taken,
+        restore_saved_config,
+        run_markers,
+        save_record,
+    )
     from attnbench.validate import validate_config
 
-    if not cfg.get("resume") and requeued_on_slurm(out):
-        log.info(
-            "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
-            os.environ.get("SLURM_RESTART_COUNT"),
-            out,
-        )
+    requeued = not cfg.get("resume") and requeued_on_slurm(out)
+    if requeued:
         cfg = cfg.copy()
         OmegaConf.update(cfg, "resume", True, force_add=True)
     resuming = bool(cfg.get("resume"))
@@ -342,6 +397,14 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     ident = run_identity(cfg, saved_choices(out) if resuming else None)
     ckpt = resume_checkpoint(cfg, out)
     checkpoint = read_checkpoint(ckpt, ident, cfg) if ckpt else None
+    if resuming:
+        check_resume_progress(cfg, out, checkpoint)  # a complete run: nothing is written, not even a log line
+    if requeued:
+        log.info(
+            "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
+            os.environ.get("SLURM_RESTART_COUNT"),
+            out,
+        )
 
     started = time.perf_counter()
     saved_env = snapshot_env()
@@ -545,6 +608,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
     if cfg.get("test", True):
         checkpointer = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best = checkpointer.best_model_path if checkpointer is not None and cfg.get("train", True) else ""
+        best = own_copy(best, checkpointer.dirpath) if best else best
         test_ckpt = best or (ckpt if not cfg.get("train", True) else None)
         results["test/ckpt"] = test_ckpt or "current weights"
         trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)

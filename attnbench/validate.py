@@ -55,6 +55,12 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"model.task.{key}={value!r}: expected a learning rate >= 0 (e.g. 1e-3)")
         if str(key) == "weight_decay" and value is not None and (not _is_number(value) or value < 0):
             raise ConfigError(f"model.task.weight_decay={value!r}: expected a number >= 0")
+        if (
+            str(key) == "label_smoothing"
+            and value is not None
+            and (not _is_number(value) or not 0 <= value <= 1)
+        ):
+            raise ConfigError(f"model.task.label_smoothing={value!r}: expected a number in [0, 1] (e.g. 0.1)")
 
     if not cfg.get("train", True) and not (cfg.get("ckpt_path") or cfg.get("resume")):
         model = cfg.get("model") or {}
@@ -66,6 +72,8 @@ def validate_config(cfg: DictConfig) -> None:
                 "meaningless result"
             )
 
+    validate_trainer(cfg)
+    validate_model_choice(cfg)
     _validate_gan_evaluation(cfg)
 
 
@@ -88,4 +96,108 @@ def _validate_gan_evaluation(cfg: DictConfig) -> None:
             "train=false without metrics.inception_weights: the domain scorer that would stand in for "
             "Inception trains on train/, which evaluation does not read; give "
             "metrics.inception_weights=/path/pt_inception-2015-12-05-6726825d.pth"
+        )
+
+
+def _precisions() -> tuple:
+    try:
+        import typing
+
+        from lightning_fabric.connector import (
+            _PRECISION_INPUT_INT,
+            _PRECISION_INPUT_STR,
+            _PRECISION_INPUT_STR_ALIAS,
+        )
+
+        return tuple(
+            v
+            for t in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS, _PRECISION_INPUT_INT)
+            for v in typing.get_args(t)
+        )
+    except ImportError:  # pragma: no cover
+        return ("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true", 16, 32, 64)
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    """The Lightning ``Trainer`` values that would otherwise fail after the folder was taken (a type error,
+    an overflow in the learning-rate schedule), or record an untrained model as a finished run."""
+    trainer = cfg.get("trainer") or {}
+    training = bool(cfg.get("train", True))
+    max_epochs, max_steps = trainer.get("max_epochs", None), trainer.get("max_steps", -1)
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < -1):
+        raise ConfigError(f"trainer.max_steps={max_steps!r}: expected an integer >= 1, or -1 (no step limit)")
+    if max_epochs is not None and (not _is_int(max_epochs) or max_epochs < -1):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs!r}: expected a whole number of epochs >= 1 (or -1: no epoch "
+            "limit, with trainer.max_steps=N)"
+        )
+    if max_epochs == -1 and (max_steps is None or max_steps < 1):
+        raise ConfigError(
+            "trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps=N (N >= 1): the learning-rate "
+            "schedule is laid out over the run's length"
+        )
+    if training:
+        limit = trainer.get("limit_train_batches", None)
+        if limit is not None and (
+            not _is_number(limit) or limit < 0 or (isinstance(limit, float) and limit > 1)
+        ):
+            raise ConfigError(
+                f"trainer.limit_train_batches={limit!r}: expected a number of batches >= 1 or a fraction "
+                "in (0, 1]"
+            )
+        nothing = [
+            f"trainer.{k}=0"
+            for k, v in (("max_epochs", max_epochs), ("max_steps", max_steps), ("limit_train_batches", limit))
+            if v is not None and v == 0
+        ]
+        if nothing:
+            raise ConfigError(
+                f"{nothing[0]} trains nothing, and the test would record untrained weights as a finished "
+                "run; expected a value >= 1 (to evaluate a checkpoint: train=false ckpt_path=FILE)"
+            )
+    precision = trainer.get("precision", None)
+    if precision is not None and precision not in _precisions():
+        allowed = ", ".join(str(p) for p in _precisions() if isinstance(p, str) and "-" in p)
+        raise ConfigError(f"trainer.precision={precision!r}: expected one of {allowed}")
+    devices = trainer.get("devices", "auto")
+    if (
+        _is_int(devices)
+        and devices < -1
+        or devices == 0
+        or (isinstance(devices, str) and devices.strip() == "0")
+    ):
+        raise ConfigError(
+            f"trainer.devices={devices!r}: expected a number of devices >= 1, -1 (all), 'auto' or a list of "
+            "device ids"
+        )
+    accelerator = trainer.get("accelerator", "auto")
+    if isinstance(accelerator, str):
+        _check_accelerator(accelerator.lower())
+
+
+def _check_accelerator(accelerator: str) -> None:
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: this machine has no CUDA GPU that torch can use; expected "
+            "trainer.accelerator=cpu (or auto)"
+        )
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("trainer.accelerator=mps: no Apple MPS device here; expected cpu or auto")
+    known = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "xla")
+    if accelerator not in known:
+        raise ConfigError(f"trainer.accelerator={accelerator!r}: expected one of {', '.join(known)}")
+
+
+def validate_model_choice(cfg: DictConfig) -> None:
+    """``model=swin`` is Swin: its mixer is shifted-window attention; another ``model.mixer`` would be
+    recorded under a name the model does not have (the mixer-pluggable backbone is ``model=focalnet``)."""
+    model = cfg.get("model") or {}
+    name = str(model.get("name", "") or "")
+    mixer = model.get("mixer", None)
+    if name.startswith("swin") and mixer not in (None, "window_attention"):
+        raise ConfigError(
+            f"model.mixer={mixer!r} with model.name={name}: Swin's token mixer is window_attention (shifted "
+            "windows), its only value; to compare mixers on one backbone use model=focalnet model.mixer=..."
         )

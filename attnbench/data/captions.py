@@ -18,7 +18,6 @@ comes from the training captions.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -32,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from attnbench.data.base import ImageDataModule, evaluation_sampler, require_dir
-from attnbench.data.files import SkipsBrokenImages
+from attnbench.data.files import SkipsBrokenImages, to_rgb
 from attnbench.errors import ConfigError
 
 log = logging.getLogger("attnbench")
@@ -160,35 +159,87 @@ def read_karpathy(
 ) -> tuple[dict[str, list[CaptionedImage]], int]:
     """Parse a Karpathy split file: ``{split: [CaptionedImage]}`` and the number of images skipped because
     they have no sentences. ``restval`` joins ``train`` when ``restval_to_train``. Image ids as
-    :func:`image_id_of`, or the position in ``images[]`` with ``ids_from_position``."""
-    with open(json_path) as f:
-        meta = json.load(f)
+    :func:`image_id_of`, or the position in ``images[]`` with ``ids_from_position``. A damaged file (not
+    JSON, not UTF-8, an entry of the wrong shape, an image name outside ``image_root``) is a ConfigError
+    naming the file and the entry."""
+    from attnbench.safe_files import read_json_file
+
+    meta = read_json_file(json_path, "the Karpathy split file")
     if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
         raise ConfigError(
             f"{json_path} is not a Karpathy split file: expected a JSON object with an `images` list"
         )
+    if meta["images"] and not any(isinstance(img, dict) and "sentences" in img for img in meta["images"]):
+        raise ConfigError(
+            f"{json_path} is not a Karpathy split file: no entry of `images` has `sentences` (expected "
+            "images[].sentences[].tokens)"
+        )
     splits: dict[str, list] = {"train": [], "restval": [], "val": [], "test": []}
     skipped = 0
     for position, img in enumerate(meta["images"]):
-        pairs = [(tokens_of(s), s) for s in img.get("sentences") or []]
-        pairs = [(t, s) for t, s in pairs if t]
-        sentences = [t for t, _ in pairs]
-        raw = [str(s.get("raw") or " ".join(t)) for t, s in pairs]
+        sentences, raw = _entry_sentences(json_path, position, img)
         if not sentences:
             skipped += 1
             continue
         split = img.get("split", "train")
-        if split not in splits:
+        if not isinstance(split, str) or split not in splits:
             raise ConfigError(
-                f"{json_path}: image {img.get('filename')!r} has split {split!r}; "
-                "expected train, restval, val or test"
+                f"{json_path}: images[{position}] ({img.get('filename')!r}) has split {split!r}; "
+                "expected one of train, restval, val or test"
             )
-        path = image_root / img.get("filepath", "") / img["filename"]
+        path = image_root / _relative_image_path(json_path, position, img)
         image_id = position if ids_from_position else image_id_of(img, position)
         splits[split].append(CaptionedImage(path, sentences, image_id, raw))
     if restval_to_train:
         splits["train"] += splits.pop("restval")
     return splits, skipped
+
+
+def _entry_sentences(json_path: Path, position: int, img: Any) -> tuple[list[list[str]], list[str]]:
+    """The token lists and raw texts of ``images[position]``, checked for the Karpathy shape."""
+    where = f"{json_path}: images[{position}]"
+    if not isinstance(img, dict):
+        raise ConfigError(
+            f"{where} is a {type(img).__name__}; expected an object with filename and sentences"
+        )
+    given = img.get("sentences") or []
+    if not isinstance(given, list):
+        raise ConfigError(f"{where}.sentences is a {type(given).__name__}; expected a list of objects")
+    sentences, raw = [], []
+    for j, sentence in enumerate(given):
+        if not isinstance(sentence, dict):
+            raise ConfigError(
+                f"{where}.sentences[{j}] is a {type(sentence).__name__} ({str(sentence)[:60]!r}); expected "
+                'an object such as {"tokens": ["a", "dog"], "raw": "A dog."}'
+            )
+        tokens = sentence.get("tokens")
+        if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+            raise ConfigError(f"{where}.sentences[{j}].tokens is {tokens!r:.80}; expected a list of words")
+        words = tokens_of(sentence)
+        if words:
+            sentences.append(words)
+            raw.append(str(sentence.get("raw") or " ".join(words)))
+    return sentences, raw
+
+
+def _relative_image_path(json_path: Path, position: int, img: dict) -> str:
+    """``filepath/filename`` of an entry, refused unless it is a relative name inside the image folder (an
+    absolute path or ``..`` would read files from anywhere on the machine)."""
+    import os
+
+    where = f"{json_path}: images[{position}]"
+    name, folder = img.get("filename"), img.get("filepath", "")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where} has no `filename` (got {name!r}); expected the image's file name")
+    if not isinstance(folder, str):
+        raise ConfigError(f"{where}.filepath is {folder!r}; expected a folder name such as val2014")
+    joined = os.path.normpath(os.path.join(folder, name))
+    if os.path.isabs(folder) or os.path.isabs(name) or joined == ".." or joined.startswith(f"..{os.sep}"):
+        raise ConfigError(
+            f"{where} names the image {os.path.join(folder, name)!r}, which lies outside the image folder; "
+            "expected a file name relative to it (no absolute path, no ..)"
+        )
+    return joined
 
 
 class KarpathyImages(SkipsBrokenImages, Dataset):
@@ -218,7 +269,7 @@ class KarpathyImages(SkipsBrokenImages, Dataset):
 
         item = self.items[i]
         with Image.open(item.path) as im:
-            im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+            im = to_rgb(im).resize((self.image_size, self.image_size), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
         chosen = random.randrange(len(item.sentences)) if self.train else 0
         return x, {

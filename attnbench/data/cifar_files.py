@@ -64,6 +64,16 @@ def read_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, li
 def read_split(root: Path, name: str, train: bool) -> tuple[np.ndarray, list[int]]:
     folder, train_files, test_files, label_key, classes = LAYOUTS[name]
     files = train_files if train else test_files
+    for f in files:  # every batch named before any is read; only regular files (a FIFO would block)
+        path = root / folder / f
+        if not path.exists():
+            present = sorted(p.name for p in (root / folder).iterdir()) if (root / folder).is_dir() else []
+            raise ConfigError(
+                f"data={name}: {path} is missing (the set is incomplete: {folder}/ holds {present}); "
+                f"expected all of {', '.join(train_files + test_files)}"
+            )
+        if not path.is_file():
+            raise ConfigError(f"data={name}: {path} is not a regular file; expected a CIFAR batch file")
     parts = [read_batch(root / folder / f, label_key, classes) for f in files]
     return np.concatenate([p[0] for p in parts]), [y for p in parts for y in p[1]]
 

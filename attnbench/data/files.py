@@ -54,6 +54,22 @@ def nonempty(paths: list[str], where: str) -> list[str]:
     return [p for p in paths if p not in gone]
 
 
+def to_rgb(img):
+    """A PIL image as 8-bit RGB. 16- and 32-bit integer greyscale (``I;16*``, ``I``: 16-bit PNGs) is scaled
+    to 0..255 first; PIL's own ``convert`` clips those values at 255 (a 16-bit image comes out white)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":  # floating-point greyscale: PIL's conversion assumes 0..255 as well
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")  # also for RGB: a loaded copy (the file may be closed next)
+
+
 class SkipsBrokenImages:
     """Mixin for a map-style data set of image files: ``load_robust(i, load, path_of)`` returns ``load(i)``,
     or, when item ``i``'s file cannot be decoded, warns once naming the file and returns the next decodable

@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from attnbench.data import tensor_pipeline
 from attnbench.data.base import ImageDataModule, require_dir
-from attnbench.data.files import SkipsBrokenImages, folder_id, nonempty, walk_files
+from attnbench.data.files import SkipsBrokenImages, folder_id, nonempty, to_rgb, walk_files
 from attnbench.data.tensor_pipeline import check_decoder
 from attnbench.errors import ConfigError
 
@@ -37,7 +37,7 @@ def load_rgb(path: str):
 
     with open(path, "rb") as f:
         img = Image.open(f)
-        return img.convert("RGB")
+        return to_rgb(img)  # 16-bit greyscale scaled, not clipped
 
 
 def is_image_file(path: str) -> bool:
@@ -52,6 +52,16 @@ class SafeImageFolder(SkipsBrokenImages, datasets.ImageFolder):
     """torchvision's ImageFolder whose scan survives symlink loops and skips empty files, and whose items
     skip files that cannot be decoded (``data.files``)."""
 
+    def __init__(self, root, *args, classes: list[str] | None = None, **kwargs):
+        """``classes``: the class folders to use, in label order (default: every folder, as torchvision)."""
+        self._given_classes = list(classes) if classes is not None else None
+        super().__init__(root, *args, **kwargs)
+
+    def find_classes(self, directory):
+        if self._given_classes is None:
+            return super().find_classes(directory)
+        return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
+
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         samples = []
         folders = {name: folder_id(os.path.join(directory, name)) for name in class_to_idx}
@@ -65,6 +75,58 @@ class SafeImageFolder(SkipsBrokenImages, datasets.ImageFolder):
 
     def __getitem__(self, index: int):
         return self.load_robust(index, super().__getitem__, lambda j: self.samples[j][0])
+
+
+def class_folders(root, splits: tuple[str, ...], name: str) -> list[str]:
+    """The class folders of ``root``'s ``splits`` in label order, checked: every split exists and holds
+    images; train/ and val/ name the same classes. A class folder without images is named in a warning; a
+    class without images in any split is left out (not counted in ``data.num_classes``); one with validation
+    images but no training images is refused. Evaluating (``val`` alone), ``train/`` is consulted when it
+    exists, so that the labels are those the model was trained with (without it every folder is a class)."""
+    import logging
+
+    folders, empty = {}, {}
+    for split in splits:
+        folder = root / split
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data.root={str(root)!r} has no {split}/ folder; data={name} expects:\n{LAYOUT}"
+            )
+        folders[split] = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        if not folders[split]:
+            raise ConfigError(f"{folder} holds no class folders; data={name} expects:\n{LAYOUT}")
+        empty[split] = {c for c in folders[split] if not has_image(folder / c)}
+        if len(empty[split]) == len(folders[split]):
+            raise ConfigError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+    if "train" not in folders and (root / "train").is_dir():  # evaluating: the training labels decide
+        folders["train"] = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        empty["train"] = {c for c in folders["train"] if not has_image(root / "train" / c)}
+    dropped: set[str] = set()
+    if "train" in folders:
+        with_images = {s: set(folders[s]) - empty[s] for s in folders}
+        dropped = set(folders["train"]) | set(folders["val"])
+        dropped -= with_images["train"] | with_images["val"]
+        unlearnable = sorted(with_images["val"] - with_images["train"])
+        if unlearnable:
+            raise ConfigError(
+                f"{root / 'val' / unlearnable[0]} holds images but {root / 'train' / unlearnable[0]} holds "
+                f"none ({len(unlearnable)} such class(es)): a class without training images cannot be learned"
+            )
+        a, b = set(folders["train"]) - dropped, set(folders["val"]) - dropped
+        if a != b:
+            raise ConfigError(
+                f"train/ and val/ under {root} have different class folders (e.g. {sorted(a ^ b)[:5]})"
+            )
+        kept = sorted(a)
+    else:
+        kept = list(folders["val"])
+    for split in splits:
+        for c in sorted(empty[split]):
+            what = "left out as a class (no images in any split)" if c in dropped else "it holds no images"
+            logging.getLogger("attnbench").warning(
+                "data=%s: class folder %s: %s", name, root / split / c, what
+            )
+    return kept
 
 
 def _posterize(img, bits_to_keep, **_):
@@ -149,39 +211,26 @@ class ImageFolderDataModule(ImageDataModule):
         **kwargs,
     ):
         """``training=false`` (the app passes ``train``): evaluation only, ``val/`` alone is needed and
-        ``train/`` is neither required nor scanned. ``decoder``: ``pil`` (PIL + timm / torchvision
-        transforms on PIL images) or ``torchvision`` (``torchvision.io`` JPEG decoding + transforms v2 on
-        uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` (with ``torchvision``): workers only
-        read the files and each batch is decoded on the training GPU (nvJPEG) and transformed there.
-        ``augment=false`` (generative models: ``model.train_augment``): training images are the whole image,
-        centre-cropped along its long edge and resized to ``image_size`` (BigGAN/SAGAN's ImageNet input), with
-        no random crop, flip or augmentation."""
+        ``train/`` is not required (when it exists, its class folders decide the labels). ``decoder``: ``pil``
+        (PIL + timm / torchvision transforms on PIL images) or ``torchvision`` (``torchvision.io`` JPEG
+        decoding + transforms v2 on uint8 tensors, ``data.tensor_pipeline``); ``decode_device=cuda`` (with
+        ``torchvision``): workers only read the files and each batch is decoded on the training GPU (nvJPEG)
+        and transformed there. ``augment=false`` (generative models: ``model.train_augment``): training images
+        are the whole image, centre-cropped along its long edge and resized to ``image_size`` (BigGAN/SAGAN's
+        ImageNet input), with no random crop, flip or augmentation."""
         check_decoder(decoder, decode_device)
         super().__init__(**kwargs)
         root = require_dir(self.root, name, LAYOUT)
-        classes = {}
         splits = ("train", "val") if training else ("val",)
-        for split in splits:
-            folder = root / split
-            if not folder.is_dir():
-                raise ConfigError(
-                    f"data.root={str(self.root)!r} has no {split}/ folder; data={name} expects:\n{LAYOUT}"
-                )
-            classes[split] = sorted(d.name for d in folder.iterdir() if d.is_dir())
-            if not classes[split]:
-                raise ConfigError(f"{folder} holds no class folders; data={name} expects:\n{LAYOUT}")
-            if not any(has_image(folder / c) for c in classes[split]):  # cheap: stops at the first image
-                raise ConfigError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)})")
-        if training and classes["train"] != classes["val"]:
-            missing = sorted(set(classes["train"]) ^ set(classes["val"]))[:5]
-            raise ConfigError(f"train/ and val/ under {root} have different class folders (e.g. {missing})")
+        kept = class_folders(root, splits, name)
         first = splits[0]
-        if self.num_classes is not None and len(classes[first]) != int(self.num_classes):
+        if self.num_classes is not None and len(kept) != int(self.num_classes):
             raise ConfigError(
-                f"{root / first} has {len(classes[first])} class folders "
+                f"{root / first} has {len(kept)} class folders with images "
                 f"but data.num_classes={self.num_classes}; "
-                f"set data.num_classes={len(classes[first])}"
+                f"set data.num_classes={len(kept)}"
             )
+        classes = {first: kept}
         self.check_facts(name, channels=3)  # every image is converted to RGB
         self.root_path, self.crop_pct, self.classes = root, crop_pct, classes[first]
         self.training = bool(training)
@@ -200,13 +249,17 @@ class ImageFolderDataModule(ImageDataModule):
         the training device (``on_before_batch_transfer``)."""
         on_device = self.decode_device == "cuda" if on_device is None else on_device
         if on_device:
-            folder = SafeImageFolder(str(self.root_path / split), loader=tensor_pipeline.read_encoded)
+            folder = SafeImageFolder(
+                str(self.root_path / split), loader=tensor_pipeline.read_encoded, classes=self.classes
+            )
             folder.device_transform = transform
             folder.collate_fn = tensor_pipeline.collate_encoded
             folder.worker_decoded = functools.partial(self._folder, split, transform, on_device=False)
             return folder
         loader = tensor_pipeline.read_rgb_tensor if self.decoder == "torchvision" else load_rgb
-        return SafeImageFolder(str(self.root_path / split), transform=transform, loader=loader)
+        return SafeImageFolder(
+            str(self.root_path / split), transform=transform, loader=loader, classes=self.classes
+        )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """``decode_device=cuda``: decode the batch's JPEGs on the training device and transform them there

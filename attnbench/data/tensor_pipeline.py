@@ -100,8 +100,10 @@ def _pil_rgb(data: bytes) -> torch.Tensor:
     """uint8 ``[3, H, W]``: ``data`` decoded by PIL and converted to RGB (raises what PIL raises)."""
     from PIL import Image
 
+    from attnbench.data.files import to_rgb
+
     with Image.open(io.BytesIO(data)) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1).contiguous()
 
 
 # --- decoding on the training device (data.decode_device=cuda) ---------------------------------------------
@@ -119,7 +121,9 @@ def read_encoded(path: str) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as img:  # the header only: format, mode, size, bomb check
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        rgb = img.convert("RGB")
+        from attnbench.data.files import to_rgb
+
+        rgb = to_rgb(img)  # 16-bit greyscale scaled, not clipped
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 

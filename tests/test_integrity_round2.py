@@ -1,0 +1,459 @@
+"""Integrity round two, in-process (issue 26): a saved run config is data (rebuilt from attnbench's configs
+and compared), finished runs are not rewritten, silently wrong inputs are refused or stated, and every bad
+value is one ConfigError before the folder is claimed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_cfg, run_cfg
+from omegaconf import OmegaConf
+from test_integrity import QUICK, tree_digest
+
+from attnbench.errors import ConfigError
+
+CSV = [*QUICK, "callbacks=default", "callbacks.progress_bar=null", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """A finished 2-epoch run (CSV logger, default callbacks): its folder and metrics."""
+    folder = tmp_path_factory.mktemp("two") / "run"
+    return folder, run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2"], folder))
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------ a saved config is data
+def hydra_record(folder: Path, overrides: list[str]) -> Path:
+    """What the app writes into ``.hydra/``: the composed config and the overrides it came from."""
+    from hydra import compose, initialize_config_dir
+
+    from attnbench.__main__ import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+    return folder
+
+
+def test_a_saved_config_is_rebuilt_from_attnbenchs_configs_and_compared(tmp_path):
+    from attnbench.saved_config import checked_saved_config
+
+    args = ["model=timm", "model.name=resnet10t", "data.batch_size=32", "trainer.max_epochs=3"]
+    folder = hydra_record(tmp_path / "run", args)
+    assert checked_saved_config(folder).data.batch_size == 32  # what attnbench wrote is accepted
+    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    for key, value in (
+        ("callbacks.evil", {"_target_": "torch.load", "f": "x", "weights_only": False}),
+        ("model.net._target_", "os.system"),
+        ("callbacks.model_checkpoint.dirpath", "/somewhere/else"),  # not code, but not the run's either
+        ("model.task.lr", 0.5),
+    ):
+        edited = saved.copy()
+        OmegaConf.update(edited, key, value, force_add=True)
+        OmegaConf.save(edited, folder / ".hydra" / "config.yaml")
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            checked_saved_config(folder)
+    OmegaConf.save(saved, folder / ".hydra" / "config.yaml")
+    for bad, pattern in (
+        ([*args, "+callbacks.x._target_=builtins.eval"], "callbacks.x._target_='builtins.eval'"),
+        ([*args, "hydra.job.chdir=true"], "Hydra override"),
+        ([*args, "model=no_such_model"], "cannot be rebuilt"),
+    ):
+        OmegaConf.save(OmegaConf.create(bad), folder / ".hydra" / "overrides.yaml")
+        with pytest.raises(ConfigError, match=pattern):
+            checked_saved_config(folder)
+    (folder / ".hydra" / "overrides.yaml").unlink()
+    with pytest.raises(ConfigError, match="no .hydra/overrides.yaml"):
+        checked_saved_config(folder)
+    (folder / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="config.yaml .*cannot be read"):
+        checked_saved_config(folder)
+
+
+def test_the_eval_door_checks_the_runs_config_before_using_it(tmp_path):
+    from attnbench.eval import with_saved_run_config
+
+    folder = hydra_record(tmp_path / "run", ["model=timm", "model.name=resnet10t"])
+    cfg = compose_cfg([f"ckpt_path={folder}/checkpoints/last.ckpt", "train=false"], tmp_path / "eval")
+    assert with_saved_run_config(cfg).model.name == "resnet10t"
+    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    OmegaConf.update(saved, "callbacks.evil", {"_target_": "torch.load", "f": "x"}, force_add=True)
+    OmegaConf.save(saved, folder / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="callbacks.evil"):
+        with_saved_run_config(cfg)
+
+
+# ------------------------------------------------------------------------ finished runs
+def test_resume_of_a_complete_run_changes_nothing(tmp_path, two_epochs, monkeypatch, capsys):
+    folder = copy_run(two_epochs[0], tmp_path / "run")
+    before = tree_digest(folder)
+    record = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "resume=true"], folder))
+    assert record == json.loads((folder / "metrics.json").read_text()) and record["status"] == "ok"
+    assert "is complete" in capsys.readouterr().err and tree_digest(folder) == before
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the original command, requeued into the finished run
+    assert run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2"], folder))["status"] == "ok"
+    assert tree_digest(folder) == before
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused_untouched(tmp_path, two_epochs):
+    folder = copy_run(two_epochs[0], tmp_path / "run")
+    before = tree_digest(folder)
+    with pytest.raises(ConfigError, match="max_epochs=1: .* already trained 2 epochs"):
+        run_cfg(compose_cfg([*CSV, "trainer.max_epochs=1", "resume=true"], folder))
+    with pytest.raises(ConfigError, match="max_steps=2: .* already made 6"):
+        run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "trainer.max_steps=2", "resume=true"], folder))
+    assert tree_digest(folder) == before
+
+
+def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_epochs):
+    folder = copy_run(two_epochs[0], tmp_path / "run")
+    (folder / "checkpoints" / "last.ckpt").unlink()
+    kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+    assert kept  # the best epoch's checkpoint
+    stored = torch.load(folder / "checkpoints" / kept[0], weights_only=True)["global_step"]
+    rows_before = (folder / "csv" / "metrics.csv").read_text().splitlines()
+    metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], folder))
+    assert metrics["status"] == "ok"
+    rows = (folder / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [int(r.split(",")[header.index("step")]) for r in rows[len(rows_before) :] if r]
+    assert steps and min(steps) >= stored  # continued from the stored step, no second history from 0
+    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 9  # 3 epochs x 3 batches
+    # a finished run without any checkpoint cannot be continued: refused, not restarted in place
+    bare = copy_run(two_epochs[0], tmp_path / "bare")
+    shutil.rmtree(bare / "checkpoints")
+    (bare / "checkpoints").mkdir()
+    before = tree_digest(bare)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], bare))
+    assert tree_digest(bare) == before
+
+
+def test_a_moved_run_tests_its_own_checkpoints(tmp_path, two_epochs):
+    from attnbench.train import own_copy
+
+    src = copy_run(two_epochs[0], tmp_path / "src")
+    dst = tmp_path / "dst"
+    shutil.move(src, dst)  # the checkpoints still name src/... inside
+    metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], dst))
+    assert metrics["status"] == "ok" and metrics["test/ckpt"].startswith(str(dst / "checkpoints"))
+    # a path restored from the checkpoint maps to the same file in this run's folder, or is refused
+    (dst / "checkpoints" / "epoch000.ckpt").write_bytes(b"x")
+    assert own_copy(str(src / "checkpoints" / "epoch000.ckpt"), str(dst / "checkpoints")) == str(
+        dst / "checkpoints" / "epoch000.ckpt"
+    )
+    with pytest.raises(ConfigError, match="moved or copied"):
+        own_copy(str(src / "checkpoints" / "epoch009.ckpt"), str(dst / "checkpoints"))
+
+
+def test_a_requeue_appends_its_repeated_overrides_once(tmp_path, monkeypatch):
+    import attnbench.run_folder as rf
+
+    cfg = OmegaConf.create({"a": 1})
+    monkeypatch.setattr(rf, "command_overrides", lambda: ["model=timm", "trainer.max_epochs=2"])
+    rf.save_record(tmp_path, cfg, resumed=False)
+    rf.save_record(tmp_path, cfg, resumed=True)  # the same command again (SLURM requeue)
+    assert list(OmegaConf.load(tmp_path / ".hydra" / "overrides.yaml")) == [
+        "model=timm",
+        "trainer.max_epochs=2",
+    ]
+    monkeypatch.setattr(
+        rf, "command_overrides", lambda: ["model=timm", "trainer.max_epochs=3", "resume=true"]
+    )
+    rf.save_record(tmp_path, cfg, resumed=True)
+    assert list(OmegaConf.load(tmp_path / ".hydra" / "overrides.yaml")) == [
+        "model=timm",
+        "trainer.max_epochs=2",
+        "trainer.max_epochs=3",
+        "resume=true",
+    ]
+
+
+# ------------------------------------------------------------------------ bad values: one clear error
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["trainer.max_epochs=abc"], r"trainer.max_epochs='abc': expected a whole number"),
+        (["trainer.max_epochs=1.5"], r"trainer.max_epochs=1.5: expected a whole number"),
+        (["trainer.max_epochs=-1"], r"max_epochs=-1 \(no epoch limit\) needs trainer.max_steps"),
+        (["trainer.max_epochs=-2"], r"trainer.max_epochs=-2: expected"),
+        (["trainer.max_steps=-5"], r"trainer.max_steps=-5: expected an integer >= 1, or -1"),
+        (["trainer.max_epochs=0"], r"trainer.max_epochs=0 trains nothing"),
+        (["trainer.limit_train_batches=0"], r"trainer.limit_train_batches=0 trains nothing"),
+        (["trainer.limit_train_batches=0.0"], r"trainer.limit_train_batches=0 trains nothing"),
+        (
+            ["model.task.label_smoothing=1.5"],
+            r"model.task.label_smoothing=1.5: expected a number in \[0, 1\]",
+        ),
+        (["trainer.precision=7"], r"trainer.precision=7: expected one of .*bf16-mixed"),
+        (["trainer.devices=0"], r"trainer.devices=0: expected a number of devices >= 1"),
+        (
+            ["model=swin", "model.name=swin_tiny", "model.mixer=focal_modulation"],
+            r"model.mixer='focal_modulation' with .*swin_tiny",
+        ),
+    ],
+)
+def test_bad_trainer_and_model_values_are_refused_before_the_folder_exists(tmp_path, overrides, pattern):
+    folder = tmp_path / "run"
+    with pytest.raises(ConfigError, match=pattern):
+        run_cfg(compose_cfg([*QUICK, *overrides], folder))
+    assert not folder.exists()
+
+
+def test_max_steps_without_an_epoch_limit_runs(tmp_path):
+    metrics = run_cfg(compose_cfg([*QUICK, "trainer.max_epochs=-1", "trainer.max_steps=2"], tmp_path / "run"))
+    assert metrics["status"] == "ok"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_gpu_accelerator_without_a_gpu_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu: this machine has no CUDA GPU"):
+        run_cfg(compose_cfg([*QUICK, "trainer.accelerator=gpu"], tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_lock_directory_and_an_unwritable_location_are_clear_errors(tmp_path, monkeypatch):
+    from attnbench.run_folder import LOCK_FILE, FolderLock
+
+    (tmp_path / "a" / LOCK_FILE).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"\.attnbench\.lock is a directory"):
+        run_cfg(compose_cfg(QUICK, tmp_path / "a"))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "b"))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ConfigError, match="cannot be written .*Read-only file system"):
+        FolderLock(tmp_path / "b").acquire()
+
+
+def test_a_deeply_nested_metrics_file_is_no_run_and_no_crash(tmp_path):
+    from attnbench.run_folder import run_markers, saved_record
+
+    (tmp_path / "metrics.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert saved_record(tmp_path) == {} and run_markers(tmp_path) == ["metrics.json"]
+
+
+# ------------------------------------------------------------------------ silently wrong: data
+def flickr(root: Path, edit=None) -> dict:
+    """A tiny Flickr8k tree; ``edit(meta)`` changes its Karpathy file before it is written back."""
+    from test_caption_data import write_flickr8k
+
+    write_flickr8k(root)
+    meta = json.loads((root / "dataset_flickr8k.json").read_text())
+    if edit is not None:
+        edit(meta)
+        (root / "dataset_flickr8k.json").write_text(json.dumps(meta))
+    return meta
+
+
+def flickr_module(root: Path):
+    from attnbench.data.captions import KarpathyCaptionsDataModule
+
+    return KarpathyCaptionsDataModule(dataset="flickr8k", root=str(root), image_dir="images", min_word_freq=1)
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (
+            lambda m: m["images"][0].update(filename="../../outside.jpg"),
+            r"images\[0\] names the image .*outside",
+        ),
+        (
+            lambda m: m["images"][1].update(filename="/etc/hostname"),
+            r"images\[1\] names the image '/etc/hostname'",
+        ),
+        (lambda m: m["images"][0].pop("filename"), r"images\[0\] has no `filename`"),
+        (lambda m: m["images"][2].update(split=["train"]), r"images\[2\] .* has split \['train'\]"),
+        (
+            lambda m: m["images"][0]["sentences"].__setitem__(0, "a dog"),
+            r"images\[0\].sentences\[0\] is a str",
+        ),
+        (lambda m: [i.pop("sentences") for i in m["images"]], r"no entry of `images` has `sentences`"),
+        (lambda m: m.pop("images"), r"expected a JSON object with an `images` list"),
+    ],
+)
+def test_a_damaged_karpathy_file_is_one_clear_error_naming_the_entry(tmp_path, edit, pattern):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"never read")
+    flickr(tmp_path / "data" / "flickr", edit)
+    with pytest.raises(ConfigError, match=pattern):
+        flickr_module(tmp_path / "data" / "flickr")
+
+
+def test_truncated_and_latin1_karpathy_files_name_the_file_and_position(tmp_path):
+    root = tmp_path / "flickr"
+    flickr(root)
+    path = root / "dataset_flickr8k.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # cut mid-file
+    with pytest.raises(ConfigError, match=r"dataset_flickr8k.json' is not valid JSON: .* line 1, column \d+"):
+        flickr_module(root)
+    path.write_bytes(text.replace("grass", "gr\u00e4ss").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte \d+"):
+        flickr_module(root)
+
+
+def test_sixteen_bit_greyscale_is_scaled_on_both_decoders(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from attnbench.data.imagefolder import load_rgb
+    from attnbench.data.tensor_pipeline import read_rgb_tensor
+
+    ramp = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)  # 0 .. 64484
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    expected = np.rint(ramp / 257.0)
+    pil = np.asarray(load_rgb(str(tmp_path / "deep.png")))[..., 0]
+    tv = read_rgb_tensor(str(tmp_path / "deep.png"))[0].numpy()
+    for got in (pil, tv):
+        assert np.abs(got - expected).max() <= 1 and (got == 255).mean() < 0.01  # not clipped to white
+
+
+def test_an_empty_class_folder_is_named_and_not_counted(tmp_path, caplog):
+    import logging
+
+    from test_data_ondisk import make_imagefolder
+
+    from attnbench.data.imagefolder import ImageFolderDataModule
+
+    root = make_imagefolder(tmp_path / "imnet")
+    for split in ("train", "val"):
+        (root / split / "zebra").mkdir()  # no images in any split
+    with caplog.at_level(logging.WARNING, logger="attnbench"):
+        with pytest.raises(ConfigError, match="has 2 class folders with images .* set data.num_classes=2"):
+            ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=3)
+    assert "train/zebra: left out as a class" in caplog.text
+    dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=2)
+    assert dm.classes == ["cat", "dog"]
+    shutil.rmtree(root / "val" / "dog")
+    (root / "val" / "dog").mkdir()  # a class that is never validated: kept, named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="attnbench"):
+        dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=2)
+    assert dm.classes == ["cat", "dog"] and "val/dog: it holds no images" in caplog.text
+    shutil.rmtree(root / "train" / "cat")
+    (root / "train" / "cat").mkdir()
+    with pytest.raises(ConfigError, match="val/cat holds images but .*train/cat holds none"):
+        ImageFolderDataModule(root=str(root), image_size=16, batch_size=2, num_classes=2)
+
+
+def test_incomplete_cifar_sets_name_the_missing_file_and_fifos_are_not_read(tmp_path):
+    import os
+
+    from test_data_ondisk import write_cifar10
+
+    from attnbench.data.cifar_files import read_split
+
+    root = write_cifar10(tmp_path / "c")
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(ConfigError, match="data_batch_3 is missing"):
+        read_split(root, "cifar10", train=True)
+    os.mkfifo(root / "cifar-10-batches-py" / "data_batch_3")  # opening it for reading would block
+    with pytest.raises(ConfigError, match="data_batch_3 is not a regular file"):
+        read_split(root, "cifar10", train=True)
+
+
+# ------------------------------------------------------------------------ silently wrong: report
+def report_run(folder: Path, metrics: dict, overrides: list[str] | None = None) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides or []))
+    (folder / "metrics.json").write_text(json.dumps({"status": "ok", **metrics}))
+    return folder
+
+
+def test_report_names_non_finite_metrics_and_refuses_unknown_ones(tmp_path):
+    from attnbench.report import build_report, main
+
+    report_run(tmp_path / "a", {"test/acc": 0.8, "seed": 0})
+    (tmp_path / "b").mkdir()
+    report_run(tmp_path / "b" / "r", {})
+    (tmp_path / "b" / "r" / "metrics.json").write_text('{"status": "ok", "test/acc": NaN}')
+    report_run(tmp_path / "c", {})
+    (tmp_path / "c" / "metrics.json").write_text('{"status": "ok", "test/acc": 1e400}')
+    md = build_report(tmp_path)
+    assert "## Non-finite metrics (2, left out of the means)" in md
+    assert (
+        f"`{tmp_path / 'b' / 'r'}`: `test/acc` = nan" in md and f"`{tmp_path / 'c'}`: `test/acc` = inf" in md
+    )
+    (tmp_path / "report.md").unlink()
+    with pytest.raises(ConfigError, match="--metric test/acc_top9: no run .* recorded metrics: .*test/acc"):
+        build_report(tmp_path, metric="test/acc_top9")
+    assert not (tmp_path / "report.md").exists()
+    (tmp_path / "file").write_text("x")
+    assert main([str(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_report_never_writes_through_symlinks_and_resolves_interpolations(tmp_path):
+    from attnbench.report import build_report
+
+    sweep = tmp_path / "sweep"
+    run = report_run(sweep / "0", {"test/acc": 0.5}, ["model.task.beam_size=3"])
+    report_run(sweep / "1", {"test/acc": 0.6}, ["data.batch_size=8"])
+    (run / ".hydra" / "config.yaml").write_text(
+        "model:\n  task:\n    beam_size: 3\ndata:\n  batch_size: ${model.task.beam_size}\n"
+    )
+    outside = tmp_path / "outside"
+    (sweep / "report.md").symlink_to(outside / "report.md")  # dangling: outside/ does not exist
+    (sweep / "report.csv").symlink_to(tmp_path / "elsewhere.csv")
+    md = build_report(sweep)
+    assert not outside.exists() and not (tmp_path / "elsewhere.csv").exists()
+    assert (sweep / "report-2.md").is_file() and "${" not in (sweep / "report-2.csv").read_text()
+    assert "${" not in md
+
+
+def test_report_wandb_is_offline_without_wandb_mode(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from attnbench.report import log_report_to_wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    seen = {}
+
+    class FakeRun:
+        id, summary = "x", {}
+
+        def log(self, *_):
+            pass
+
+        def finish(self):
+            pass
+
+    def init(**kw):
+        import os
+
+        seen.update(mode=kw["mode"], env=os.environ.get("WANDB_MODE"))
+        return FakeRun()
+
+    fake = types.SimpleNamespace(init=init, Table=lambda **kw: None, Image=lambda *a, **k: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log_report_to_wandb(tmp_path, tmp_path, ["a"], [["1"]], [], "md", "offline")
+    # wandb-core resolves its server's name unless WANDB_MODE=offline is set (strace: 1 DNS query vs 0)
+    assert seen == {"mode": "offline", "env": "offline"}
+
+
+def test_report_skips_a_deeply_nested_record(tmp_path):
+    from attnbench.report import build_report
+
+    report_run(tmp_path / "a", {"test/acc": 0.7})
+    report_run(tmp_path / "deep", {})
+    (tmp_path / "deep" / "metrics.json").write_text("[" * 200_000 + "]" * 200_000)
+    md = build_report(tmp_path)
+    assert "1 finished runs" in md and "## Skipped records (1)" in md and "RecursionError" in md
