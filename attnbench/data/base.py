@@ -119,6 +119,29 @@ class ImageDataModule(pl.LightningDataModule):
         if self._auto_workers and getattr(self, "trainer", None) is not None:
             self.num_workers = default_num_workers(getattr(self.trainer, "num_devices", None) or None)
             self.persistent_workers = self.persistent_workers and self.num_workers > 0
+        self._warn_inexact_resume()
+
+    def _warn_inexact_resume(self) -> None:
+        """Once per data module: a resumed ``fit`` whose training loader is not this class's resumable one
+        (e.g. the caption data modules' shuffled loader) is not exact with workers (README, Resume)."""
+        trainer = getattr(self, "trainer", None)
+        if (
+            type(self)._loader is ImageDataModule._loader
+            or self.num_workers == 0
+            or trainer is None
+            or trainer.state.fn != "fit"
+            or not trainer.ckpt_path
+            or getattr(self, "_warned_inexact_resume", False)
+        ):
+            return
+        self._warned_inexact_resume = True
+        from pytorch_lightning.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"{type(self).__name__} with data.num_workers={self.num_workers}: this resumed run will not "
+            "match an uninterrupted one exactly (its training order after the resume differs); exact resume "
+            "with this data needs data.num_workers=0 and a checkpoint from an epoch's end"
+        )
 
     def check_facts(self, name: str, num_classes: int | None = None, channels: int | None = None) -> None:
         """Refuse ``data.num_classes`` / ``data.channels`` that contradict what data set ``name`` holds
