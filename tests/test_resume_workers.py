@@ -4,7 +4,6 @@ a mid-epoch start do not depend on num_workers, persistent workers, or when Ligh
 import os
 import shutil
 import signal
-import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -70,25 +69,6 @@ def test_the_iterator_follows_set_epoch_and_starts_after_the_batches_done(worker
     sampler.set_epoch(2)  # after iter(), as Lightning does on resume
     got = list(it)
     assert len(got) == 7 and all(torch.equal(y, e) for (_, y), e in zip(got, expected[3:], strict=True))
-
-
-def test_a_caption_data_module_warns_once_that_its_resume_with_workers_is_not_exact():
-    from types import SimpleNamespace
-
-    from attnbench.data.digit_captions import DigitCaptionsDataModule
-
-    dm = DigitCaptionsDataModule(num_workers=2)
-    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), ckpt_path="run/checkpoints/last.ckpt")
-    with pytest.warns(UserWarning, match="DigitCaptionsDataModule with data.num_workers=2") as caught:
-        dm.resolve_workers()
-        dm.resolve_workers()
-    assert len([w for w in caught if "will not match" in str(w.message)]) == 1
-    dm.trainer.ckpt_path = None  # a fresh run: no warning
-    fresh = DigitCaptionsDataModule(num_workers=2)
-    fresh.trainer = dm.trainer
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fresh.resolve_workers()
 
 
 # ----------------------------------------------------------------------------------------- whole runs

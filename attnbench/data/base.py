@@ -119,29 +119,6 @@ class ImageDataModule(pl.LightningDataModule):
         if self._auto_workers and getattr(self, "trainer", None) is not None:
             self.num_workers = default_num_workers(getattr(self.trainer, "num_devices", None) or None)
             self.persistent_workers = self.persistent_workers and self.num_workers > 0
-        self._warn_inexact_resume()
-
-    def _warn_inexact_resume(self) -> None:
-        """Once per data module: a resumed ``fit`` whose training loader is not this class's resumable one
-        (e.g. the caption data modules' shuffled loader) is not exact with workers (README, Resume)."""
-        trainer = getattr(self, "trainer", None)
-        if (
-            type(self)._loader is ImageDataModule._loader
-            or self.num_workers == 0
-            or trainer is None
-            or trainer.state.fn != "fit"
-            or not trainer.ckpt_path
-            or getattr(self, "_warned_inexact_resume", False)
-        ):
-            return
-        self._warned_inexact_resume = True
-        from pytorch_lightning.utilities import rank_zero_warn
-
-        rank_zero_warn(
-            f"{type(self).__name__} with data.num_workers={self.num_workers}: this resumed run will not "
-            "match an uninterrupted one exactly (its training order after the resume differs); exact resume "
-            "with this data needs data.num_workers=0 and a checkpoint from an epoch's end"
-        )
 
     def check_facts(self, name: str, num_classes: int | None = None, channels: int | None = None) -> None:
         """Refuse ``data.num_classes`` / ``data.channels`` that contradict what data set ``name`` holds
@@ -157,14 +134,15 @@ class ImageDataModule(pl.LightningDataModule):
                     f"expected data.{key}={actual} (or drop the override)"
                 )
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, collate_fn=None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         generator = torch.Generator()  # iterators never draw from the global RNG
         self.resolve_workers()
         if getattr(self, "_whole_splits", False) and hasattr(dataset, "worker_decoded"):
             dataset = dataset.worker_decoded()  # read directly (no trainer hooks): decoded in the workers
-        collate_fn = getattr(dataset, "collate_fn", None)  # e.g. encoded JPEGs (data.decode_device=cuda)
+        # the caller's, or the data set's (e.g. encoded JPEGs with data.decode_device=cuda)
+        collate_fn = collate_fn or getattr(dataset, "collate_fn", None)
         whole = getattr(self, "_whole_splits", False)
         batches_done = None
         if shuffle:  # the training order and augmentation a resumed run reproduces (data/sampling.py)
