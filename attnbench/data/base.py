@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from attnbench.data.sampling import EpochShuffle, ResumableLoader, SeededSamples, fit_batches_done, replicas
 from attnbench.errors import ConfigError
 
 
@@ -63,32 +64,6 @@ def evaluation_sampler(dataset: Dataset):
             "processes (each needs at least one); evaluate with fewer devices, e.g. trainer.devices=1"
         )
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
-
-
-class EpochShuffle(Sampler[int]):
-    """A random order that is a pure function of ``(seed, epoch)``.
-
-    Lightning calls ``set_epoch`` before each training epoch; that re-seeds the generator shared with the
-    DataLoader (which also draws its worker base seed from it), so neither the order nor worker augmentation
-    depends on how often an iterator was created: a resumed run sees the same batches as an uninterrupted one.
-    """
-
-    def __init__(self, num_samples: int, generator: torch.Generator, seed: int):
-        self.num_samples, self.generator, self.seed = num_samples, generator, seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        order = torch.randperm(
-            self.num_samples, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        )
-        return iter(order.tolist())
 
 
 def run_seed() -> int:
@@ -159,21 +134,31 @@ class ImageDataModule(pl.LightningDataModule):
                     f"expected data.{key}={actual} (or drop the override)"
                 )
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, collate_fn=None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
         generator = torch.Generator()  # iterators never draw from the global RNG
         self.resolve_workers()
         if getattr(self, "_whole_splits", False) and hasattr(dataset, "worker_decoded"):
             dataset = dataset.worker_decoded()  # read directly (no trainer hooks): decoded in the workers
-        sampler = EpochShuffle(len(dataset), generator, run_seed()) if shuffle else None
-        if not shuffle and not getattr(self, "_whole_splits", False):
-            sampler = evaluation_sampler(dataset)
-        return DataLoader(
+        # the caller's, or the data set's (e.g. encoded JPEGs with data.decode_device=cuda)
+        collate_fn = collate_fn or getattr(dataset, "collate_fn", None)
+        whole = getattr(self, "_whole_splits", False)
+        batches_done = None
+        if shuffle:  # the training order and augmentation a resumed run reproduces (data/sampling.py)
+            sampler = EpochShuffle(len(dataset), generator, run_seed(), *((1, 0) if whole else replicas()))
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and not whole and trainer.state.fn == "fit":
+                batches_done = fit_batches_done(trainer)
+            dataset = SeededSamples(dataset)
+        else:
+            sampler = None if whole else evaluation_sampler(dataset)
+        return ResumableLoader(
             dataset,
+            batches_done=batches_done,
             batch_size=self.batch_size,
             sampler=sampler,
-            collate_fn=getattr(dataset, "collate_fn", None),  # e.g. encoded JPEGs (data.decode_device=cuda)
+            collate_fn=collate_fn,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -102,12 +102,13 @@ class CaptionDataModule(ImageDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create this split")
+        if shuffle:  # the resumable training loader: order and augmentation as ImageDataModule's
+            return super()._loader(dataset, shuffle=True, collate_fn=collate_captions)
         self.resolve_workers()
-        sampler = None if shuffle or getattr(self, "_whole_splits", False) else evaluation_sampler(dataset)
+        sampler = None if getattr(self, "_whole_splits", False) else evaluation_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,  # under DDP: every caption evaluated once (no padding repeats)
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
