@@ -85,7 +85,8 @@ class GANTask(pl.LightningModule):
     ):
         super().__init__()
         if sample_bn not in gan_bn.SAMPLE_BN:
-            raise ConfigError(f"model.task.sample_bn={sample_bn!r}: expected one of {', '.join(gan_bn.SAMPLE_BN)}")
+            choices = ", ".join(gan_bn.SAMPLE_BN)
+            raise ConfigError(f"model.task.sample_bn={sample_bn!r}: expected one of {choices}")
         if int(standing_batches) < 1:
             raise ConfigError(f"model.task.standing_batches={standing_batches}: expected at least 1")
         if fid_reference not in FID_REFERENCES:
