@@ -51,7 +51,7 @@ def test_standing_statistics_are_the_ema_generators_own():
     chunks = h.split(12)
     want_mean = torch.stack([c.mean((0, 2, 3)) for c in chunks]).mean(0)
     want_var = torch.stack([c.var((0, 2, 3), correction=1) for c in chunks]).mean(0)
-    # reference 2: torch's train-mode BatchNorm with a cumulative average (BatchNorm layers alone in train mode)
+    # reference 2: torch's train-mode BatchNorm, a cumulative average, BatchNorm layers alone in train mode
     twin = copy.deepcopy(g).eval()
     for bn in norms(twin):
         bn.reset_running_stats()
