@@ -134,3 +134,27 @@ def test_xavier_init_is_glorot_uniform():
     bound = (6 / (fan_in + fan_out)) ** 0.5
     assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.8 * bound
     assert float(w.std()) == pytest.approx(bound / 3**0.5, rel=0.25)  # a uniform's std
+
+
+# ------------------------------------------------------------------------------------------------- item 9
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_is_shuffle_equals_torch_fidelity_with_its_seed_or_keeps_the_order(shuffle):
+    """torch-fidelity's isc_features_to_metric (its default: shuffled with seed 2020) is the reference for
+    ``shuffle=True``; ``shuffle=False`` equals it with samples_shuffle=False (the improved-GAN order)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from attnbench.metrics import gan as gm
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 10, generator=g) * 3
+    logits[:100, :3] += 4  # the first half concentrated on 3 classes: the split order matters
+    metric = gm.inception_score(10, shuffle=shuffle)
+    metric.update(logits)
+    mean, std = metric.compute()
+    ref = isc_features_to_metric(logits, 10, shuffle, 2020)
+    assert float(mean) == pytest.approx(ref["inception_score_mean"], rel=1e-5)
+    assert float(std) == pytest.approx(ref["inception_score_std"], rel=1e-4)
+    other = gm.inception_score(10, shuffle=not shuffle)
+    other.update(logits)
+    assert float(other.compute()[1]) != pytest.approx(float(std), rel=1e-2)  # the protocols differ here
+    assert gm.IS_PROTOCOLS[shuffle] == ("shuffled_splits_seed2020" if shuffle else "ordered_splits")

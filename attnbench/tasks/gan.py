@@ -82,6 +82,7 @@ class GANTask(pl.LightningModule):
         channels_last: bool = False,
         sample_bn: str = "standing",
         standing_batches: int = 16,
+        is_shuffle: bool = False,
     ):
         super().__init__()
         if sample_bn not in gan_bn.SAMPLE_BN:
@@ -211,9 +212,11 @@ class GANTask(pl.LightningModule):
             nf = int(self.scorer.num_features)
             self.fid = gm.frechet_distance(nf)
             self.kid = gm.kernel_distance(nf, subset_size=min(1000, self.hparams.test_samples))
-            self.val_is = gm.inception_score(self.hparams.val_splits)
-            self.test_is = gm.inception_score(self.hparams.test_splits)
-            self.real_is = gm.inception_score(self.real_splits(), strict=False)  # a data-given count
+            shuffle = bool(self.hparams.get("is_shuffle", False))
+            self.val_is = gm.inception_score(self.hparams.val_splits, shuffle=shuffle)
+            self.test_is = gm.inception_score(self.hparams.test_splits, shuffle=shuffle)
+            # the real test images: a data-given count, so no strict split size
+            self.real_is = gm.inception_score(self.real_splits(), strict=False, shuffle=shuffle)
             self.real_count = SumMetric()
             # class agreement: the scorer's prediction equals the conditioning label (domain scorer only)
             self.cond_acc = (
@@ -223,6 +226,7 @@ class GANTask(pl.LightningModule):
                 "test/scorer": self.scorer.kind,
                 "test/fid_reference": self.hparams.fid_reference,
                 "test/sample_bn": self.hparams.get("sample_bn", "standing"),
+                "test/is_protocol": gm.IS_PROTOCOLS[shuffle],
                 "test/eval_generator": "ema" if self.g_ema is not None else "raw",
                 **({"test/inception_resize": self.scorer.resize} if self.scorer.kind == "inception" else {}),
                 **({"test/scorer_key": self.scorer_info["key"]} if "key" in self.scorer_info else {}),
