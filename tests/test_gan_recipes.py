@@ -59,7 +59,7 @@ def test_sagan_cifar10_runs_on_cpu_and_stops_after_max_g_steps(tmp_path):
     assert metrics["status"] == "ok" and metrics["run/variant"] == "self_attention"
     assert metrics["test/fid_n_real"] == 20  # the whole training set (validation images included)
     assert metrics["test/kid_n_real"] == 20  # KID on all of them: fewer than test_samples
-    # the sampling protocol is recorded: the EMA generator with its own standing BatchNorm statistics, IS splits
+    # the sampling protocol is recorded: the EMA generator, its own (standing) BatchNorm statistics, IS splits
     assert (metrics["test/eval_generator"], metrics["test/sample_bn"]) == ("ema", "standing")
     assert metrics["test/is_protocol"] == "ordered_splits"
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -7,8 +7,8 @@ the reference TensorFlow code (Salimans et al. 2016, openai/improved-gan) comput
 order (no shuffle), cut into exactly ``splits`` consecutive parts, ``exp(E_x KL(p(y|x) || p(y)))`` per
 part, mean and population std (ddof 0) over the parts. ``shuffle=True`` first permutes the samples with
 ``numpy.random.RandomState(seed).permutation`` (seed 2020): torch-fidelity's default protocol
-(``isc_featuresdict_to_metric``). torchmetrics' own InceptionScore shuffles with the global RNG and reports the
-sample std (ddof 1). Metric states are what torchmetrics syncs across processes;
+(``isc_featuresdict_to_metric``). torchmetrics' own InceptionScore shuffles with the global RNG and
+reports the sample std (ddof 1). Metric states are what torchmetrics syncs across processes;
 sample indices travel with the logits, so the parts are the same under DDP as in one process. The scorer is
 not a submodule of the metrics, so it stays out of checkpoints.
 """
