@@ -27,8 +27,9 @@ class RecordingTB(TensorBoardLogger):
 
 def fake_trainer(tmp_path, max_epochs=30, max_steps=-1, batches=20):
     return SimpleNamespace(
-        max_epochs=max_epochs, max_steps=max_steps, num_training_batches=batches, loggers=[RecordingTB(tmp_path)],
-        default_root_dir=str(tmp_path), global_step=0, current_epoch=0, sanity_checking=False, is_global_zero=True,
+        max_epochs=max_epochs, max_steps=max_steps, num_training_batches=batches,
+        loggers=[RecordingTB(tmp_path)], default_root_dir=str(tmp_path), global_step=0, current_epoch=0,
+        sanity_checking=False, is_global_zero=True,
     )  # fmt: skip
 
 

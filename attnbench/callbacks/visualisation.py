@@ -41,7 +41,8 @@ class LogTaskFigures(pl.Callback):
             from attnbench.errors import ConfigError
 
             raise ConfigError(
-                f"callbacks.visualisation.png_every_n_epochs={png_every_n_epochs}: expected >= 1 or null (auto)"
+                f"callbacks.visualisation.png_every_n_epochs={png_every_n_epochs}: expected >= 1 or null "
+                "(auto)"
             )
         self.png_every_n_epochs = None if png_every_n_epochs is None else int(png_every_n_epochs)
         self._batch = None
