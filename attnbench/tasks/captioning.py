@@ -7,7 +7,10 @@ clipping keep their per-word scale, while the penalty keeps the paper's weight r
 per-word CE + λ·penalty would weight it ~caption-length times more). Hard attention (Sec. 4.1) adds
 REINFORCE on the sampled locations with reward log p(y | s, a), a moving-average baseline
 (b ← 0.9 b + 0.1 log p(y | s, a)), an entropy bonus on the attention distributions, and per image a 0.5
-chance of using the expected context instead of a sample (the same per-word normalisation).
+chance of using the expected context instead of a sample (the same per-word normalisation). Where the authors'
+code (arctic-captions) scales these differently, a knob names each choice (``penalty_norm``,
+``reinforce_reward``, ``hard_reduction``, ``expected_coin``, ``baseline_init``, and its optimizers
+``arctic_rmsprop`` / ``arctic_adam``); the ``sat_*`` recipes set arctic's values.
 
 Evaluation: ``val/loss`` and ``test/loss`` (teacher-forced cross-entropy per word), captions by beam search.
 Validation: ``val/bleu4`` (``val_beam_size``, the data set's own tokens; what early stopping and the
