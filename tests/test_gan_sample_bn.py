@@ -91,11 +91,16 @@ def test_running_uses_the_copied_statistics_and_batch_normalises_each_batch():
     assert all(torch.equal(a, b) for a, b in zip(before, g.buffers()))  # running buffers untouched
     running = tiny_task(sample_bn="running")
     drift(running)
+    with torch.no_grad():  # e.g. a checkpoint saved after a standing evaluation: other statistics in the EMA
+        for bn in norms(running.g_ema):
+            bn.running_mean.add_(1.0)
     with torch.no_grad(), running._sampling(running.g_ema) as gen:
         eval_out = gen(z, y)
     ref = copy.deepcopy(running.g_ema).eval()
+    for a, b in zip(norms(ref), norms(running.net.generator)):
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
     with torch.no_grad():
-        assert torch.allclose(eval_out, ref(z, y))  # eval mode with the copied (raw generator's) statistics
+        assert torch.allclose(eval_out, ref(z, y))  # eval mode with the raw generator's running statistics
 
 
 def test_sample_bn_is_validated():

@@ -171,8 +171,19 @@ class GANTask(pl.LightningModule):
         mode = self.hparams.get("sample_bn", "standing")
         if mode == "standing" and self._standing_at != self.g_steps:
             self.standing_statistics(generator)
+        elif mode == "running" and generator is self.g_ema:
+            self._copy_running_statistics()
         with gan_bn.sampling_mode(generator, mode):
             yield generator
+
+    @torch.no_grad()
+    def _copy_running_statistics(self) -> None:
+        """``running`` for the EMA generator: the raw generator's BatchNorm running averages (what the EMA
+        copies each G update; copied again here, since a checkpoint may hold standing statistics instead)."""
+        for dst, src in zip(gan_bn.batch_norms(self.g_ema), gan_bn.batch_norms(self.net.generator)):
+            dst.running_mean.copy_(src.running_mean)
+            dst.running_var.copy_(src.running_var)
+        self._standing_at = None
 
     def standing_statistics(self, generator: nn.Module) -> None:
         """BigGAN's standing statistics of ``generator``: ``standing_batches`` batches of ``eval_batch_size``

@@ -1,7 +1,7 @@
 """Which batch-norm statistics a GAN generator samples with (``model.task.sample_bn``).
 
 * ``running``: the running averages kept in training (eval mode). For an EMA generator these are the raw
-  generator's, copied with its buffers: statistics of *other* weights.
+  generator's (copied from it before sampling): statistics of *other* weights.
 * ``batch``: each sampling batch normalised by its own statistics (train-mode BatchNorm; the running
   averages are left as they were).
 * ``standing``: "standing statistics" (Brock et al. 2019, BigGAN, Sec. 3.1 / appendix): reset the running
