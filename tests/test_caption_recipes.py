@@ -44,22 +44,24 @@ def test_experiment_configs_hold_the_papers_recipe(name):
     assert task.weight_decay == 0.0 and task.grad_clip is None
     assert task.loss_norm == "caption"  # the batch mean of eq. 14, the scale arctic's step sizes assume
     assert (task.warmup_epochs, task.min_lr_ratio) == (0, 1.0)  # a constant learning rate
-    if "coco" in name:  # Adam on COCO (and Flickr30k), RMSProp on Flickr8k
+    if "coco" in name:  # Adam on COCO (and Flickr30k), RMSProp on Flickr8k: arctic-captions' update rules
         assert (
-            task.optimizer == "adam" and task.lr == pytest.approx(2e-4) and list(task.betas) == [0.9, 0.999]
+            task.optimizer == "arctic_adam"
+            and task.lr == pytest.approx(2e-4)
+            and list(task.betas) == [0.9, 0.999]
         )
     else:
-        assert task.optimizer == "rmsprop" and task.lr == pytest.approx(1e-4)
-        assert dict(task.optimizer_kwargs) == {"alpha": 0.95, "momentum": 0.9, "centered": True, "eps": 1e-2}
+        assert task.optimizer == "arctic_rmsprop" and task.lr == pytest.approx(1e-4)
+        assert dict(task.optimizer_kwargs) == {"alpha": 0.95, "momentum": 0.9, "eps": 1e-4}
     if "hard" in name:
         assert (task.reinforce_weight, task.entropy_weight) == (0.1, 0.002)
         assert (task.baseline_decay, task.expected_prob, task.alpha_c_hard) == (0.9, 0.5, 0.0)
     else:
-        assert task.alpha_c == 1.0  # eq. 14's lambda
+        assert task.alpha_c == 1.0 and task.penalty_norm == "arctic"  # arctic's lambda and reduction
     stop = cfg.callbacks.early_stopping
     assert stop._target_ == "pytorch_lightning.callbacks.EarlyStopping"
-    assert (stop.monitor, stop.mode, stop.patience) == ("val/bleu4", "max", 10)
-    assert (cfg.model.monitor.metric, cfg.model.monitor.mode) == ("val/bleu4", "max")
+    assert (stop.monitor, stop.mode, stop.patience) == ("val/loss", "min", 11)  # arctic: validation NLL
+    assert (cfg.model.monitor.metric, cfg.model.monitor.mode) == ("val/loss", "min")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,9 @@ SMOKE = [
     "trainer=cpu",
     "trainer.precision=32-true",
     "trainer.max_epochs=1",
+    "trainer.val_check_interval=1.0",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.min_steps=null",
     "data.image_size=32",
     "data.batch_size=2",
     "data.num_workers=0",

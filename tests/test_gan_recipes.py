@@ -59,6 +59,9 @@ def test_sagan_cifar10_runs_on_cpu_and_stops_after_max_g_steps(tmp_path):
     assert metrics["status"] == "ok" and metrics["run/variant"] == "self_attention"
     assert metrics["test/fid_n_real"] == 20  # the whole training set (validation images included)
     assert metrics["test/kid_n_real"] == 20  # KID on all of them: fewer than test_samples
+    # the sampling protocol is recorded: the EMA generator, its own (standing) BatchNorm statistics, IS splits
+    assert (metrics["test/eval_generator"], metrics["test/sample_bn"]) == ("ema", "standing")
+    assert metrics["test/is_protocol"] == "ordered_splits"
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     # stopped within the first epoch (4 batches) after 1 G update (with 2 D steps)
     assert ckpt["gan_steps"] == {"d": 2, "g": 1}

@@ -42,7 +42,8 @@ def test_recipe_values():
     assert (net.mixer, net.output, net.class_conditional) == ("local_1d", "categorical", False)
     assert (net.dim, net.depth, net.heads, net.ffn_dim, net.block_length) == (512, 12, 4, 2048, 256)
     assert (net.dropout, net.ffn_dropout, net.attn_dropout) == (0.3, 0.0, 0.0)
-    assert (net.norm, net.activation, net.pos_encoding) == ("post", "relu", "sinusoidal")
+    assert (net.norm, net.activation, net.pos_encoding) == ("post", "relu", "sinusoidal_t2t")
+    assert (net.start, net.ln_eps, net.attn_bias) == ("zero", 1e-6, False)  # tensor2tensor's
     assert (task.schedule, task.warmup_steps, task.weight_decay) == ("rsqrt", 4000, 0.0)
     assert tuple(task.betas) == (0.9, 0.98) and task.eps == 1e-9
     assert task.lr == pytest.approx(t2t_noam(3999), rel=1e-3)  # the schedule's peak

@@ -1,8 +1,10 @@
 """Each validation epoch, ask the task for figures of a fixed validation batch (``task.figures(batch)``)
-and send them to every logger (W&B images, TensorBoard images) and as PNGs to ``<run dir>/figures/``."""
+and send them to every logger (W&B images, TensorBoard images: every time), and as PNGs to
+``<run dir>/figures/`` every ``png_every_n_epochs`` epochs and at the end of fitting (the last figures)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,39 @@ def _as_array(fig: Any) -> np.ndarray:
     return arr
 
 
-class LogTaskFigures(pl.Callback):
-    """Log ``task.figures(batch)`` every ``every_n_epochs`` validation epochs (rank 0 only)."""
+PNG_KEEP = 10  # png_every_n_epochs=null: about this many PNG epochs per figure kind, plus the last one
 
-    def __init__(self, every_n_epochs: int = 1, save_png: bool = True):
+
+class LogTaskFigures(pl.Callback):
+    """Log ``task.figures(batch)`` every ``every_n_epochs`` validation epochs (rank 0 only) to the loggers;
+    write them as PNGs every ``png_every_n_epochs`` of those epochs (``None``: ceil(epochs / 10) for a run of
+    known length, so at most ~10 files per kind, else every epoch) and, at the end of fitting, the last
+    figures if their epoch was not written (the run's final state always has its PNGs)."""
+
+    def __init__(self, every_n_epochs: int = 1, save_png: bool = True, png_every_n_epochs: int | None = None):
         self.every_n_epochs = max(1, int(every_n_epochs))
         self.save_png = save_png
+        if png_every_n_epochs is not None and int(png_every_n_epochs) < 1:
+            from attnbench.errors import ConfigError
+
+            raise ConfigError(
+                f"callbacks.visualisation.png_every_n_epochs={png_every_n_epochs}: expected >= 1 or null "
+                "(auto)"
+            )
+        self.png_every_n_epochs = None if png_every_n_epochs is None else int(png_every_n_epochs)
         self._batch = None
+        self._unsaved: tuple[int, dict[str, np.ndarray]] | None = None  # the last figures not yet written
+
+    def png_interval(self, trainer: pl.Trainer) -> int:
+        """Epochs between PNG files: the knob, or ceil(expected epochs / PNG_KEEP) (1 when unknown)."""
+        if self.png_every_n_epochs is not None:
+            return self.png_every_n_epochs
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        per_epoch = trainer.num_training_batches
+        if trainer.max_steps and trainer.max_steps > 0 and per_epoch and math.isfinite(per_epoch):
+            by_steps = math.ceil(trainer.max_steps / max(1, int(per_epoch)))
+            epochs = min(epochs, by_steps) if epochs else by_steps
+        return max(1, math.ceil(epochs / PNG_KEEP)) if epochs else 1
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -52,9 +80,15 @@ class LogTaskFigures(pl.Callback):
             figures = {k: _as_array(v) for k, v in pl_module.figures(self._batch).items()}
         finally:
             pl_module.train(was_training)
-        self.log_images(trainer, figures)
+        self.log_images(trainer, figures, png=(trainer.current_epoch + 1) % self.png_interval(trainer) == 0)
 
-    def log_images(self, trainer: pl.Trainer, figures: dict[str, np.ndarray]) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._unsaved is not None and trainer.is_global_zero:
+            epoch, figures = self._unsaved
+            self.write_pngs(trainer, figures, epoch)
+        self._unsaved = None
+
+    def log_images(self, trainer: pl.Trainer, figures: dict[str, np.ndarray], png: bool = True) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -64,6 +98,13 @@ class LogTaskFigures(pl.Callback):
             elif isinstance(logger, TensorBoardLogger):
                 for name, img in figures.items():
                     logger.experiment.add_image(name, img, global_step=step, dataformats="HWC")
+        if png:
+            self.write_pngs(trainer, figures, epoch)
+            self._unsaved = None
+        else:
+            self._unsaved = (epoch, figures)
+
+    def write_pngs(self, trainer: pl.Trainer, figures: dict[str, np.ndarray], epoch: int) -> None:
         if self.save_png and figures and trainer.default_root_dir:
             from PIL import Image
 

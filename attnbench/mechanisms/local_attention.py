@@ -133,6 +133,7 @@ class GridSelfAttention(nn.Module):
         query_shape: ``(qh, qw)`` query block of ``local_2d``.
         memory_flange: ``(fh, fw)`` rows above / columns on each side of a ``local_2d`` block.
         attn_dropout: dropout on the attention weights (training only).
+        bias: biases on the q/k/v and output projections (tensor2tensor's have none).
 
     ``forward(x [B, N, D], grid=(rows, cols)) -> [B, N, D]`` with ``N = rows·cols`` in raster order.
     """
@@ -146,6 +147,7 @@ class GridSelfAttention(nn.Module):
         query_shape=(8, 8),
         memory_flange=(8, 8),
         attn_dropout: float = 0.0,
+        bias: bool = True,
     ):
         super().__init__()
         if kind not in ATTENTION_KINDS:
@@ -161,8 +163,8 @@ class GridSelfAttention(nn.Module):
                 f"{block_length}, {query_shape}, {memory_flange}"
             )
         self.attn_dropout = attn_dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
         self._plans: dict = {}
 
     def plan(self, rows: int, cols: int, device=None) -> BlockPlan:
@@ -252,12 +254,13 @@ def _grid_attention_builder(kind: str):
         query_shape=(8, 8),
         memory_flange=(8, 8),
         attn_dropout: float = 0.0,
+        attn_bias: bool = True,
         **_,
     ) -> GridSelfAttention:
         heads = attention_heads(dim, num_heads, head_dim)
         return GridSelfAttention(
             dim, heads, kind=kind, block_length=block_length, query_shape=query_shape,
-            memory_flange=memory_flange, attn_dropout=attn_dropout,
+            memory_flange=memory_flange, attn_dropout=attn_dropout, bias=attn_bias,
         )  # fmt: skip
 
     build.__name__ = build.__qualname__ = f"build_{kind}"

@@ -5,8 +5,10 @@ The scorer runs once per batch of images; its features go to ``torchmetrics.imag
 through an identity "feature extractor", its logits to ``SplitInceptionScore``: the Inception Score the way
 the reference TensorFlow code (Salimans et al. 2016, openai/improved-gan) computes it — the samples in their
 order (no shuffle), cut into exactly ``splits`` consecutive parts, ``exp(E_x KL(p(y|x) || p(y)))`` per
-part, mean and population std (ddof 0) over the parts. torchmetrics' own InceptionScore shuffles with the
-global RNG and reports the sample std (ddof 1). Metric states are what torchmetrics syncs across processes;
+part, mean and population std (ddof 0) over the parts. ``shuffle=True`` first permutes the samples with
+``numpy.random.RandomState(seed).permutation`` (seed 2020): torch-fidelity's default protocol
+(``isc_featuresdict_to_metric``). torchmetrics' own InceptionScore shuffles with the global RNG and
+reports the sample std (ddof 1). Metric states are what torchmetrics syncs across processes;
 sample indices travel with the logits, so the parts are the same under DDP as in one process. The scorer is
 not a submodule of the metrics, so it stays out of checkpoints.
 """
@@ -46,15 +48,17 @@ class SplitInceptionScore(Metric):
     ``strict``: refuse a sample count that ``splits`` does not divide (generated samples, whose count is a
     setting); otherwise part i is ``[i·N // splits, (i+1)·N // splits)`` as in the reference code.
     ``index``: each sample's global position (default: this process's running count).
+    ``shuffle``, ``seed``: permute the samples (in global order) as torch-fidelity does before splitting.
     """
 
     full_state_update = False
 
-    def __init__(self, splits: int, strict: bool = True, **kwargs):
+    def __init__(self, splits: int, strict: bool = True, shuffle: bool = False, seed: int = 2020, **kwargs):
         super().__init__(**kwargs)
         if int(splits) < 1:
             raise ValueError(f"splits={splits} must be >= 1")
         self.splits, self.strict, self._count = int(splits), bool(strict), 0
+        self.shuffle, self.seed = bool(shuffle), int(seed)
         self.add_state("logits", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
 
@@ -75,6 +79,11 @@ class SplitInceptionScore(Metric):
         n = len(logits)
         if n < self.splits or (self.strict and n % self.splits):
             raise ValueError(f"{n} samples cannot be cut into {self.splits} equal Inception Score splits")
+        if self.shuffle:
+            import numpy as np
+
+            perm = np.random.RandomState(self.seed).permutation(n)
+            logits = logits[torch.from_numpy(perm).to(logits.device)]
         log_p = torch.log_softmax(logits, dim=1)
         scores = []
         for i in range(self.splits):
@@ -93,9 +102,13 @@ def kernel_distance(num_features: int, subset_size: int = 1000) -> KernelIncepti
     )
 
 
-def inception_score(splits: int, strict: bool = True) -> SplitInceptionScore:
-    """IS over precomputed ``[N, K]`` logits: mean and population std over ``splits`` consecutive parts."""
-    return SplitInceptionScore(splits, strict=strict)
+IS_PROTOCOLS = {False: "ordered_splits", True: "shuffled_splits_seed2020"}  # test/is_protocol
+
+
+def inception_score(splits: int, strict: bool = True, shuffle: bool = False) -> SplitInceptionScore:
+    """IS over precomputed ``[N, K]`` logits: mean and population std over ``splits`` consecutive parts
+    (of the samples in order, or shuffled as torch-fidelity with ``shuffle``)."""
+    return SplitInceptionScore(splits, strict=strict, shuffle=shuffle)
 
 
 def quantize(x01: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,24 @@ OUTPUTS = ("categorical", "dmol", "dmol_pixel")
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s lower bound on the log-scales
 
 
-def sinusoid_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
-    """[rows·cols, dim]: sin/cos of the row in the first dim/2 features, of the column in the rest."""
+def sinusoid_2d(rows: int, cols: int, dim: int, layout: str = "interleaved") -> torch.Tensor:
+    """[rows·cols, dim]: sin/cos of the row in the first dim/2 features, of the column in the rest.
+
+    ``interleaved`` (attnbench's original): per axis of width d, sin at even and cos at odd features with
+    frequencies 10000^(−2i/d). ``t2t`` (tensor2tensor's ``add_timing_signal_nd`` over the 2 axes): per axis
+    n = dim // 4 timescales 10000^(−i/(n−1)) (i < n), the n sines then the n cosines, row block first; any
+    dim % 4 features left over stay 0.
+    """
+    if layout == "t2t":
+        n = dim // 4
+        inv = torch.exp(-math.log(10000.0) * torch.arange(n, dtype=torch.float64) / max(n - 1, 1))
+        out = torch.zeros(rows, cols, dim, dtype=torch.float64)
+        for axis, length in enumerate((rows, cols)):
+            t = torch.arange(length, dtype=torch.float64)[:, None] * inv[None]
+            sig = torch.cat([torch.sin(t), torch.cos(t)], 1)  # [length, 2n]
+            sig = sig[:, None] if axis == 0 else sig[None]
+            out[..., axis * 2 * n : (axis + 1) * 2 * n] = sig
+        return out.reshape(rows * cols, dim).float()
     half = dim // 2
 
     def enc(n: int, d: int) -> torch.Tensor:
@@ -184,6 +200,8 @@ class DecoderBlock(nn.Module):
         focal: dict | None = None,
         activation: str = "gelu",
         ffn_dropout: float | None = None,
+        ln_eps: float = 1e-5,
+        attn_bias: bool = True,
         **attn_kw,
     ):
         super().__init__()
@@ -192,9 +210,10 @@ class DecoderBlock(nn.Module):
         context = {k: v for k, v in attn_kw.items() if k != "kind"}
         context.update(focal or {})
         self.attn = create_mixer(
-            "causal", attn_kw["kind"], dim, num_heads=heads, attn_dropout=attn_dropout, **context
-        )
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            "causal", attn_kw["kind"], dim, num_heads=heads, attn_dropout=attn_dropout, attn_bias=attn_bias,
+            **context,
+        )  # fmt: skip
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=ln_eps), nn.LayerNorm(dim, eps=ln_eps)
         act = nn.GELU() if activation == "gelu" else nn.ReLU()
         inner = dropout if ffn_dropout is None else ffn_dropout
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), act, nn.Dropout(inner), nn.Linear(ffn_dim, dim))
@@ -221,6 +240,12 @@ class ImageTransformer(nn.Module):
     every position; ``forward`` and ``sample`` then take labels. ``output`` is ``categorical``, ``dmol`` or
     ``dmol_pixel`` (module docstring); ``activation`` (``gelu`` | ``relu``) and ``ffn_dropout`` (default:
     ``dropout``) shape the position-wise FFN.
+
+    tensor2tensor's choices, each off by default so that earlier checkpoints load as they were:
+    ``start="zero"`` (the first position's input is zeros, t2t's shift-right; default ``learned``: a learned
+    vector, kept in the state dict either way), ``ln_eps`` (t2t's ``norm_epsilon`` 1e-6; default torch's
+    1e-5), ``attn_bias=False`` (t2t's q/k/v/output projections have no bias), ``pos_encoding=
+    "sinusoidal_t2t"`` (t2t's sin/cos block layout, :func:`sinusoid_2d`).
 
     ``forward(x LongTensor[B, C, H, W] in [0, levels), y LongTensor[B] | None) -> [B, levels, C, H, W]``
     logits (normalised log-probabilities for the ``dmol`` outputs); the logits of a sub-pixel depend only on
@@ -253,6 +278,9 @@ class ImageTransformer(nn.Module):
         output: str = "categorical",
         num_mixtures: int = 10,
         attn_backend: str = "auto",
+        start: str = "learned",
+        ln_eps: float = 1e-5,
+        attn_bias: bool = True,
     ):
         super().__init__()
         mixer_info("causal", mixer)  # an unknown name: ConfigError listing the causal mixers
@@ -261,9 +289,11 @@ class ImageTransformer(nn.Module):
         checks = [
             (norm in ("pre", "post"), f"norm={norm!r}: expected 'pre' or 'post'"),
             (
-                pos_encoding in ("sinusoidal", "learned"),
-                f"pos_encoding={pos_encoding!r}: expected 'sinusoidal' or 'learned'",
+                pos_encoding in ("sinusoidal", "sinusoidal_t2t", "learned"),
+                f"pos_encoding={pos_encoding!r}: expected 'sinusoidal', 'sinusoidal_t2t' or 'learned'",
             ),
+            (start in ("learned", "zero"), f"start={start!r}: expected 'learned' or 'zero'"),
+            (ln_eps > 0, f"ln_eps={ln_eps}: expected > 0"),
             (output in OUTPUTS, f"output={output!r}: expected one of {', '.join(OUTPUTS)}"),
             (activation in ("gelu", "relu"), f"activation={activation!r}: expected 'gelu' or 'relu'"),
             (levels >= 2, f"levels={levels}: expected >= 2"),
@@ -294,9 +324,12 @@ class ImageTransformer(nn.Module):
         self.levels, self.dim, self.num_classes, self.output = levels, dim, num_classes, output
         self.embed = nn.Embedding(channels * levels, dim)  # one `levels`-row table per channel
         nn.init.normal_(self.embed.weight, std=dim**-0.5)
-        self.start = nn.Parameter(torch.zeros(dim))  # input of the first generated position
-        if pos_encoding == "sinusoidal":
-            self.register_buffer("pos", sinusoid_2d(*self.grid, dim), persistent=False)
+        # input of the first generated position: learned, or zeros (t2t) kept out of training
+        self.start = nn.Parameter(torch.zeros(dim), requires_grad=start == "learned")
+        self.start_kind = start
+        if pos_encoding in ("sinusoidal", "sinusoidal_t2t"):
+            layout = "t2t" if pos_encoding == "sinusoidal_t2t" else "interleaved"
+            self.register_buffer("pos", sinusoid_2d(*self.grid, dim, layout), persistent=False)
         else:
             self.row_embed = nn.Parameter(torch.randn(self.grid[0], 1, dim) * 0.02)
             self.col_embed = nn.Parameter(torch.randn(1, self.grid[1], dim) * 0.02)
@@ -321,13 +354,15 @@ class ImageTransformer(nn.Module):
                     focal={"focal_levels": focal_levels, "focal_window": focal_window},
                     activation=activation,
                     ffn_dropout=ffn_dropout,
+                    ln_eps=ln_eps,
+                    attn_bias=attn_bias,
                     **attn_kw,
                 )
                 for _ in range(depth)
             )
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        self.norm = nn.LayerNorm(dim) if norm == "pre" else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=ln_eps) if norm == "pre" else nn.Identity()
         out_dim = {
             "categorical": levels,
             "dmol": 3 * num_mixtures,
@@ -375,11 +410,16 @@ class ImageTransformer(nn.Module):
             return self.embed(self.channel_offset + raster).sum(-2) * math.sqrt(self.dim)
         return self.embed(self.channel_of * self.levels + raster) * math.sqrt(self.dim)
 
+    def start_input(self) -> torch.Tensor:
+        """``[D]``: the input of the first generated position (zeros with ``start="zero"``, whatever a loaded
+        checkpoint holds in ``start``)."""
+        return torch.zeros_like(self.start) if self.start_kind == "zero" else self.start
+
     def _head(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The decoder and head over all positions: ``[B, N, head outputs]`` in raster order of the grid."""
         b = x.shape[0]
         emb = self._values_embedding(self._to_raster(x))  # [B, N, D]
-        emb = torch.cat([emb, self.start.expand(b, 1, -1)], dim=1)
+        emb = torch.cat([emb, self.start_input().expand(b, 1, -1)], dim=1)
         h = emb[:, self.prev] + self._position()  # shifted right in generation order
         if self.class_embed is not None:
             h = h + self.class_embed(y)[:, None]
@@ -448,7 +488,7 @@ class ImageTransformer(nn.Module):
             for t, p in enumerate(self.order.tolist()):
                 if use_cache:
                     if t == 0:
-                        h = self.start.expand(n, -1)
+                        h = self.start_input().expand(n, -1)
                     else:
                         q = int(self.order[t - 1])
                         if self.per_pixel:  # the pixel before: all its channels

@@ -376,6 +376,9 @@ def sagan(
     heads: int = 1,
     window_size: int = 4,
     attn_backend: str = "auto",
+    init: str = "orthogonal",
+    bn_momentum: float = 0.1,
+    out_bn_momentum: float | None = None,
 ) -> SAGAN:
     """Class-conditional SAGAN for ``image_size`` px images with ``channels`` colour channels.
 
@@ -387,8 +390,14 @@ def sagan(
     (BigGAN); ``class_input=true`` also feeds that embedding, concatenated with z, to G's first linear layer
     (BigGAN-deep). ``mixer`` is ``none`` or any ``spatial`` mixer of the catalogue; ``heads`` and
     ``window_size`` configure the attention mixers other than SAGAN's own (window / global attention),
-    ``attn_backend`` how attention computes.
+    ``attn_backend`` how attention computes. ``init``: ``orthogonal`` (BigGAN's, the default) or ``xavier``
+    (Glorot uniform, the SAGAN release's ``xavier_initializer``) for every conv/linear weight.
+    ``bn_momentum`` / ``out_bn_momentum``: the running-statistics momentum of G's class-conditional
+    BatchNorms / its last BatchNorm (torch's convention, 1 − TF's decay: the release's 0.999 / 0.9999 are
+    1e-3 / 1e-4; null: ``bn_momentum``).
     """
+    if init not in INITS:
+        raise ConfigError(f"model.init={init!r}: expected one of {', '.join(INITS)}")
     if mixer != NO_MIXER and mixer not in list_mixers("spatial"):
         names = ", ".join([*list_mixers("spatial"), NO_MIXER])
         raise ConfigError(f"model.mixer={mixer!r} is not a SAGAN mixer; expected one of {names}")
@@ -415,4 +424,29 @@ def sagan(
         **common,
     )
     d = Discriminator(in_channels=channels, ch=d_ch or ch, channels=d_channels, attn_res=attn_res_d, **common)
+    if init == "xavier":
+        _xavier_init(g)
+        _xavier_init(d)
+    for m in g.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = float(bn_momentum)
+    g.out_bn.momentum = float(bn_momentum if out_bn_momentum is None else out_bn_momentum)
     return SAGAN(g, d)
+
+
+INITS = ("orthogonal", "xavier")
+
+
+@torch.no_grad()
+def _xavier_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every conv/linear (spectrally normalised: the original
+    weight, then the power-iteration vectors refreshed for it, as at construction)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            param = m.parametrizations.weight if hasattr(m, "parametrizations") else None
+            nn.init.xavier_uniform_(param.original if param is not None else m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if param is not None:
+                sn = param[0]
+                sn._power_method(sn._reshape_weight_to_matrix(param.original), 15)

@@ -134,7 +134,11 @@ class ShowAttendTell(nn.Module):
         embed_dim, hidden_dim, attn_dim: sizes of E, the LSTM state and the attention MLP.
         gate: the gating scalar beta (Sec. 4.2.1).
         dropout: dropout before the output layer L_o.
-        hard_eval: hard attention at evaluation: ``argmax`` (the most likely location) or ``expected``.
+        dropout_h: also apply that dropout to h_t where it enters the output layer (L_h h_t; never to the
+            recurrent state), as arctic-captions' ``use_dropout`` does.
+        hard_eval: hard attention at evaluation: ``expected`` (default: the expected context, as
+            arctic-captions decodes hard-attention models unless asked to sample) or ``argmax`` (the most
+            likely location).
     """
 
     def __init__(
@@ -153,10 +157,11 @@ class ShowAttendTell(nn.Module):
         attn_dim: int = 128,
         gate: bool = True,
         dropout: float = 0.5,
-        hard_eval: str = "argmax",
+        hard_eval: str = "expected",
         focal_levels: int = 2,
         focal_window: int = 3,
         attn_backend: str = "auto",
+        dropout_h: bool = False,
     ):
         super().__init__()
         vocab = [str(w) for w in vocab]
@@ -198,6 +203,7 @@ class ShowAttendTell(nn.Module):
         self.out_h = nn.Linear(hidden_dim, embed_dim)  # L_h
         self.out_z = nn.Linear(feat_dim, embed_dim, bias=False)  # L_z
         self.drop = nn.Dropout(dropout)
+        self.dropout_h = bool(dropout_h)
         self.out = nn.Linear(embed_dim, v)  # L_o
 
     # ------------------------------------------------------------------------------------------ pieces
@@ -241,7 +247,8 @@ class ShowAttendTell(nn.Module):
         )
         e = self.embed(y_prev)
         h, c = self.lstm(torch.cat([e, z], dim=-1), (h, c))
-        logits = self.out(self.drop(torch.tanh(e + self.out_h(h) + self.out_z(z))))
+        h_out = self.drop(h) if self.dropout_h else h  # arctic's dropout on h (output path only)
+        logits = self.out(self.drop(torch.tanh(e + self.out_h(h_out) + self.out_z(z))))
         return logits, (h, c), alpha, info
 
     # ------------------------------------------------------------------------------------------ training

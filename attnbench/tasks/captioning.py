@@ -7,7 +7,10 @@ clipping keep their per-word scale, while the penalty keeps the paper's weight r
 per-word CE + λ·penalty would weight it ~caption-length times more). Hard attention (Sec. 4.1) adds
 REINFORCE on the sampled locations with reward log p(y | s, a), a moving-average baseline
 (b ← 0.9 b + 0.1 log p(y | s, a)), an entropy bonus on the attention distributions, and per image a 0.5
-chance of using the expected context instead of a sample (the same per-word normalisation).
+chance of using the expected context instead of a sample (the same per-word normalisation). Where the authors'
+code (arctic-captions) scales these differently, a knob names each choice (``penalty_norm``,
+``reinforce_reward``, ``hard_reduction``, ``expected_coin``, ``baseline_init``, and its optimizers
+``arctic_rmsprop`` / ``arctic_adam``); the ``sat_*`` recipes set arctic's values.
 
 Evaluation: ``val/loss`` and ``test/loss`` (teacher-forced cross-entropy per word), captions by beam search.
 Validation: ``val/bleu4`` (``val_beam_size``, the data set's own tokens; what early stopping and the
@@ -36,10 +39,19 @@ from attnbench.mechanisms.additive_attention import doubly_stochastic_penalty
 from attnbench.metrics.bleu import CorpusBLEU
 from attnbench.metrics.coco_caption import CaptionCorpus, check_tokenizer, score_corpus, write_caption_files
 from attnbench.metrics.grounding import AttentionGrounding
+from attnbench.tasks.arctic_optim import ArcticAdam, ArcticRMSprop
 from attnbench.tasks.base import BaseTask
 from attnbench.tasks.optim import param_groups, warmup_cosine
 
-OPTIMIZERS = ("adamw", "adam", "rmsprop")
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "arctic_rmsprop", "arctic_adam")
+PENALTY_NORMS = ("eq14", "arctic")
+CHOICES = {  # knob -> its allowed values: the default first, arctic-captions' last
+    "penalty_norm": PENALTY_NORMS,
+    "reinforce_reward": ("caption", "step_mean"),
+    "hard_reduction": ("mean", "sum"),
+    "expected_coin": ("image", "batch"),
+    "baseline_init": ("first", "zero"),
+}
 
 
 class CaptioningTask(BaseTask):
@@ -65,11 +77,28 @@ class CaptioningTask(BaseTask):
         optimizer: ``adamw`` (default) | ``adam`` | ``rmsprop`` (torch's, with ``optimizer_kwargs``, e.g.
             ``{alpha: 0.95, momentum: 0.9, centered: true}``); the schedule is the shared warmup + cosine
             (``warmup_epochs=0, min_lr_ratio=1``: a constant learning rate).
+        penalty_norm: how the doubly stochastic penalty is reduced over the batch and the L locations:
+            ``eq14`` (default: Σ_i over locations, the batch mean, as eq. 14 is written) or ``arctic`` (the
+            authors' capgen.py: the mean over locations, *summed* over the batch, i.e. eq. 14's λ times B/L;
+            at batch 64 and 196 locations arctic's λ = 1 is eq. 14's λ ≈ 0.327).
+        reinforce_reward: hard attention, the REINFORCE reward: ``caption`` (default: log p(y | s, a) of the
+            whole caption) or ``step_mean`` (arctic: minus the caption's per-step average cost, its summed NLL
+            divided by its word count; arctic's length-bucketed batches make that the batch's step count).
+            The baseline is the moving average of the same quantity.
+        hard_reduction: hard attention, how the REINFORCE and entropy terms are reduced over the batch:
+            ``mean`` (default: like the NLL) or ``sum`` (arctic: its known gradients on α are per image, never
+            divided by B, while its NLL is the batch mean).
+        expected_coin: hard attention, the 0.5 "use the expected context" coin (``expected_prob``): flipped
+            per ``image`` (default) or once per ``batch`` (arctic's h_sampling_mask).
+        baseline_init: the REINFORCE baseline's start: ``first`` (default: the first batch's mean reward) or
+            ``zero`` (arctic's shared variable starts at 0).
         loss_norm: what the optimised objective is divided by: ``word`` (default: the batch's word count W,
             so the scale of the loss, the gradient and ``grad_clip`` is per word) or ``caption`` (the batch
             size B: the batch mean of eq. 14 itself, as the arctic-captions release optimises it; the
             recipes use it so that its RMSProp step sizes mean what they meant there). Both weight the
-            doubly stochastic term as eq. 14; ``train/ce`` and ``val/loss`` stay per word.
+            doubly stochastic term as ``penalty_norm`` says; ``train/ce`` and ``val/loss`` stay per word.
+        optimizer ``arctic_rmsprop`` | ``arctic_adam``: the update rules of arctic-captions' optimizers.py
+            (:mod:`attnbench.tasks.arctic_optim`), with ``lr`` and ``optimizer_kwargs``.
     """
 
     def __init__(
@@ -101,8 +130,23 @@ class CaptioningTask(BaseTask):
         optimizer: str = "adamw",
         optimizer_kwargs: dict[str, Any] | None = None,
         loss_norm: str = "word",
+        penalty_norm: str = "eq14",
+        reinforce_reward: str = "caption",
+        hard_reduction: str = "mean",
+        expected_coin: str = "image",
+        baseline_init: str = "first",
     ):
         check_tokenizer(caption_tokenizer)
+        given = dict(
+            penalty_norm=penalty_norm,
+            reinforce_reward=reinforce_reward,
+            hard_reduction=hard_reduction,
+            expected_coin=expected_coin,
+            baseline_init=baseline_init,
+        )
+        for knob, value in given.items():
+            if value not in CHOICES[knob]:
+                raise ConfigError(f"model.task.{knob}={value!r}; expected one of {', '.join(CHOICES[knob])}")
         if loss_norm not in ("word", "caption"):
             raise ConfigError(f"model.task.loss_norm={loss_norm!r}; expected word or caption")
         if optimizer not in OPTIMIZERS:
@@ -146,36 +190,54 @@ class CaptioningTask(BaseTask):
         """The terms of the objective (all to be minimised), their total under ``loss``, and
         ``loss_per_caption`` (not optimised; for logs): the same total per caption instead of per word.
 
-        With B captions holding W words in all (``<end>`` included), per caption b the NLL_b = Σ_t −log p(y_t)
-        and the penalty P_b = Σ_i (1 − Σ_t α_ti)²::
+        With B captions holding W words in all (``<end>`` included), L attention locations, per caption b the
+        NLL_b = Σ_t −log p(y_t), n_b its words and P_b = Σ_i (1 − Σ_t α_ti)²::
 
             ce                = Σ_b NLL_b / W
-            doubly_stochastic = λ Σ_b P_b / W
+            doubly_stochastic = λ Σ_b P_b / W                   (penalty_norm=eq14)
+                              = λ (B / L) Σ_b P_b / W           (penalty_norm=arctic)
             loss              = ce + doubly_stochastic (+ the hard-attention terms, also divided by W)
                               = (W / B)⁻¹ · mean_b (NLL_b + λ P_b)        (eq. 14, batch mean)
             loss_per_caption  = loss · W / B
+
+        so that with ``loss_norm=caption`` (loss_per_caption optimised) arctic's penalty is its capgen.py
+        ``alpha_c * ((1 - alphas.sum(T))**2).sum(B).mean(L)`` exactly. Hard attention (per caption: r_b the
+        reward, −NLL_b or −NLL_b / n_b; b̄ the baseline; log p_b = Σ_t log α_{t, s_t} of the sampled steps;
+        H_b = Σ_t H[α_t]), in loss_per_caption units with k = 1 (``hard_reduction=mean``) or B (``sum``)::
+
+            reinforce = −λ_r k mean_b (r_b − b̄) log p_b        entropy = −λ_e k mean_b H_b
+
+        whose gradients with ``reinforce_reward=step_mean hard_reduction=sum`` are arctic's known gradients
+        on α: (b̄_cost − cost_b)/10 · (−α_sample/α) + λ_e (log α + 1), summed over steps and images.
         """
         hp = self.hparams
         ce, mask = self.word_losses(out["logits"], captions)
         n_words = mask.sum().clamp_min(1)
+        batch = max(1, len(captions))
         terms = {"ce": ce.sum() / n_words}
         lam = {"soft": hp.alpha_c, "hard": hp.alpha_c_hard}.get(self.net.mixer, 0.0)
         if lam:
             penalty = doubly_stochastic_penalty(out["alphas"], mask)  # [B]
+            if hp.get("penalty_norm", "eq14") == "arctic":  # mean over locations, summed over the batch
+                penalty = penalty * (batch / out["alphas"].shape[-1])
             terms["doubly_stochastic"] = lam * penalty.sum() / n_words
         if "log_probs" in out and self.training:
+            scale = batch if hp.get("hard_reduction", "mean") == "sum" else 1
             reward = -ce.sum(1).detach()  # log p(y | s, a) per caption
+            if hp.get("reinforce_reward", "caption") == "step_mean":
+                reward = reward / mask.sum(1).clamp_min(1)  # minus the per-step average cost
             if torch.isnan(self.baseline):
-                self.baseline.fill_(float(reward.mean()))
+                first = hp.get("baseline_init", "first") == "first"
+                self.baseline.fill_(float(reward.mean()) if first else 0.0)
             advantage = reward - self.baseline
             sampled = ~use_expected if use_expected is not None else torch.ones_like(reward, dtype=torch.bool)
             log_p = (out["log_probs"] * mask).sum(1)
-            terms["reinforce"] = -hp.reinforce_weight * (advantage * log_p * sampled).sum() / n_words
-            terms["entropy"] = -hp.entropy_weight * (out["entropies"] * mask).sum() / n_words
+            terms["reinforce"] = -hp.reinforce_weight * scale * (advantage * log_p * sampled).sum() / n_words
+            terms["entropy"] = -hp.entropy_weight * scale * (out["entropies"] * mask).sum() / n_words
             d = hp.baseline_decay
             self.baseline.mul_(d).add_((1 - d) * reward.mean())
         terms["loss"] = sum(terms.values())
-        per_caption = terms["loss"] * n_words / max(1, len(captions))
+        per_caption = terms["loss"] * n_words / batch
         terms["loss_per_caption"] = per_caption.detach()
         if hp.get("loss_norm", "word") == "caption":
             terms["loss"] = per_caption  # eq. 14 averaged over the batch's captions
@@ -204,13 +266,20 @@ class CaptioningTask(BaseTask):
         image = train_set[0][0]
         return torch.zeros(batch_size, *image.shape), torch.zeros(batch_size, 8, dtype=torch.long)
 
+    def expected_coins(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Hard attention: bool ``[n]``, True where an image uses the expected context this batch: a coin with
+        ``expected_prob`` per image, or one for the whole batch (``expected_coin=batch``, arctic's)."""
+        per_batch = self.hparams.get("expected_coin", "image") == "batch"
+        coins = torch.rand(1 if per_batch else n, device=device)
+        return (coins < self.hparams.expected_prob).expand(n)
+
     # ------------------------------------------------------------------------------------------- steps
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         captions = y["captions"]
         use_expected = None
         if self.net.mixer == "hard":
-            use_expected = torch.rand(len(captions), device=captions.device) < self.hparams.expected_prob
+            use_expected = self.expected_coins(len(captions), captions.device)
         out = self.forward_net(self.normalise(x), captions, use_expected)
         terms = self.losses(out, captions, use_expected)
         b = len(captions)
@@ -301,6 +370,10 @@ class CaptioningTask(BaseTask):
         extra = dict(hp.optimizer_kwargs or {})
         if hp.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, lr=self.peak_lr(), betas=tuple(hp.betas), **extra)
+        elif hp.optimizer == "arctic_adam":
+            optimizer = ArcticAdam(groups, lr=self.peak_lr(), betas=tuple(hp.betas), **extra)
+        elif hp.optimizer == "arctic_rmsprop":
+            optimizer = ArcticRMSprop(groups, lr=self.peak_lr(), **extra)
         else:
             optimizer = torch.optim.RMSprop(groups, lr=self.peak_lr(), **extra)
         total = int(self.trainer.estimated_stepping_batches)

@@ -36,6 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from attnbench.errors import ConfigError
 from attnbench.metrics import gan as gm
+from attnbench.tasks import gan_bn
 
 FID_REFERENCES = ("train", "val", "test")
 
@@ -79,8 +80,16 @@ class GANTask(pl.LightningModule):
         grid_columns: int = 8,
         attn_queries: int = 4,
         channels_last: bool = False,
+        sample_bn: str = "standing",
+        standing_batches: int = 16,
+        is_shuffle: bool = False,
     ):
         super().__init__()
+        if sample_bn not in gan_bn.SAMPLE_BN:
+            choices = ", ".join(gan_bn.SAMPLE_BN)
+            raise ConfigError(f"model.task.sample_bn={sample_bn!r}: expected one of {choices}")
+        if int(standing_batches) < 1:
+            raise ConfigError(f"model.task.standing_batches={standing_batches}: expected at least 1")
         if fid_reference not in FID_REFERENCES:
             raise ConfigError(f"fid_reference={fid_reference!r}: expected one of {', '.join(FID_REFERENCES)}")
         if n_dis < 1:
@@ -110,8 +119,9 @@ class GANTask(pl.LightningModule):
         self.net = net
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # the EMA generator is only ever run inside _sampling(), which puts it in eval mode (running BatchNorm
-        # statistics) for that call; otherwise it follows the module's mode like every other submodule
+        # the EMA generator is only ever run inside _sampling(), which puts it in eval mode with the BatchNorm
+        # statistics sample_bn names for that call; otherwise it follows the module's mode like every other
+        # submodule
         self.g_ema = copy.deepcopy(net.generator).requires_grad_(False) if ema else None
         self.z_dim, self.num_classes = int(net.z_dim), int(net.num_classes)
         self.d_steps = 0
@@ -120,6 +130,7 @@ class GANTask(pl.LightningModule):
         self.scorer_info: dict = {}
         self.protocol: dict = {}
         self.flops_per_sample: float | None = None
+        self._standing_at: int | None = None  # g_steps at which standing statistics were last computed
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -155,12 +166,39 @@ class GANTask(pl.LightningModule):
 
     @contextmanager
     def _sampling(self, generator: nn.Module):
-        was = generator.training
-        generator.eval()
-        try:
+        """Eval mode for the call, with the BatchNorm statistics ``sample_bn`` names (see
+        :mod:`attnbench.tasks.gan_bn`); ``standing`` statistics are recomputed once per G update."""
+        mode = self.hparams.get("sample_bn", "standing")
+        if mode == "standing" and self._standing_at != self.g_steps:
+            self.standing_statistics(generator)
+        elif mode == "running" and generator is self.g_ema:
+            self._copy_running_statistics()
+        with gan_bn.sampling_mode(generator, mode):
             yield generator
-        finally:
-            generator.train(was)
+
+    @torch.no_grad()
+    def _copy_running_statistics(self) -> None:
+        """``running`` for the EMA generator: the raw generator's BatchNorm running averages (what the EMA
+        copies each G update; copied again here, since a checkpoint may hold standing statistics instead)."""
+        for dst, src in zip(gan_bn.batch_norms(self.g_ema), gan_bn.batch_norms(self.net.generator)):
+            dst.running_mean.copy_(src.running_mean)
+            dst.running_var.copy_(src.running_var)
+        self._standing_at = None
+
+    def standing_statistics(self, generator: nn.Module) -> None:
+        """BigGAN's standing statistics of ``generator``: ``standing_batches`` batches of ``eval_batch_size``
+        from fixed noise (seed 0; classes in turn), so every rank and every call compute the same."""
+        n, bs = int(self.hparams.get("standing_batches", 16)), int(self.hparams.eval_batch_size)
+        gen = torch.Generator().manual_seed(0)
+        z_all = torch.randn(n * bs, self.z_dim, generator=gen)
+        y_all = torch.arange(n * bs) % max(1, self.num_classes)
+
+        def draw(i: int) -> tuple:
+            z, y = z_all[i * bs : (i + 1) * bs].to(self.device), y_all[i * bs : (i + 1) * bs].to(self.device)
+            return z, (y if self.num_classes else None)
+
+        gan_bn.standing_statistics(generator, draw, n)
+        self._standing_at = self.g_steps
 
     @torch.no_grad()
     def sample(self, n: int, seed: int, rank: int = 0, world: int = 1, labels: torch.Tensor | None = None):
@@ -185,9 +223,11 @@ class GANTask(pl.LightningModule):
             nf = int(self.scorer.num_features)
             self.fid = gm.frechet_distance(nf)
             self.kid = gm.kernel_distance(nf, subset_size=min(1000, self.hparams.test_samples))
-            self.val_is = gm.inception_score(self.hparams.val_splits)
-            self.test_is = gm.inception_score(self.hparams.test_splits)
-            self.real_is = gm.inception_score(self.real_splits(), strict=False)  # a data-given count
+            shuffle = bool(self.hparams.get("is_shuffle", False))
+            self.val_is = gm.inception_score(self.hparams.val_splits, shuffle=shuffle)
+            self.test_is = gm.inception_score(self.hparams.test_splits, shuffle=shuffle)
+            # the real test images: a data-given count, so no strict split size
+            self.real_is = gm.inception_score(self.real_splits(), strict=False, shuffle=shuffle)
             self.real_count = SumMetric()
             # class agreement: the scorer's prediction equals the conditioning label (domain scorer only)
             self.cond_acc = (
@@ -196,6 +236,9 @@ class GANTask(pl.LightningModule):
             self.protocol = {
                 "test/scorer": self.scorer.kind,
                 "test/fid_reference": self.hparams.fid_reference,
+                "test/sample_bn": self.hparams.get("sample_bn", "standing"),
+                "test/is_protocol": gm.IS_PROTOCOLS[shuffle],
+                "test/eval_generator": "ema" if self.g_ema is not None else "raw",
                 **({"test/inception_resize": self.scorer.resize} if self.scorer.kind == "inception" else {}),
                 **({"test/scorer_key": self.scorer_info["key"]} if "key" in self.scorer_info else {}),
             }
@@ -361,6 +404,7 @@ class GANTask(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         steps = checkpoint.get("gan_steps", {})
         self.d_steps, self.g_steps = int(steps.get("d", 0)), int(steps.get("g", 0))
+        self._standing_at = None  # new weights: their standing statistics are not known yet
 
     # ---------------------------------------------------------------------------------------- evaluation
     def _d_loss_on(self, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
