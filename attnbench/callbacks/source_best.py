@@ -49,8 +49,11 @@ class SourceBestCheck(pl.Callback):
 
     def __init__(self, source: str, states: dict[str, Any]):
         self.source = str(source)
+        states = states if isinstance(states, dict) else {}  # a checkpoint's data: checked, not trusted
         self.states = {
-            k: dict(v) for k, v in states.items() if k.startswith("ModelCheckpoint") and isinstance(v, dict)
+            k: dict(v)
+            for k, v in states.items()
+            if isinstance(k, str) and k.startswith("ModelCheckpoint") and isinstance(v, dict)
         }
         self.warned = False
 
