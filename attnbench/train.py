@@ -508,6 +508,10 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
     task.run_label = " · ".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
     callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
     callbacks.append(FlushLogsOnCheckpoint())
+    if checkpoint is not None:  # a new folder chooses its own best checkpoint: warn when the test differs
+        from attnbench.callbacks.source_best import SourceBestCheck
+
+        callbacks.append(SourceBestCheck(ckpt, checkpoint.get("callbacks") or {}))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
     )

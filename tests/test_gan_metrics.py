@@ -227,7 +227,7 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is untouched
     assert info["val_acc"] >= 0.95
     key = ds.cache_key("ToyData", 8, 1, 2, 256, seed=0)
-    assert key == "ToyData-8px-1ch-2cls-n256-s0-v1"
+    assert key == "ToyData-8px-1ch-2cls-n256-s0-v2"  # v2: set_epoch per pass (v1 files are not reused)
     path = tmp_path / f"{key}.pt"
     ds.save_scorer(path, model, info)
     loaded, info2 = ds.load_scorer(path)
@@ -239,6 +239,31 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
         train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4
     )
     torch.testing.assert_close(again(x), model(x))
+
+
+def test_domain_scorer_passes_follow_the_samplers_epoch():
+    """The training loader of a run orders (and augments) by epoch: each pass of the scorer is a new epoch."""
+    from attnbench.data.sampling import EpochShuffle, SeededSamples
+
+    class Recorded(torch.utils.data.Dataset):
+        def __init__(self, data):
+            self.data, self.seen = data, []
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            self.seen.append(int(i))
+            return self.data[i]
+
+    data = Recorded(_toy_data(64, 0))
+    sampler = EpochShuffle(len(data), torch.Generator(), seed=3)
+    train = DataLoader(SeededSamples(data), batch_size=16, sampler=sampler)
+    ds.train_domain_classifier(train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4)
+    passes = [data.seen[i : i + 64] for i in range(0, 3 * 64, 64)]
+    assert len(data.seen) == 3 * 64 and all(sorted(p) == list(range(64)) for p in passes)
+    assert passes[0] != passes[1] != passes[2] != passes[0]
+    assert passes[1] == [i for i, _ in sampler.epoch_items(1)]  # exactly the sampler's epoch 1
 
 
 def test_inception_score_follows_the_reference_tf_code():

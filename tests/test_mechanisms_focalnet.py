@@ -336,3 +336,37 @@ def test_capture_maps_gives_maps_and_leaves_nothing_behind(mixer):
         assert not getattr(mod, "explicit_attn", False)
         assert not mod._forward_hooks and not mod._forward_pre_hooks
     torch.testing.assert_close(m(x), before)
+
+
+@pytest.mark.parametrize(
+    "mixer, what, unit",
+    [
+        ("focal_modulation", "modulator |h(ctx)|, last block", "|h(ctx)|, mean over channels"),
+        ("window_attention", "attention received per token, last block", "attention received (1 = uniform)"),
+        ("global_attention", "attention received per token, last block", "attention received (1 = uniform)"),
+    ],
+)
+def test_classifier_figures_are_titled_by_the_mechanism(mixer, what, unit):
+    """The task draws each stage's map with the legend its mechanism gives (it never names the mixer)."""
+    import matplotlib.pyplot as plt
+
+    from attnbench.tasks.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    task = ClassificationTask(micro(mixer), num_classes=10, image_size=32, channels=1, mean=[0.5], std=[0.5])
+    x = torch.rand(3, 1, 32, 32)
+    figures = task.figures((x, torch.zeros(3, dtype=torch.long)))
+    maps = task.net.mixer_maps(task.normalise(x))
+    assert (
+        sorted(figures)
+        == [f"maps/{s}" for s in sorted(maps)]
+        == ["maps/stage1", "maps/stage2", "maps/stage3"]
+    )
+    for name, fig in figures.items():
+        stage = name.split("/")[1]
+        h, w = maps[stage].shape[-2:]
+        assert f"{stage} ({h}×{w} tokens): {what}" in fig._suptitle.get_text().replace("\n", " ")
+        assert fig.axes[-1].get_ylabel() == unit  # the colour bar
+        overlay = fig.axes[len(x)].images[-1].get_array()  # the first image's map, upsampled to 32 px
+        torch.testing.assert_close(torch.as_tensor(overlay[:: 32 // h, :: 32 // w]), maps[stage][0])
+        plt.close(fig)

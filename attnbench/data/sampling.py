@@ -26,6 +26,7 @@ Three things make a resumed run equal to an uninterrupted one:
 
 from __future__ import annotations
 
+import logging
 import random
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+
+log = logging.getLogger(__name__)
 
 _MIX = 1_000_003  # epoch e of seed s orders by torch.Generator().manual_seed(s * _MIX + e)
 
@@ -175,8 +178,33 @@ class ResumableLoader(DataLoader):
 
 def fit_batches_done(trainer) -> Callable[[], int]:
     """The count Lightning keeps of the current training epoch's batches already run (restored on resume: a
-    checkpoint saved after batch ``n`` continues at batch ``n``; 0 at an epoch's start)."""
+    checkpoint saved after batch ``n`` continues at batch ``n``; 0 at an epoch's start).
+
+    A resume whose count is not a multiple of ``trainer.accumulate_grad_batches`` stopped in the middle of a
+    gradient accumulation: the partial gradient is not in the checkpoint, so the run cannot end as an
+    uninterrupted one would. That is logged once (rank 0), when the resumed epoch's iterator starts."""
     # Lightning warns that a mid-epoch resume of a loader without state_dict() is unreliable; this loader
     # starts after the batches already trained on, so the warning does not apply to it
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the")
-    return lambda: trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    warned = []
+
+    def batches_done() -> int:
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        if done % accumulate and not warned:
+            warned.append(done)
+            if getattr(trainer, "is_global_zero", True):
+                log.warning(inexact_accumulation(done, accumulate))
+        return done
+
+    return batches_done
+
+
+def inexact_accumulation(done: int, accumulate: int) -> str:
+    """The warning of a resume that stopped ``done % accumulate`` batches into a gradient accumulation."""
+    return (
+        f"not an exact resume: the checkpoint was saved after batch {done} of its epoch, in the middle of a "
+        f"gradient accumulation (trainer.accumulate_grad_batches={accumulate}); the partial gradient of its "
+        f"last {done % accumulate} batch(es) is not saved, so they do not count towards the next optimizer "
+        "step and the weights will differ from an uninterrupted run's (README: Resume)"
+    )

@@ -138,6 +138,9 @@ class FocalModulation(nn.Module):
         out = self.norm(out)
         return self.proj_drop(self.proj(out))
 
+    # what modulator_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("modulator |h(ctx)|", "|h(ctx)|, mean over channels")
+
     @staticmethod
     def modulator_map(modulator: torch.Tensor) -> torch.Tensor:
         """Channel-mean magnitude of the modulator, as the paper visualises it: [B, C, H, W] -> [B, H, W]."""

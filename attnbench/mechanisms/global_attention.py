@@ -69,6 +69,9 @@ class GlobalAttention(nn.Module):
         i, j = query if query is not None else (h // 2, w // 2)
         return probs[:, :, i * w + j].mean(dim=1).view(-1, h, w)
 
+    # what received_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("attention received per token", "attention received (1 = uniform)")
+
     @staticmethod
     def received_map(probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Attention each position receives, head- and query-averaged, in units of the uniform share

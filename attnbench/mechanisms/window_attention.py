@@ -192,6 +192,9 @@ class WindowAttention(nn.Module):
         out[:, top : top + wh, left : left + ww] = row
         return torch.roll(out[:, :h, :w], shifts=(sh, sw), dims=(1, 2))
 
+    # what received_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("attention received per token", "attention received (1 = uniform)")
+
     def received_map(self, probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Attention each position receives, head-averaged and averaged over the queries of its window, in
         units of the uniform share (1 = every query of the window attends to it as to any other): [B, H, W].

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from attnbench.safe_files import load_torch_file
 
-RECIPE_VERSION = 1
+# 2: each pass over the training split calls the sampler's set_epoch (v1 scorers saw one order and, with
+# per-sample seeding, one augmentation draw in every pass)
+RECIPE_VERSION = 2
 
 
 class DomainClassifier(nn.Module):
@@ -104,6 +106,8 @@ def train_domain_classifier(
 ) -> tuple[DomainClassifier, dict]:
     """Train a DomainClassifier with AdamW + cosine LR on ``train_batches`` (re-iterable, ``(x, y)`` with x in
     [0, 1]); returns the model (eval mode, no grads) and ``{"val_acc", "train_s", "epochs", "seed"}``.
+    Before pass ``e`` the loader's sampler gets ``set_epoch(e)`` when it has one (as a Lightning fit does), so
+    an epoch-seeded sampler gives each pass its own order and augmentation.
 
     The global RNG is forked, so training the scorer does not change the caller's random stream.
     """
@@ -114,7 +118,10 @@ def train_domain_classifier(
         steps = epochs * max(1, len(train_batches)) if hasattr(train_batches, "__len__") else None
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps) if steps else None
-        for _ in range(epochs):
+        sampler = getattr(train_batches, "sampler", None)
+        for epoch in range(epochs):
+            if hasattr(sampler, "set_epoch"):  # a new order (and augmentation draws) for each pass
+                sampler.set_epoch(epoch)
             model.train()
             for x, y in train_batches:
                 loss = F.cross_entropy(model(x.to(device)), y.to(device))

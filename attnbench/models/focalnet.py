@@ -374,6 +374,16 @@ class FocalNet(nn.Module):
                 out[f"stage{i + 1}"] = maps[name]
         return out
 
+    def mixer_map_legends(self) -> dict[str, tuple[str, str]]:
+        """``{stage name: (what its map shows, the unit of its values)}`` for the maps of :meth:`mixer_maps`,
+        as the last block's mixer describes them (its ``map_legend``)."""
+        out = {}
+        for i, stage in enumerate(self.layers):
+            legend = getattr(stage.blocks[-1].mixer, "map_legend", None)
+            if legend is not None:
+                out[f"stage{i + 1}"] = (f"{legend[0]}, last block", legend[1])
+        return out
+
 
 def _init_weights(module: nn.Module) -> None:
     """Truncated-normal (std 0.02) conv/linear weights, zero biases (as FocalNet and timm)."""

@@ -23,7 +23,7 @@ class ClassificationTask(BaseTask):
     timm's SoftTargetCrossEntropy; a batch of odd size is left unmixed). Logs ``train/loss``, ``val/loss``,
     ``val/acc``, ``val/acc_top5``, ``test/loss``, ``test/acc``, ``test/acc_top5``. When the network has
     ``mixer_maps(x) -> dict[str, Tensor[B, h, w]]`` (modulator magnitude / attention maps), ``figures``
-    renders them over a few validation images.
+    renders them over a few validation images, titled as ``mixer_map_legends()`` (the mechanisms) says.
     """
 
     def __init__(
@@ -184,13 +184,11 @@ class ClassificationTask(BaseTask):
 
         x = batch[0][:max_images].to(self.device)
         maps = maps_fn(self.normalise(x))
-        if getattr(self.net, "mixer", None) == "focal_modulation":
-            what, unit = "modulator |h(ctx)| of the last block", "|h(ctx)|, mean over channels"
-        else:
-            what, unit = "attention received per token, last block", "attention received (1 = uniform)"
-        return {
-            f"maps/{name}": overlay_panels(
-                x.cpu(), m, figure_title(self, f"{name} ({m.shape[-2]}×{m.shape[-1]} tokens): {what}"), unit
-            )
-            for name, m in maps.items()
-        }
+        # the mechanism says what its map shows (the task never names a mixer)
+        legends = getattr(self.net, "mixer_map_legends", dict)()
+        figures = {}
+        for name, m in maps.items():
+            what, unit = legends.get(name, ("token-mixer map", "map value"))
+            title = figure_title(self, f"{name} ({m.shape[-2]}×{m.shape[-1]} tokens): {what}")
+            figures[f"maps/{name}"] = overlay_panels(x.cpu(), m, title, unit)
+        return figures
