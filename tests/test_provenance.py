@@ -1,0 +1,160 @@
+"""Every record carries where it came from (attnbench.provenance), and a run's numbers are those of the
+checkpoint it tests: provenance keys in metrics.json / checkpoints / CSV, git commit and dirty flag against
+real git repositories, val/* of the tested checkpoint, history.csv, fit time and throughput across a
+resume, the warm-up warning, run/debug."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import REPO, compose_cfg, run_cfg
+
+from attnbench.provenance import KEYS, PREFIX, changed_since, git_commit, git_dirty, provenance
+
+TINY = [
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=1",
+    "callbacks=default",
+    "callbacks.progress_bar=null",
+    "callbacks.visualisation=null",
+    "model.task.warmup_epochs=1",
+]
+
+
+def git(root, *args):
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
+
+
+def make_checkout(tmp_path):
+    """A git repository holding an ``attnbench`` package with one commit."""
+    root = tmp_path / "checkout"
+    (root / "attnbench").mkdir(parents=True)
+    (root / "attnbench" / "__init__.py").write_text("x = 1\n")
+    git(root, "init", "-q")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    return root
+
+
+def test_commit_is_head_and_dirty_flips_with_a_change_to_a_tracked_file(tmp_path):
+    root = make_checkout(tmp_path)
+    assert git_commit(root) == git(root, "rev-parse", "HEAD").strip()
+    assert git_dirty(root) is False
+    (root / "notes.txt").write_text("untracked files do not change the code\n")
+    assert git_dirty(root) is False
+    (root / "attnbench" / "__init__.py").write_text("x = 2\n")
+    assert git_dirty(root) is True
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    assert git_dirty(root) is False
+    second = git(root, "rev-parse", "HEAD").strip()
+    assert git_commit(root) == second
+    first = git(root, "rev-parse", "HEAD~1").strip()
+    assert [line.split()[0] for line in changed_since(first, ("attnbench",), root)] == [second[:7]]
+    assert changed_since(second, ("attnbench",), root) == []
+
+
+def test_a_folder_that_is_not_a_checkout_records_the_package_version(tmp_path):
+    (tmp_path / "attnbench").mkdir()
+    assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None
+    record = provenance("cpu", root=tmp_path)
+    assert record["provenance/commit"].startswith("attnbench==")
+    assert record["provenance/dirty"] is None
+
+
+def test_this_checkout_records_its_own_head():
+    """Run from the project's checkout (a subprocess, as the CLI runs): the commit is `git rev-parse HEAD`."""
+    code = "import json; from attnbench.provenance import provenance; print(json.dumps(provenance('cpu')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    record = json.loads(out.stdout)
+    assert record["provenance/commit"] == git(REPO, "rev-parse", "HEAD").strip()
+    status = git(REPO, "status", "--porcelain", "--untracked-files=no")
+    assert record["provenance/dirty"] is bool(status.strip())
+    assert record["provenance/torch"] == str(torch.__version__)
+    assert record["provenance/python"] == ".".join(map(str, sys.version_info[:3]))
+    assert set(record) == {PREFIX + k for k in KEYS}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prov")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_cfg(compose_cfg([*TINY, "logger=csv"], folder))
+    return folder, metrics, [str(w.message) for w in caught]
+
+
+@pytest.mark.slow
+def test_metrics_checkpoint_and_csv_carry_provenance(csv_run):
+    folder, metrics, _ = csv_run
+    record = json.loads((folder / "metrics.json").read_text())
+    for key in KEYS:
+        assert PREFIX + key in record, key
+    assert record["provenance/commit"] == git(REPO, "rev-parse", "HEAD").strip()
+    assert record["run/debug"] is True  # limit_*_batches: a slice of the data
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["provenance"]["provenance/commit"] == record["provenance/commit"]
+    assert ckpt["config"]["model"]["mixer"] == "focal_modulation"  # the resolved config travels with it
+    assert ckpt["config"]["trainer"]["max_epochs"] == 3
+    with open(folder / "csv" / "metrics.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert last["provenance/commit"] == record["provenance/commit"]
+    assert last["provenance/dirty"] == str(record["provenance/dirty"]).lower()
+
+
+@pytest.mark.slow
+def test_val_metrics_are_those_of_the_tested_checkpoint_and_history_has_one_row_per_epoch(csv_run):
+    folder, metrics, _ = csv_run
+    with open(folder / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(r["val/loss"] and r["train/loss"] and r["lr"] for r in rows)  # dense
+    best = min(rows, key=lambda r: float(r["val/loss"]))  # model=focalnet monitors val/loss (min)
+    assert metrics["test/epoch"] == int(best["epoch"])
+    assert metrics["test/ckpt"].endswith(f"epoch{int(best['epoch']):03d}.ckpt")
+    for key in ("val/loss", "val/acc"):
+        assert metrics[key] == pytest.approx(float(best[key]))
+        assert metrics[f"{key}_last"] == pytest.approx(float(rows[-1][key]))
+
+
+@pytest.mark.slow
+def test_resumed_run_times_and_throughput_cover_the_whole_run(tmp_path):
+    """Two epochs, then resume to four: fit time and samples are those of both segments together."""
+    first = run_cfg(compose_cfg([*TINY, "logger=none", "trainer.max_epochs=2"], tmp_path))
+    cfg = compose_cfg([*TINY, "logger=none", "trainer.max_epochs=4", "resume=true"], tmp_path)
+    batch = int(cfg.data.batch_size)
+    second = run_cfg(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SamplesThroughput"))
+    assert state["train_samples"] == 4 * 2 * batch  # 2 full batches x 4 epochs
+    assert second["time/fit_s"] > first["time/fit_s"]
+    saved = next(v for k, v in ckpt["callbacks"].items() if k.startswith("RunRecord"))
+    assert saved["fit_s"] >= first["time/fit_s"] * 0.9
+    with open(tmp_path / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_inside_the_warm_up_warns(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        overrides = [*TINY, "logger=none", "trainer.max_epochs=1", "model.task.warmup_epochs=2"]
+        run_cfg(compose_cfg(overrides, tmp_path))
+    assert sum("inside the learning-rate warm-up" in str(w.message) for w in caught) == 1
+
+
+def test_debug_runs_are_marked():
+    from attnbench.train import debug_run
+
+    base = compose_cfg([], "/tmp/unused")
+    assert debug_run(base) is False
+    assert debug_run(compose_cfg(["trainer.limit_train_batches=0.5"], "/tmp/unused")) is True
+    assert debug_run(compose_cfg(["trainer.limit_train_batches=1.0"], "/tmp/unused")) is False
+    assert debug_run(compose_cfg(["trainer.fast_dev_run=true"], "/tmp/unused")) is True
