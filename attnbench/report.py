@@ -533,8 +533,10 @@ def log_report_to_wandb(
 
     import wandb
 
+    from attnbench.loggers import wandb_group
+
     os.environ.setdefault("WANDB_SILENT", "true")
-    group = root.resolve().name
+    group = wandb_group(root)
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "attnbench"),
         group=group,

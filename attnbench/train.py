@@ -242,8 +242,13 @@ def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], run_id
             "-".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
             + f"-s{ident['seed']}"
         )
+        if cfg.get("task_name") == "eval":  # an evaluation run says so
+            kw["name"] = f"eval-{kw['name']}"
     if not lcfg.get("group"):
-        kw["group"] = Path(str(cfg.paths.output_dir)).resolve().parent.name if _is_multirun() else None
+        from attnbench.loggers import wandb_group
+
+        sweep = Path(str(cfg.paths.output_dir)).resolve().parent
+        kw["group"] = wandb_group(sweep) if _is_multirun() else None
     tags = [str(ident["model"]), str(ident["data"])] + ([str(ident["variant"])] if ident["variant"] else [])
     kw["tags"] = list(dict.fromkeys(tags + list(lcfg.get("tags") or []) + list(cfg.get("tags") or [])))
     if lcfg.get("offline", True):
