@@ -105,8 +105,9 @@ class Run:
         value = self.saved_value(key)
         if value is None:
             value = self.config_flat().get(f"choice:{key}")
-        if value is None and self.metrics.get(f"run/{key}") is not None:
-            value = str(self.metrics[f"run/{key}"])
+        ident = "run/variant" if key in ("model.mixer", "mixer") else f"run/{key}"
+        if value is None and self.metrics.get(ident) is not None:
+            value = str(self.metrics[ident])
         return value
 
     def config_flat(self) -> dict[str, str]:
@@ -559,7 +560,7 @@ def build_report(
     out = out or root
     skipped: list[tuple[Path, str]] = []
     runs, unfinished = find_runs(root, skipped)
-    debug_runs = [] if include_debug else [r for r in runs if r.debug]
+    debug_runs = [] if include_debug else [r for r in runs if r.debug and r.status == "ok"]
     runs = [r for r in runs if r not in debug_runs]
     groups = group_runs(runs)
     refuse_mixed_code(groups, allow_mixed)  # checked before anything is written

@@ -44,25 +44,28 @@ TOLERANCE: dict[str, tuple[float, float]] = {
 
 
 def pick_run(root: Path) -> Path:
-    """The run to re-run: ``root`` itself when it holds a run, else the first successful, non-debug run
-    with a saved config under it (sorted by path)."""
+    """The run to re-run: ``root`` itself when it holds a run, else the first successful run with a saved
+    config under it (sorted by path), preferring runs that are not debug runs."""
     from attnbench.errors import ConfigError
 
-    candidates = [root] if (root / "metrics.json").is_file() else sorted(p.parent for p in root.rglob("metrics.json"))
+    if (root / "metrics.json").is_file():
+        candidates = [root]
+    else:
+        candidates = sorted(p.parent for p in root.rglob("metrics.json"))
+    usable = []
     for folder in candidates:
         try:
             record = json.loads((folder / "metrics.json").read_text())
         except (OSError, ValueError):
             continue
-        if (
-            isinstance(record, dict)
-            and record.get("status") == "ok"
-            and record.get("run/debug") is not True
-            and (folder / ".hydra" / "config.yaml").is_file()
-        ):
-            return folder
+        saved = (folder / ".hydra" / "config.yaml").is_file()
+        if isinstance(record, dict) and record.get("status") == "ok" and saved:
+            usable.append((record.get("run/debug") is True, folder))
+    if usable:
+        return min(usable, key=lambda u: u[0])[1]  # the first non-debug run, else the first run
     raise ConfigError(
-        f"{root} holds no successful run with a saved config (.hydra/config.yaml); expected a study or run folder"
+        f"{root} holds no successful run with a saved config (.hydra/config.yaml); expected a study or "
+        "run folder"
     )
 
 
@@ -121,7 +124,9 @@ def config_changes(folder: Path, cfg) -> list[str]:
     keys = sorted(k for k in set(saved) | set(now) if not k.startswith(skip))
     missing = "(absent)"
     return [
-        f"{k}: {saved.get(k, missing)} → {now.get(k, missing)}" for k in keys if saved.get(k, missing) != now.get(k, missing)
+        f"{k}: {saved.get(k, missing)} → {now.get(k, missing)}"
+        for k in keys
+        if saved.get(k, missing) != now.get(k, missing)
     ]
 
 
@@ -160,7 +165,8 @@ def code_changes(recorded: dict[str, Any], folder: Path) -> tuple[str, list[str]
     log = _git(source_root(), "log", "--oneline", f"--since={made.isoformat(timespec='seconds')}", "--",
                *CODE_PATHS)  # fmt: skip
     return (
-        f"no commit recorded (made before provenance was recorded); commits since the record's date {made:%Y-%m-%d %H:%M}",
+        "no commit recorded (made before provenance was recorded); commits since the record's date "
+        f"{made:%Y-%m-%d %H:%M}",
         None if log is None else [line for line in log.splitlines() if line],
     )
 
@@ -210,9 +216,11 @@ def render(result: dict[str, Any]) -> str:
             f"| {r['metric']} | {r['recorded']:.6g} | {r['now']:.6g} | {r['difference']:+.3g} | "
             f"{r['tolerance']:.3g} | {'yes' if r['within'] else 'NO'} |"
         )
-    lines += ["", f"Command replayed: `python -m attnbench {' '.join(result['overrides'])}` (today's defaults)."]
+    command = " ".join(result["overrides"])
+    lines += ["", f"Command replayed: `python -m attnbench {command}` (with today's defaults)."]
     if result["config_changes"]:
-        lines += ["", f"{len(result['config_changes'])} settings of that command differ from the record's:", ""]
+        n = len(result["config_changes"])
+        lines += ["", f"{n} settings of that command differ from the record's:", ""]
         lines += [f"- {c}" for c in result["config_changes"]]
     lines += ["", f"Code: {result['code']}; HEAD {result['head']}."]
     commits = result["changed_since"]
@@ -221,5 +229,6 @@ def render(result: dict[str, Any]) -> str:
     elif not commits:
         lines.append("No commit since touches attnbench/ or conf/.")
     else:
-        lines += [f"{len(commits)} commits since touch attnbench/ or conf/:", ""] + [f"- {c}" for c in commits]
+        lines += [f"{len(commits)} commits since touch attnbench/ or conf/:", ""]
+        lines += [f"- {c}" for c in commits]
     return "\n".join(lines) + "\n"
