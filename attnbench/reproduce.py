@@ -161,6 +161,19 @@ def code_changes(recorded: dict[str, Any], folder: Path) -> tuple[str, list[str]
         return f"recorded commit {commit}", changed_since(str(commit))
     if git_commit() is None:
         return "no commit recorded, and not run from a checkout", None
+    root = source_root()
+    try:
+        tracked = Path(folder).resolve().relative_to(root) / "metrics.json"
+    except ValueError:
+        tracked = None
+    added = _git(root, "log", "--diff-filter=A", "--format=%H %cs", "--", str(tracked)) if tracked else None
+    if added:  # the record was committed: the code of that commit is the closest known to the one that ran
+        first, day = added.splitlines()[-1].split()
+        return (
+            f"no commit recorded (made before provenance was recorded); the record was committed in "
+            f"{first[:12]} ({day})",
+            changed_since(first),
+        )
     made = datetime.datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime)
     log = _git(source_root(), "log", "--oneline", f"--since={made.isoformat(timespec='seconds')}", "--",
                *CODE_PATHS)  # fmt: skip
@@ -232,3 +245,39 @@ def render(result: dict[str, Any]) -> str:
         lines += [f"{len(commits)} commits since touch attnbench/ or conf/:", ""]
         lines += [f"- {c}" for c in commits]
     return "\n".join(lines) + "\n"
+
+
+def recount_flops(folder: Path) -> float | None:
+    """Forward FLOPs per sample of the run's network rebuilt from its saved config (``.hydra/config.yaml``)
+    and counted now with ``attnbench.metrics.flops`` (the count the task makes when fitting starts: the
+    network's forward on one example; a GAN's generator per sample), so runs recorded by different versions
+    of the counter can be tabulated with one. None without a saved config or an example input."""
+    import types
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from attnbench.metrics.flops import forward_flops
+    from attnbench.train import build_task, instantiate
+
+    path = Path(folder) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.load(path)
+    OmegaConf.update(cfg, "paths.output_dir", str(folder), force_add=True)
+    OmegaConf.update(cfg, "data.num_workers", 0, force_add=True)
+    torch.manual_seed(0)
+    datamodule = instantiate(cfg.data)
+    net, task = build_task(cfg, datamodule)
+    with torch.no_grad():
+        if hasattr(task, "z_dim") and hasattr(net, "generator"):  # as GANTask.on_fit_start
+            z = torch.zeros(2, int(task.z_dim))
+            y = torch.zeros(2, dtype=torch.long)
+            return float(forward_flops(net.generator, z, y)) / 2
+        example = task.example_input(1)
+        if example is None and hasattr(datamodule, "setup"):  # inputs shaped by the data (captioning)
+            datamodule.setup("fit")
+            task._trainer = types.SimpleNamespace(datamodule=datamodule)
+            example = task.example_input(1)
+            task._trainer = None
+        return None if example is None else float(forward_flops(net, *example))

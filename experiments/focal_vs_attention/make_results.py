@@ -1,10 +1,13 @@
 """Build RESULTS.md of the focal-vs-attention study from the runs' metrics.json files.
 
-    python experiments/focal_vs_attention/make_results.py [RUNS_DIR]
+    python experiments/focal_vs_attention/make_results.py [RUNS_DIR] [--allow-mixed]
 
-RUNS_DIR defaults to experiments/focal_vs_attention/runs.
+RUNS_DIR defaults to experiments/focal_vs_attention/runs-2026-12-05 (the runs of today's code; the first
+study's runs, made before provenance was recorded, are in experiments/focal_vs_attention/runs).
 
-Groups the runs by token mixer (``run/variant`` in metrics.json) and reports mean ± std over seeds.
+Groups the runs by token mixer (``run/variant`` in metrics.json) and reports mean ± std over seeds, with the
+provenance (commit, versions, device) of the runs; runs of different commits are refused unless
+``--allow-mixed`` (then the per-run table names each run's commit).
 """
 
 from __future__ import annotations
@@ -47,21 +50,11 @@ def summary(values: list[float], fmt: str) -> str:
 
 
 def recount_flops(run_dir: Path) -> float | None:
-    """Forward FLOPs per sample of the run's network, rebuilt from its saved config and counted now with
-    ``attnbench.metrics.flops`` (the value in metrics.json depends on the counter version the run used)."""
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        return None
-    import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """Forward FLOPs per sample of the run's network, rebuilt from its saved config and counted now
+    (``attnbench.reproduce.recount_flops``: the value in metrics.json depends on the counter version)."""
+    from attnbench.reproduce import recount_flops as recount
 
-    from attnbench.metrics.flops import forward_flops
-
-    cfg = OmegaConf.load(cfg_path)
-    net = instantiate(cfg.model.net)
-    size = int(cfg.data.image_size)
-    return float(forward_flops(net, torch.zeros(1, int(cfg.data.channels), size, size)))
+    return recount(run_dir)
 
 
 def load(runs_dir: Path) -> tuple[dict[str, list[dict]], list[str]]:
@@ -115,8 +108,8 @@ def render(groups: dict[str, list[dict]], problems: list[str], runs_dir: Path) -
         "",
         "## Runs",
         "",
-        "| run | seed | test acc | val acc | test loss | tested checkpoint |",
-        "|---|---|---|---|---|---|",
+        "| run | seed | test acc | val acc (tested checkpoint) | test loss | tested checkpoint | commit |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mixer in order:
         for r in sorted(groups[mixer], key=lambda r: str(r.get("run/seed"))):
@@ -125,18 +118,30 @@ def render(groups: dict[str, list[dict]], problems: list[str], runs_dir: Path) -
                 summary([v for v in [value(r, k)] if v is not None], f)
                 for k, f in (("test/acc", "{:.4f}"), ("val/acc", "{:.4f}"), ("test/loss", "{:.3f}"))
             )
-            lines.append(f"| {r['_run']} | {r.get('run/seed')} | {acc} | {val} | {loss} | {ckpt} |")
+            commit = str(r.get("provenance/commit", "unrecorded"))[:12]
+            cells = (r["_run"], r.get("run/seed"), acc, val, loss, ckpt, commit)
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if problems:
         lines += ["", "Runs left out:", ""] + [f"- {p}" for p in problems]
+    from attnbench.provenance import provenance_lines
+
+    lines += ["", "## Provenance", ""] + provenance_lines([r for runs in groups.values() for r in runs])
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    runs_dir = Path(argv[0]) if argv else HERE / "runs"
+    allow_mixed = "--allow-mixed" in argv
+    argv = [a for a in argv if a != "--allow-mixed"]
+    runs_dir = Path(argv[0]) if argv else HERE / "runs-2026-12-05"
     groups, problems = load(runs_dir)
     if not groups:
         print(f"no finished runs under {runs_dir}", file=sys.stderr)
         return 1
+    commits = {str(r.get("provenance/commit", "unrecorded")) for runs in groups.values() for r in runs}
+    if len(commits) > 1 and not allow_mixed:
+        print(f"error: the runs were made by {len(commits)} code versions ({', '.join(sorted(commits))}); "
+              "pass --allow-mixed to tabulate them anyway", file=sys.stderr)  # fmt: skip
+        return 2
     text = render(groups, problems, runs_dir)
     (HERE / "RESULTS.md").write_text(text)
     print(text)
