@@ -76,7 +76,7 @@ def test_report_logs_a_sweep_level_wandb_run_in_the_sweep_group(tmp_path, many_r
 
     sweep = tmp_path / "my_sweep"
     shutil.copytree(many_run[0], sweep / "0", ignore=shutil.ignore_patterns("wandb"))
-    build_report(sweep, wandb_mode="offline")
+    build_report(sweep, wandb_mode="offline", include_debug=True)  # a short (debug) run
     (file,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
     run = next(r.run for r in records(file) if r.WhichOneof("record_type") == "run")
     from attnbench.loggers import wandb_group
@@ -103,8 +103,10 @@ def test_classification_figures_are_titled_legible_and_share_one_scale(many_run)
     from PIL import Image
 
     folder, _ = many_run
-    pngs = sorted((folder / "figures").glob("maps_stage*_epoch000.png"))
+    pngs = sorted((folder / "figures").glob("maps_stage?_epoch000.png"))
     assert len(pngs) == 3
+    tested = sorted((folder / "figures").glob("maps_stage?_tested_epoch000.png"))  # the tested checkpoint's
+    assert len(tested) == 3
     for png in pngs:
         assert Image.open(png).size[0] >= 600
     from attnbench.callbacks.render import overlay_panels
