@@ -433,6 +433,26 @@ def mixed_protocols(groups: list[Group]) -> list[str]:
     return [k for k in PROTOCOL_KEYS if len({str(r.metrics.get(k)) for r in runs if k in r.metrics}) > 1]
 
 
+# the training recipe a reference baseline must share with the family it is compared with
+RECIPE_KEYS = ("model.monitor.metric", "model.monitor.mode", "model.task.warmup_epochs",
+               "model.task.min_lr_ratio", "trainer.max_epochs")  # fmt: skip
+
+
+def recipe_differences(groups: list[Group]) -> list[str]:
+    """Where a ``model=timm`` baseline's recipe (monitor, warm-up, schedule) differs from the other
+    configurations': ``key: baseline value vs others' values`` (empty when they agree or there is none)."""
+    flat = [(g, g.runs[0].config_flat()) for g in groups if g.runs]
+    timm = [(g, f) for g, f in flat if f.get("choice:model") == "timm"]
+    others = [(g, f) for g, f in flat if f.get("choice:model") not in (None, "timm")]
+    notes = []
+    for key in RECIPE_KEYS:
+        theirs = sorted({f.get(key, "default") for _, f in others})
+        for g, f in timm:
+            if others and [f.get(key, "default")] != theirs:
+                notes.append(f"`{g.key}`: `{key}` = {f.get(key, 'default')} vs {', '.join(theirs)}")
+    return notes
+
+
 def comparison_markdown(base: Group, comparisons: list[Comparison], metric: str) -> list[str]:
     lines = [
         "",
@@ -637,6 +657,11 @@ def build_report(
         values = sorted({str(r.metrics[key]) for g in groups for r in g.runs if key in r.metrics})
         text += ["", f"**Not comparable across rows:** the runs were scored with different `{key}` "
                  f"({', '.join(values)}); its column says which row used which."]  # fmt: skip
+    recipe = recipe_differences(groups)
+    if recipe:
+        text += ["", "**Baseline trained with another recipe:** a `model=timm` baseline differs from the "
+                 "family it is compared with in monitor, warm-up or schedule; its row is not a controlled "
+                 "comparison:", ""] + [f"- {n}" for n in recipe]  # fmt: skip
     text += compared
     if debug_runs:
         text += ["", f"## Debug runs, left out of the table ({len(debug_runs)}; `--include-debug` adds them)",

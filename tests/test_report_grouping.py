@@ -153,3 +153,19 @@ def test_an_eval_sweep_over_two_mixers_gives_two_rows(tmp_path):
     md = build_report(sweep, include_debug=True)
     labels = sorted(r.split(" | ")[0].lstrip("| ") for r in rows_of(md) if " | 1 | " in r)
     assert labels == ["model.mixer=focal_modulation", "model.mixer=window_attention"]
+
+
+def test_a_timm_baseline_with_another_recipe_is_flagged(tmp_path):
+    def config(model, monitor, warmup):
+        return (f"model:\n  name: {model}\n  monitor:\n    metric: {monitor}\n    mode: min\n"
+                f"  task:\n    warmup_epochs: {warmup}\ntrainer:\n  max_epochs: 30\n")  # fmt: skip
+
+    for name, group, monitor, warmup in (("a", "focalnet", "val/loss", 2), ("b", "timm", "val/acc", 1)):
+        fake_run(tmp_path / name, [f"model={group}"], config(name, monitor, warmup), **{"test/acc": 0.9})
+        choices = f"hydra:\n  runtime:\n    choices:\n      model: {group}\n"
+        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(choices)
+    md = build_report(tmp_path)
+    assert "**Baseline trained with another recipe:**" in md
+    assert "`model.monitor.metric` = val/acc vs val/loss" in md
+    assert "`model.task.warmup_epochs` = 1 vs 2" in md
+    assert "max_epochs" not in md.split("another recipe")[1]  # the same schedule length is not flagged
