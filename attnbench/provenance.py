@@ -104,8 +104,13 @@ def _versions() -> dict[str, str | None]:
     }
 
 
+@functools.lru_cache(maxsize=4)
 def code_version(root: Path | None = None) -> tuple[str, bool | None]:
-    """``(commit, dirty)``: the checkout's commit, or ``attnbench==<version>`` for an installed package."""
+    """``(commit, dirty)``: the checkout's commit, or ``attnbench==<version>`` for an installed package.
+
+    Taken once per process (the first call; ``attnbench.train`` makes it when imported): the code a process
+    runs is the code it loaded, so a sweep's later jobs record the same version even if the checkout
+    changes while the sweep runs."""
     commit = git_commit(root)
     if commit is not None:
         return commit, git_dirty(root)
@@ -115,7 +120,7 @@ def code_version(root: Path | None = None) -> tuple[str, bool | None]:
 
 
 def provenance(accelerator: str | None = None, root: Path | None = None) -> dict[str, Any]:
-    """The flat ``provenance/*`` record of this process now (see module doc)."""
+    """The flat ``provenance/*`` record of this process (see module doc; the code version as loaded)."""
     commit, dirty = code_version(root)
     record: dict[str, Any] = {"commit": commit, "dirty": dirty, **_versions()}
     record["device"] = device_name(accelerator)

@@ -23,6 +23,16 @@ from attnbench.launch import patch_ddp_relaunch, reset_distributed, snapshot_env
 
 log = logging.getLogger("attnbench")
 
+
+def _snapshot_code_version() -> None:
+    """The code version of this process, taken when its code is loaded (attnbench.provenance)."""
+    from attnbench.provenance import code_version
+
+    code_version()
+
+
+_snapshot_code_version()
+
 METRICS_FILE = "metrics.json"
 
 

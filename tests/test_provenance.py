@@ -158,3 +158,14 @@ def test_debug_runs_are_marked():
     assert debug_run(compose_cfg(["trainer.limit_train_batches=0.5"], "/tmp/unused")) is True
     assert debug_run(compose_cfg(["trainer.limit_train_batches=1.0"], "/tmp/unused")) is False
     assert debug_run(compose_cfg(["trainer.fast_dev_run=true"], "/tmp/unused")) is True
+
+
+def test_the_code_version_is_taken_once_per_process(tmp_path):
+    """A sweep's later jobs record the code the process loaded, not a checkout changed meanwhile."""
+    from attnbench.provenance import code_version
+
+    root = make_checkout(tmp_path)
+    first = code_version(root)
+    (root / "attnbench" / "__init__.py").write_text("x = 3\n")
+    assert code_version(root) == first and first[1] is False
+    assert git_dirty(root) is True  # the checkout itself did change
