@@ -118,8 +118,17 @@ def config_changes(folder: Path, cfg) -> list[str]:
             out[prefix] = node
         return out
 
-    saved = flat(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False))
-    now = flat(OmegaConf.to_container(cfg, resolve=False))
+    def plain(node) -> dict:
+        """Resolved values where they resolve outside the app (``${hydra:...}`` paths do not)."""
+        node = node.copy()
+        OmegaConf.update(node, "paths.output_dir", "<run folder>", force_add=True)
+        try:
+            return OmegaConf.to_container(node, resolve=True)
+        except Exception:  # noqa: BLE001 - an interpolation of a key that no longer exists: compare as written
+            return OmegaConf.to_container(node, resolve=False)
+
+    saved = flat(plain(OmegaConf.load(folder / ".hydra" / "config.yaml")))
+    now = flat(plain(cfg))
     skip = ("paths.", "logger", "callbacks.progress_bar", "trainer.enable_progress_bar", "hydra")
     keys = sorted(k for k in set(saved) | set(now) if not k.startswith(skip))
     missing = "(absent)"

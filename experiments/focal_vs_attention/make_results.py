@@ -138,11 +138,15 @@ def reproducibility_lines() -> list[str]:
     seed 0 (``reproducibility-2026-12-05.json``), with the commits since that record (asked of git now)."""
     if not CHECKED.is_file():
         return []
-    from attnbench.reproduce import code_changes
+    import tempfile
+
+    from attnbench.reproduce import code_changes, config_changes, replay_config
 
     checked = json.loads(CHECKED.read_text())
     run = Path(checked["run"])
     origin, commits = code_changes({}, HERE.parents[1] / run)
+    with tempfile.TemporaryDirectory() as tmp:  # composed only: nothing is written there
+        changed = config_changes(HERE.parents[1] / run, replay_config(HERE.parents[1] / run, Path(tmp)))
     lines = [
         "",
         "## The first study (`runs/`, 9 runs, 2026-11-22) no longer reproduces",
@@ -159,9 +163,12 @@ def reproducibility_lines() -> list[str]:
                      f"{'yes' if r['within'] else 'NO'} |")  # fmt: skip
     lines += [
         "",
-        f"Its record holds no commit ({origin}); {len(commits or [])} commits since touch `attnbench/` or "
-        f"`conf/`, and {len(checked['config_changes'])} settings of its command have other defaults today "
-        "(e.g. " + "; ".join(c for c in checked["config_changes"] if "absent" not in c)[:300] + ").",
+        f"Its record holds no commit {origin.removeprefix('no commit recorded ')}; {len(commits or [])} commits since "
+        f"touch `attnbench/` or `conf/`, and {len(changed)} settings of its command differ today (asked of "
+        "git and of today's config when this file was written; settings the record did not have yet are "
+        "counted, their values listed here only where they existed before: "
+        + "; ".join(c for c in changed if "(absent)" not in c)
+        + ").",
         "The table above is therefore made from new runs of today's code; the first study's runs stay in "
         "`runs/` as they were recorded.",
     ]
