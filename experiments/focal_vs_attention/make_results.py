@@ -165,8 +165,9 @@ def reproducibility_lines() -> list[str]:
         "",
         f"Its record holds no commit {origin.removeprefix('no commit recorded ')}; "
         f"{len(commits or [])} commits since touch `attnbench/` or `conf/`, and {len(changed)} settings of "
-        "its command differ today (asked of git and of today's config when this file was written; settings the record did not have yet are "
-        "counted, their values listed here only where they existed before: "
+        "its command differ today (asked of git and of today's config when this file was written; "
+        "settings the record did not have yet are counted, their values listed here only where they "
+        "existed before: "
         + "; ".join(c for c in changed if "(absent)" not in c)
         + ").",
         "The table above is therefore made from new runs of today's code; the first study's runs stay in "
