@@ -181,6 +181,11 @@ def provenance_lines(records: list[dict[str, Any]]) -> list[str]:
     ]
     if len(s["commit"]) > 1:
         lines.append("- **the runs were made by different code versions** (see the per-run table)")
+    if "unrecorded" in s["commit"]:
+        lines.append(
+            "- `unrecorded`: made before runs recorded their provenance; whether today's code still gives "
+            "these numbers: `python -m attnbench.report --check-reproducible <runs folder>`"
+        )
     return lines
 
 
