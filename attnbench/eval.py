@@ -24,9 +24,14 @@ def with_saved_run_config(cfg: DictConfig) -> DictConfig:
     from attnbench.run_folder import RECORD_DIR, command_overrides, override_keys
 
     saved_file = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / RECORD_DIR / "config.yaml"
-    if not saved_file.is_file():
-        return cfg
-    saved = OmegaConf.load(saved_file)
+    if saved_file.is_file():
+        saved = OmegaConf.load(saved_file)
+    else:  # a checkpoint outside its run folder: the resolved config it carries (RunRecord), if any
+        from attnbench.callbacks.run_record import saved_config
+
+        saved = saved_config(str(cfg.ckpt_path))
+        if saved is None:
+            return cfg
     with open_dict(saved):
         saved.paths = cfg.paths
         for key in ("task_name", "train", "test", "ckpt_path", "resume"):

@@ -169,3 +169,39 @@ def test_the_code_version_is_taken_once_per_process(tmp_path):
     (root / "attnbench" / "__init__.py").write_text("x = 3\n")
     assert code_version(root) == first and first[1] is False
     assert git_dirty(root) is True  # the checkout itself did change
+
+
+def test_timm_baselines_are_named_by_architecture_and_eval_runs_say_so(tmp_path, monkeypatch):
+    from attnbench.train import build_wandb, record_fields, run_identity
+
+    cfg = compose_cfg(["model=timm", "model.name=resnet18", "logger=wandb"], tmp_path)
+    ident = run_identity(cfg, {"model": "timm", "data": "digits"})
+    assert ident["model"] == "resnet18" and ident["variant"] is None
+    fields = record_fields(cfg, ident)
+    assert fields["run/model"] == "resnet18" and fields["run/variant"] == "n/a"
+    cfg.task_name = "eval"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = build_wandb(cfg, cfg.logger.wandb, ident)
+    assert logger._wandb_init["name"] == "eval-resnet18-digits-s42"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_outside_its_folder_evaluates_with_the_config_it_carries(csv_run, tmp_path):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from attnbench.eval import with_saved_run_config
+
+    folder, _, _ = csv_run
+    moved = tmp_path / "elsewhere.ckpt"
+    shutil.copy(folder / "checkpoints" / "last.ckpt", moved)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"ckpt_path={moved}"])
+    GlobalHydra.instance().clear()
+    assert cfg.trainer.max_epochs == 30 and cfg.model.task.warmup_epochs == 2  # the defaults
+    restored = with_saved_run_config(cfg)
+    assert restored.trainer.max_epochs == 3 and restored.model.task.warmup_epochs == 1  # the run's
+    assert restored.ckpt_path == str(moved) and restored.train is False

@@ -93,3 +93,15 @@ def checkpoint_record(path: str) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         return {}
     return {k: ckpt[k] for k in ("epoch", "global_step", "val_metrics", "provenance", "config") if k in ckpt}
+
+
+def saved_config(path: str):
+    """The resolved config a checkpoint carries (``checkpoint["config"]``) as a DictConfig, or None (an
+    unreadable file, or one made before checkpoints carried it: the run then says what is wrong)."""
+    from omegaconf import OmegaConf
+
+    try:
+        config = checkpoint_record(path).get("config")
+    except Exception:  # noqa: BLE001 - reading the checkpoint for the run reports its error clearly
+        return None
+    return OmegaConf.create(config) if isinstance(config, dict) else None
