@@ -657,6 +657,11 @@ def build_report(
         values = sorted({str(r.metrics[key]) for g in groups for r in g.runs if key in r.metrics})
         text += ["", f"**Not comparable across rows:** the runs were scored with different `{key}` "
                  f"({', '.join(values)}); its column says which row used which."]  # fmt: skip
+    from attnbench.provenance import provenance_lines
+
+    tabulated = [r for g in groups for r in g.runs]
+    if tabulated:
+        text += ["", "## Provenance", ""] + provenance_lines([r.metrics for r in tabulated])
     recipe = recipe_differences(groups)
     if recipe:
         text += ["", "**Baseline trained with another recipe:** a `model=timm` baseline differs from the "

@@ -118,6 +118,7 @@ def test_runs_of_different_commits_are_refused_unless_allowed(tmp_path):
     rows = {r.split(" | ")[0].lstrip("| "): r for r in rows_of(md)}
     assert rows["model.mixer=focal_modulation"].rstrip().endswith("| aaa |")
     assert "**Not comparable across rows:**" in md
+    assert "- commit: `aaa`, `bbb`" in md and "different code versions" in md  # the Provenance section
 
 
 def test_wandb_table_holds_numbers():
