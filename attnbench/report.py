@@ -438,6 +438,23 @@ RECIPE_KEYS = ("model.monitor.metric", "model.monitor.mode", "model.task.warmup_
                "model.task.min_lr_ratio", "trainer.max_epochs")  # fmt: skip
 
 
+# quantities that do not depend on the seed: different values within a configuration mean different code
+# (e.g. two versions of the FLOP counter)
+SEED_FREE = ("params", "flops_per_sample")
+
+
+def seed_free_differences(groups: list[Group]) -> list[str]:
+    """``configuration: key = a, b`` where the runs of one configuration recorded different values of a
+    seed-independent quantity (made by different versions of the code that counts it)."""
+    notes = []
+    for g in groups:
+        for key in SEED_FREE:
+            values = sorted(set(g.values(key)))
+            if len(values) > 1:
+                notes.append(f"`{g.key}`: `{key}` = {', '.join(num(v) for v in values)}")
+    return notes
+
+
 def recipe_differences(groups: list[Group]) -> list[str]:
     """Where a ``model=timm`` baseline's recipe (monitor, warm-up, schedule) differs from the other
     configurations': ``key: baseline value vs others' values`` (empty when they agree or there is none)."""
@@ -662,6 +679,11 @@ def build_report(
     tabulated = [r for g in groups for r in g.runs]
     if tabulated:
         text += ["", "## Provenance", ""] + provenance_lines([r.metrics for r in tabulated])
+    versions = seed_free_differences(groups)
+    if versions:
+        text += ["", "**Recorded by different code versions:** runs of one configuration recorded different "
+                 "values of a quantity that does not depend on the seed (e.g. an older FLOP counter); the "
+                 "row's mean mixes them:", ""] + [f"- {n}" for n in versions]  # fmt: skip
     recipe = recipe_differences(groups)
     if recipe:
         text += ["", "**Baseline trained with another recipe:** a `model=timm` baseline differs from the "

@@ -170,3 +170,13 @@ def test_a_timm_baseline_with_another_recipe_is_flagged(tmp_path):
     assert "`model.monitor.metric` = val/acc vs val/loss" in md
     assert "`model.task.warmup_epochs` = 1 vs 2" in md
     assert "max_epochs" not in md.split("another recipe")[1]  # the same schedule length is not flagged
+
+
+def test_seed_free_quantities_that_differ_within_a_configuration_are_flagged(tmp_path):
+    """The FLOPs of one configuration's seeds counted by two versions of the counter (13.44 vs 14.64 M)."""
+    for seed, flops in enumerate([13.44e6, 13.44e6, 14.64e6]):
+        fake_run(tmp_path / f"s{seed}", [f"seed={seed}"],
+                 **{"test/acc": 0.9, "flops_per_sample": flops, "params": 5, "run/seed": seed})  # fmt: skip
+    md = build_report(tmp_path)
+    assert "**Recorded by different code versions:**" in md
+    assert "`flops_per_sample` = 1.344e+07, 1.464e+07" in md and "`params`" not in md.split("versions:**")[1]
