@@ -205,3 +205,14 @@ def test_a_checkpoint_outside_its_folder_evaluates_with_the_config_it_carries(cs
     restored = with_saved_run_config(cfg)
     assert restored.trainer.max_epochs == 3 and restored.model.task.warmup_epochs == 1  # the run's
     assert restored.ckpt_path == str(moved) and restored.train is False
+
+
+@pytest.mark.slow
+def test_history_leaves_val_cells_empty_in_epochs_without_validation(tmp_path):
+    cfg = compose_cfg([*TINY, "logger=none", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
+                       "callbacks.model_checkpoint=null"], tmp_path)  # fmt: skip
+    run_cfg(cfg)
+    with open(tmp_path / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # epoch 2 did not validate: no stale copy of epoch 1's val/loss
+    assert [r["val/loss"] != "" for r in rows] == [False, True, False] and all(r["train/loss"] for r in rows)

@@ -1,6 +1,7 @@
 """``history.csv`` in every run folder, whatever the logger: one dense row per epoch (as timm's
 ``summary.csv``), with the epoch, the global step, the learning rate of each optimiser group, and every
-scalar epoch-level metric (``train/*`` epoch means, ``val/*``).
+scalar epoch-level metric (``train/*`` epoch means, ``val/*`` of the epochs that validated; empty cells in
+the others, e.g. with ``trainer.check_val_every_n_epoch=2``).
 
 A resumed run keeps the rows of the epochs before its checkpoint and rewrites those after it (they are
 trained again). The file is rewritten atomically each epoch, so it is always a complete CSV.
@@ -45,6 +46,11 @@ class EpochHistory(pl.Callback):
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / HISTORY_FILE
         self.rows: list[dict[str, Any]] = []
+        self._validated = False  # whether this epoch ran validation (else its val/* would be stale)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -62,12 +68,13 @@ class EpochHistory(pl.Callback):
                 name = "lr" if (i, j) == (0, 0) else f"lr/opt{i}_group{j}"
                 row[name] = group.get("lr")
         for key, value in sorted(trainer.callback_metrics.items()):
-            if str(key).endswith("_step"):
+            if str(key).endswith("_step") or (str(key).startswith("val/") and not self._validated):
                 continue
             number = _scalar(value)
             if number is not None:
                 row[str(key).removesuffix("_epoch")] = number
         self.rows.append(row)
+        self._validated = False
         self.write()
 
     def write(self) -> None:
