@@ -133,8 +133,21 @@ def multirun_flag_first(argv: list[str]) -> list[str]:
 
 def main() -> None:
     sys.argv = multirun_flag_first(sys.argv)
+    refuse_unknown_keys(sys.argv[1:], "config")
     app()
     exit_with_failures()
+
+
+def refuse_unknown_keys(argv: list[str], config_name: str) -> None:
+    """A key the config does not have (``trainer.max_epoch=2``) exits 2 naming the nearest valid key."""
+    from attnbench.overrides import check_override_keys
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        check_override_keys(overrides, config_dir(), config_name)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def exit_with_failures() -> None:

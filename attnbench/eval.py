@@ -24,11 +24,18 @@ def with_saved_run_config(cfg: DictConfig) -> DictConfig:
     from attnbench.run_folder import RECORD_DIR, command_overrides, override_keys
 
     saved_file = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / RECORD_DIR / "config.yaml"
-    if not saved_file.is_file():
-        return cfg
-    from attnbench.saved_config import checked_saved_config
+    from attnbench.saved_config import checked_saved_config, refuse_foreign_targets
 
-    saved = checked_saved_config(saved_file.parent.parent)  # rebuilt from attnbench's configs and compared
+    if saved_file.is_file():
+        saved = checked_saved_config(saved_file.parent.parent)  # rebuilt from our configs and compared
+    else:  # a checkpoint outside its run folder: the resolved config it carries (RunRecord), if any
+        from attnbench.callbacks.run_record import saved_config
+
+        saved = saved_config(str(cfg.ckpt_path))
+        if saved is None:
+            return cfg
+        # a file from elsewhere too: it never decides what code runs
+        refuse_foreign_targets(saved, f"the configuration carried by {cfg.ckpt_path}")
     with open_dict(saved):
         saved.paths = cfg.paths
         for key in ("task_name", "train", "test", "ckpt_path", "resume"):

@@ -9,6 +9,8 @@ TensorBoard needs nothing: each start writes a new event file beside the earlier
 from __future__ import annotations
 
 import csv
+import hashlib
+from pathlib import Path
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
@@ -36,3 +38,18 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def wandb_group(sweep_dir: str | Path) -> str:
+    """The W&B group of a sweep, unique per sweep folder: its path relative to the project (the working
+    directory, e.g. ``experiments/focal_vs_attention/runs``), or for a folder elsewhere its name and a hash
+    of its absolute path (``2026-12-05_10-00-00-3f2a9c1d``). The sweep's jobs and its report share it."""
+    folder = Path(sweep_dir).resolve()
+    try:
+        rel = folder.relative_to(Path.cwd().resolve())
+    except ValueError:
+        rel = None
+    if rel is not None and str(rel) not in ("", ".") and len(str(rel)) <= 120:
+        return rel.as_posix()
+    digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
+    return f"{folder.name[:110]}-{digest}"

@@ -55,6 +55,8 @@ IGNORED_OVERRIDES = (
     "paths.",
     "data.num_workers",
 )
+# saved-config keys that do not change what a run is (where it ran, what it is called, what it logs)
+IGNORED_CONFIG = ("task_name", "tags", "train", "test", "callbacks", "data.root", "optimized_metric")
 
 
 @dataclass
@@ -99,11 +101,72 @@ class Run:
             return str(node).lower()
         return None if isinstance(node, (dict, list)) or node is None else str(node)
 
+    def default_value(self, key: str) -> str | None:
+        """``saved_value``, else the run's config-group option (``model``, ``data``: ``.hydra/hydra.yaml``)
+        or its recorded identity (``run/<key>``): the value a run had without overriding it."""
+        value = self.saved_value(key)
+        if value is None:
+            value = self.config_flat().get(f"choice:{key}")
+        ident = "run/variant" if key in ("model.mixer", "mixer") else f"run/{key}"
+        if value is None and self.metrics.get(ident) is not None:
+            value = str(self.metrics[ident])
+        return value
+
+    def config_flat(self) -> dict[str, str]:
+        """What the run is: its saved config (``.hydra/config.yaml``) as ``{dotted key: value}`` without
+        seed and bookkeeping, plus its config-group options (``choice:model``, ...); empty without one."""
+        if self._flat is None:
+            self._flat = saved_config_flat(self.folder)
+        return self._flat
+
+    def what_it_is(self) -> tuple:
+        """The grouping key: the run's identity (``run/model``, ``run/variant``, ``run/data``) and its saved
+        config (the overrides when it has none); seeds of one configuration share it."""
+        ident = tuple((k, str(self.metrics.get(f"run/{k}"))) for k in ("model", "variant", "data"))
+        flat = self.config_flat()
+        return ident + (tuple(sorted(flat.items())) if flat else tuple(sorted(self.settings)))
+
+    @property
+    def debug(self) -> bool:
+        return self.metrics.get("run/debug") is True
+
+    _flat: dict[str, str] | None = field(default=None, repr=False, compare=False)
+
+
+def saved_config_flat(folder: Path) -> dict[str, str]:
+    import yaml
+
+    out: dict[str, str] = {}
+    try:
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return out
+    try:
+        hydra = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())
+        picked = ((hydra or {}).get("hydra") or {}).get("runtime", {}).get("choices") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        picked = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif not prefix.startswith(IGNORED_OVERRIDES + IGNORED_CONFIG):
+            out[prefix] = str(node).lower() if isinstance(node, bool) else str(node)
+
+    if isinstance(config, dict):
+        walk(config, "")
+    for group in ("model", "data", "experiment"):
+        if isinstance(picked.get(group), str):
+            out[f"choice:{group}"] = picked[group]
+    return out
+
 
 @dataclass
 class Group:
     key: str
     runs: list[Run] = field(default_factory=list)
+    shown: dict[str, str] | None = None  # the settings its label names (label_groups)
 
     def values(self, metric: str) -> list[float]:
         out = []
@@ -259,14 +322,55 @@ def shared_settings(runs: list[Run]) -> set[str]:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Successful runs grouped by the settings that differ between runs (seeds are averaged)."""
+    """Successful runs grouped by what each run is (``Run.what_it_is``: its identity and saved config, never
+    the command line alone; seeds are averaged), each labelled by the settings that set it apart."""
     shared = shared_settings(runs)
-    groups: dict[str, Group] = {}
+    by_identity: dict[tuple, Group] = {}
     for r in runs:
         if r.status == "ok":
-            key = " ".join(sorted(r.settings - shared)) or "(shared settings)"
-            groups.setdefault(key, Group(key)).runs.append(r)
-    return list(groups.values())
+            by_identity.setdefault(r.what_it_is(), Group("")).runs.append(r)
+    groups = list(by_identity.values())
+    label_groups(groups, shared)
+    return groups
+
+
+IDENTITY_LABELS = {"variant": "model.mixer", "model": "model", "data": "data"}
+
+
+def distinguishing(run: Run) -> dict[str, str]:
+    """``{setting: value}`` a label can be made of: identity first (``model.mixer``, ``model``, ``data``),
+    then the saved config."""
+    out = {}
+    for k, label in IDENTITY_LABELS.items():
+        value = run.metrics.get(f"run/{k}")
+        if value is not None and str(value) not in ("n/a", "None"):
+            out[label] = str(value)
+    for k, v in run.config_flat().items():
+        if not k.startswith("choice:") and k not in out:
+            out[k] = v
+    return out
+
+
+def label_groups(groups: list[Group], shared: set[str], most: int = 4) -> None:
+    """Set each group's ``key`` (and ``shown`` settings): the overrides that set it apart; where that does
+    not tell two configurations apart (an evaluation sweep over checkpoints) or is empty (the defaults),
+    the identity and config values that differ between configurations (``model.mixer=focal_modulation``)."""
+    per = [distinguishing(g.runs[0]) for g in groups]
+    keys = list(dict.fromkeys(k for d in per for k in d))
+    differ = [k for k in keys if len({d.get(k) for d in per}) > 1]
+    for g in groups:
+        g.shown = group_settings(g, shared)
+    labels = [" ".join(f"{k}={v}" for k, v in sorted(g.shown.items())) for g in groups]
+    for i, g in enumerate(groups):
+        if labels[i] and labels.count(labels[i]) == 1:
+            continue
+        extra = [k for k in differ if k not in g.shown][:most]
+        if not extra and not g.shown:  # one configuration: say what it is
+            extra = [k for k in ("model.mixer", "model", "data") if k in per[i]][:1] or ["model"]
+        for k in extra:
+            g.shown[k] = per[i].get(k, "–")
+    for g in groups:
+        g.key = " ".join(f"{k}={v}" for k, v in g.shown.items()) or "(no settings recorded)"
 
 
 def primary_metric(groups: list[Group]) -> str | None:
@@ -289,7 +393,10 @@ def fmt(ms: tuple[float, float, int] | None) -> str:
 
 
 def group_settings(group: Group, shared: set[str]) -> dict[str, str]:
-    """``{key: value}`` of the overrides that set this configuration apart (its runs share them)."""
+    """``{key: value}`` of the overrides that set this configuration apart (its runs share them), or the
+    settings its label names once labelled."""
+    if group.shown is not None:
+        return dict(group.shown)
     own = group.runs[0].settings - shared if group.runs else set()
     return dict(o.lstrip("+~").partition("=")[::2] for o in own)
 
@@ -302,7 +409,7 @@ def varying_keys(groups: list[Group], shared: set[str]) -> list[str]:
 
 
 def table(
-    groups: list[Group], metrics: list[str], shared: set[str] | None = None
+    groups: list[Group], metrics: list[str], shared: set[str] | None = None, interval: str = "ci"
 ) -> tuple[list[str], list[list[str]]]:
     keys = varying_keys(groups, shared or set())
     protocols = mixed_protocols(groups)
@@ -310,20 +417,59 @@ def table(
     rows = []
     for g in groups:
         own = group_settings(g, shared or set())
-        settings = [own.get(k) or (g.runs[0].saved_value(k) if g.runs else None) or "–" for k in keys]
+        settings = [own.get(k) or (g.runs[0].default_value(k) if g.runs else None) or "–" for k in keys]
         scored = [", ".join(sorted({str(r.metrics.get(k, "–")) for r in g.runs})) for k in protocols]
-        rows.append([g.key, *settings, str(len(g.runs)), *(fmt(g.mean_ci(m)) for m in metrics), *scored])
+        spread = g.mean_std if interval == "std" else g.mean_ci  # the same interval as the plots
+        rows.append([g.key, *settings, str(len(g.runs)), *(fmt(spread(m)) for m in metrics), *scored])
     return header, rows
 
 
 # how a run was scored (metrics.json string fields): runs that differ in one are not comparable
-PROTOCOL_KEYS = ("test/scorer", "test/inception_resize", "test/fid_reference", "test/caption_tokenizer")
+PROTOCOL_KEYS = ("test/scorer", "test/inception_resize", "test/fid_reference", "test/caption_tokenizer",
+                 "provenance/commit", "provenance/dirty")  # fmt: skip
 
 
 def mixed_protocols(groups: list[Group]) -> list[str]:
     """The protocol keys whose recorded values differ between the successful runs."""
     runs = [r for g in groups for r in g.runs]
     return [k for k in PROTOCOL_KEYS if len({str(r.metrics.get(k)) for r in runs if k in r.metrics}) > 1]
+
+
+# the training recipe a reference baseline must share with the family it is compared with
+RECIPE_KEYS = ("model.monitor.metric", "model.monitor.mode", "model.task.warmup_epochs",
+               "model.task.min_lr_ratio", "trainer.max_epochs")  # fmt: skip
+
+
+# quantities that do not depend on the seed: different values within a configuration mean different code
+# (e.g. two versions of the FLOP counter)
+SEED_FREE = ("params", "flops_per_sample")
+
+
+def seed_free_differences(groups: list[Group]) -> list[str]:
+    """``configuration: key = a, b`` where the runs of one configuration recorded different values of a
+    seed-independent quantity (made by different versions of the code that counts it)."""
+    notes = []
+    for g in groups:
+        for key in SEED_FREE:
+            values = sorted(set(g.values(key)))
+            if len(values) > 1:
+                notes.append(f"`{g.key}`: `{key}` = {', '.join(num(v) for v in values)}")
+    return notes
+
+
+def recipe_differences(groups: list[Group]) -> list[str]:
+    """Where a ``model=timm`` baseline's recipe (monitor, warm-up, schedule) differs from the other
+    configurations': ``key: baseline value vs others' values`` (empty when they agree or there is none)."""
+    flat = [(g, g.runs[0].config_flat()) for g in groups if g.runs]
+    timm = [(g, f) for g, f in flat if f.get("choice:model") == "timm"]
+    others = [(g, f) for g, f in flat if f.get("choice:model") not in (None, "timm")]
+    notes = []
+    for key in RECIPE_KEYS:
+        theirs = sorted({f.get(key, "default") for _, f in others})
+        for g, f in timm:
+            if others and [f.get(key, "default")] != theirs:
+                notes.append(f"`{g.key}`: `{key}` = {f.get(key, 'default')} vs {', '.join(theirs)}")
+    return notes
 
 
 def comparison_markdown(base: Group, comparisons: list[Comparison], metric: str) -> list[str]:
@@ -400,12 +546,21 @@ class OwnFiles:
         tmp.replace(self.folder / self.MANIFEST)
 
 
-def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False, title: str = "") -> bool:
-    """Scatter of per-configuration means with std error bars; False when no configuration has both."""
-    pts = [(g.key, g.mean_std(x), g.mean_std(y)) for g in groups]
-    pts = [(k, a, b) for k, a, b in pts if a and b]
+def plot(
+    groups: list[Group], x: str, y: str, path: Path, logx: bool = False, title: str = "", interval: str = "ci"
+) -> bool:
+    """Scatter of per-configuration means with error bars of ``interval`` (``ci``: the 95 % t interval
+    over seeds, ``std``: the standard deviation), the table's interval; the title counts the configurations
+    and runs plotted. False when no configuration has both."""
+    spread = (lambda g, m: g.mean_std(m)) if interval == "std" else (lambda g, m: g.mean_ci(m))  # noqa: E731
+    pts = [(g.key, spread(g, x), spread(g, y), len(g.values(y))) for g in groups]
+    pts = [(k, a, b, n) for k, a, b, n in pts if a and b]
     if not pts:
         return False
+    counted = f"{len(pts)} configurations, {sum(n for *_, n in pts)} runs plotted"
+    title = f"{title}\n{counted}" if title else f"{y} vs {x}: {counted}"
+    bar = lambda ms: (ms[0], 0.0 if math.isnan(ms[1]) else ms[1], ms[2])  # noqa: E731 - one run: no bar
+    pts = [(k, bar(a), bar(b)) for k, a, b, _ in pts]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -416,11 +571,12 @@ def plot(groups: list[Group], x: str, y: str, path: Path, logx: bool = False, ti
         ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=3, label=key[:70])
     ax.set_xlabel(x + (" (log scale)" if logx else ""), fontsize=10)
     ax.set_ylabel(y, fontsize=10)
-    ax.set_title(title or f"{y} vs {x}", fontsize=10)
+    ax.set_title(title, fontsize=10)
     if logx:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", title="configuration (mean ± std over seeds)", title_fontsize=8)
+    bars = "std" if interval == "std" else "95 % CI"
+    ax.legend(fontsize=8, loc="best", title=f"configuration (mean ± {bars} over seeds)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -433,16 +589,27 @@ def build_report(
     metric: str | None = None,
     wandb_mode: str | None = None,
     baseline: str | None = None,
+    interval: str = "ci",
+    paired: bool = False,
+    include_debug: bool = False,
+    allow_mixed: bool = False,
 ) -> str:
-    """Write report.md / report.csv / plots for the runs under ``root``; return the markdown text.
-    ``wandb_mode`` ("offline" or "online") also logs them as a W&B run in the sweep's group."""
+    """Write report.md / report.csv / report_runs.csv / plots for the runs under ``root``; return the
+    markdown text. ``wandb_mode`` ("offline" or "online") also logs them as a W&B run in the sweep's group.
+    ``interval``: ``ci`` (95 % t interval, default) or ``std``, in the table and the plots alike; ``paired``:
+    with ``baseline``, also the paired t-test over seeds matched by value; debug runs (``run/debug``) are
+    left out of the table unless ``include_debug``; runs of different code versions are refused unless
+    ``allow_mixed`` (then each row names its commit)."""
     out = out or root
     skipped: list[tuple[Path, str]] = []
     runs, unfinished = find_runs(root, skipped)
     check_inputs(runs, out, metric)  # before anything is written
+    debug_runs = [] if include_debug else [r for r in runs if r.debug and r.status == "ok"]
+    runs = [r for r in runs if r not in debug_runs]
+    groups = group_runs(runs)
+    refuse_mixed_code(groups, allow_mixed)  # checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     files = OwnFiles(out)
-    groups = group_runs(runs)
     failed = [r for r in runs if r.status != "ok"]
     main = metric or primary_metric(groups)
     metrics = [
@@ -455,11 +622,13 @@ def build_report(
         )
     shared = shared_settings(runs)
     keys = varying_keys(groups, shared)
-    header, rows = table(groups, metrics, shared)
+    header, rows = table(groups, metrics, shared, interval)
     compared: list[str] = []
-    if baseline and main:  # checked before anything is written
+    if baseline and main:
         base, comparisons = compare_to_baseline(groups, baseline, main)
         compared = comparison_markdown(base, comparisons, main)
+        if paired:
+            compared += paired_markdown(base, [g for g in groups if g is not base], main)
     csv_path = files.path("report.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -467,13 +636,16 @@ def build_report(
         writer.writerow(["configuration", *keys, "runs", *columns])
         for g in groups:
             own = group_settings(g, shared)
-            filled = [own.get(k) or (g.runs[0].saved_value(k) if g.runs else None) or "" for k in keys]
+            filled = [own.get(k) or (g.runs[0].default_value(k) if g.runs else None) or "" for k in keys]
             row: list[Any] = [g.key, *filled, len(g.runs)]
             for m in metrics:
                 ms, ci = g.mean_std(m), g.mean_ci(m)
                 row += [ms[0], ms[1], "" if math.isnan(ci[1]) else ci[1]] if ms and ci else ["", "", ""]
             writer.writerow(row)
     files.wrote(csv_path)
+    runs_path = files.path("report_runs.csv")
+    write_run_rows(runs_path, groups, metrics, debug_runs)
+    files.wrote(runs_path)
     plots = []
     latest = max((r.folder / "metrics.json").stat().st_mtime for r in runs) if runs else 0.0
     stamp = datetime.datetime.fromtimestamp(latest).strftime("%Y-%m-%d %H:%M")
@@ -484,16 +656,22 @@ def build_report(
             ("flops_per_sample", "metric_vs_flops.png", True),
         ):
             target = files.path(name)
-            title = f"{root.resolve().name}: {main} vs {x}\n{len(groups)} configurations, runs up to {stamp}"
-            if plot(groups, x, main, target, logx, title):
+            title = f"{root.resolve().name}: {main} vs {x} (runs up to {stamp})"
+            if plot(groups, x, main, target, logx, title, interval):
                 files.wrote(target)
                 plots.append(target.name)
     text = [
         f"# Report: {root}",
         "",
         f"{len(runs)} finished runs ({len(failed)} failed), {len(unfinished)} unfinished, "
-        f"{len(groups)} configurations; mean ± half-width of the 95 % confidence interval over seeds "
-        f"(Student's t, n − 1 degrees of freedom); sorted by {main or '—'}.",
+        f"{len(groups)} configurations; "
+        + (
+            "mean ± standard deviation over seeds"
+            if interval == "std"
+            else "mean ± half-width of the 95 % confidence interval over seeds (Student's t, n − 1 degrees "
+            "of freedom)"
+        )
+        + f", in the table and the plots alike; sorted by {main or '—'}.",
         "",
         f"Shared settings: `{' '.join(sorted(shared_settings(runs))) or '(defaults)'}`",
         "",
@@ -503,7 +681,25 @@ def build_report(
         values = sorted({str(r.metrics[key]) for g in groups for r in g.runs if key in r.metrics})
         text += ["", f"**Not comparable across rows:** the runs were scored with different `{key}` "
                  f"({', '.join(values)}); its column says which row used which."]  # fmt: skip
+    from attnbench.provenance import provenance_lines
+
+    tabulated = [r for g in groups for r in g.runs]
+    if tabulated:
+        text += ["", "## Provenance", ""] + provenance_lines([r.metrics for r in tabulated])
+    versions = seed_free_differences(groups)
+    if versions:
+        text += ["", "**Recorded by different code versions:** runs of one configuration recorded different "
+                 "values of a quantity that does not depend on the seed (e.g. an older FLOP counter); the "
+                 "row's mean mixes them:", ""] + [f"- {n}" for n in versions]  # fmt: skip
+    recipe = recipe_differences(groups)
+    if recipe:
+        text += ["", "**Baseline trained with another recipe:** a `model=timm` baseline differs from the "
+                 "family it is compared with in monitor, warm-up or schedule; its row is not a controlled "
+                 "comparison:", ""] + [f"- {n}" for n in recipe]  # fmt: skip
     text += compared
+    if debug_runs:
+        text += ["", f"## Debug runs, left out of the table ({len(debug_runs)}; `--include-debug` adds them)",
+                 ""] + [f"- `{r.folder}`: {r.status}" for r in debug_runs]  # fmt: skip
     if failed:
         text += ["", "## Failed runs", ""]
         text += [f"- `{r.folder}`: {str(r.metrics.get('error', 'unknown error'))[:300]}" for r in failed]
@@ -524,7 +720,8 @@ def build_report(
     md_path.write_text(md)
     files.wrote(md_path)
     if wandb_mode:
-        log_report_to_wandb(root, out, header, rows, [out / p for p in plots], md, wandb_mode)
+        numeric_header, numeric_rows = numeric_table(groups, metrics)
+        log_report_to_wandb(root, out, numeric_header, numeric_rows, [out / p for p in plots], md, wandb_mode)
     for old, new in files.renamed:
         note = f"note: {out / old} was not written by attnbench.report; kept it and wrote {new}"
         print(note, file=sys.stderr)
@@ -580,6 +777,104 @@ def resolved_value(config_file: Path, key: str) -> Any:
         return None
 
 
+def refuse_mixed_code(groups: list[Group], allow_mixed: bool) -> None:
+    """Runs made by different code (``provenance/commit``) are not one study: a ConfigError unless
+    ``allow_mixed`` (then the table's ``provenance/commit`` column says which row used which)."""
+    from attnbench.errors import ConfigError
+
+    commits = sorted({str(r.metrics.get("provenance/commit", "unrecorded")) for g in groups for r in g.runs})
+    if len(commits) > 1 and not allow_mixed:
+        raise ConfigError(
+            f"the runs were made by {len(commits)} code versions ({', '.join(c[:12] for c in commits)}); "
+            "their numbers may not be comparable. Expected runs of one commit; pass --allow-mixed to "
+            "tabulate them anyway, each row naming its commit"
+        )
+
+
+def paired_test(other: Group, base: Group, metric: str, level: float = 0.95) -> Comparison | None:
+    """The paired t-test of ``other - base`` over runs matched by seed value (``run/seed``): the mean
+    difference, its ``level`` t interval (n − 1 degrees of freedom) and the two-sided p-value
+    (``scipy.stats.ttest_rel``); None with fewer than two matched seeds."""
+    from scipy import stats
+
+    def by_seed(g: Group) -> dict[str, float]:
+        out = {}
+        for r in g.runs:
+            v = r.metrics.get(metric)
+            if r.metrics.get("run/seed") is not None and isinstance(v, (int, float)) and math.isfinite(v):
+                out[str(r.metrics["run/seed"])] = float(v)
+        return out
+
+    a, b = by_seed(other), by_seed(base)
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    half = t_half_width(statistics.stdev(diffs), len(diffs), level)
+    if statistics.stdev(diffs) == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    return Comparison(f"{other.key} ({len(seeds)} seeds)", mean, mean - half, mean + half, p, p < 1 - level)
+
+
+def paired_markdown(base: Group, others: list[Group], metric: str) -> list[str]:
+    lines = [
+        "",
+        f"### Paired over seeds (matched by seed value) with `{base.key}` on {metric}",
+        "",
+        "Mean of the per-seed differences (other − baseline), its 95 % t interval and the paired two-sided "
+        "t-test; only seeds present on both sides.",
+        "",
+        "| configuration | difference | 95 % CI | p | distinguishable |",
+        "|---|---|---|---|---|",
+    ]
+    tests = [c for c in (paired_test(g, base, metric) for g in others) if c is not None]
+    for c in tests:
+        lines.append(
+            f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | "
+            f"{'yes' if c.distinguishable else 'no'} |"
+        )
+    if not tests:
+        lines.append("| (no configuration shares two or more seeds with the baseline) | | | | |")
+    return lines
+
+
+def write_run_rows(path: Path, groups: list[Group], metrics: list[str], debug_runs: list[Run]) -> None:
+    """``report_runs.csv``: one row per run (its configuration, folder, seed, status, debug flag, commit and
+    every reported metric), beside the per-configuration ``report.csv``."""
+    members = [(g.key, r) for g in groups for r in g.runs] + [("(debug, left out)", r) for r in debug_runs]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["configuration", "folder", "seed", "status", "debug", "commit", *metrics])
+        for key, r in members:
+            values = [r.metrics.get(m) for m in metrics]
+            writer.writerow(
+                [key, str(r.folder), r.metrics.get("run/seed", ""), r.status, r.debug,
+                 r.metrics.get("provenance/commit", ""), *("" if v is None else v for v in values)]
+            )  # fmt: skip
+
+
+def numeric_table(groups: list[Group], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """The table for W&B with numbers, not text: per metric its mean and the 95 % CI's low and high ends
+    (None where a configuration has one run)."""
+    ends = ("mean", "ci_low", "ci_high")
+    header = ["configuration", "runs"] + [f"{m} {c}" for m in metrics for c in ends]
+    rows: list[list[Any]] = []
+    for g in groups:
+        row: list[Any] = [g.key, len(g.runs)]
+        for m in metrics:
+            ci = g.mean_ci(m)
+            if ci is None:
+                row += [None, None, None]
+            else:
+                half = None if math.isnan(ci[1]) else ci[1]
+                row += [ci[0], None if half is None else ci[0] - half, None if half is None else ci[0] + half]
+        rows.append(row)
+    return header, rows
+
+
 def log_report_to_wandb(
     root: Path, out: Path, header: list[str], rows: list[list[str]], plots: list[Path], md: str, mode: str
 ) -> str:
@@ -590,10 +885,12 @@ def log_report_to_wandb(
 
     import wandb
 
+    from attnbench.loggers import wandb_group
+
     os.environ.setdefault("WANDB_SILENT", "true")
     if mode == "offline":  # the promise: no network unless --wandb-online (wandb reads WANDB_MODE early)
         os.environ["WANDB_MODE"] = "offline"
-    group = root.resolve().name
+    group = wandb_group(root)
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "attnbench"),
         group=group,
@@ -621,6 +918,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", default=None, help="compare every configuration with this one (e.g. mixer=soft)"
     )
+    parser.add_argument("--paired", action="store_true", help="with --baseline: also the paired t-test")
+    parser.add_argument(
+        "--interval", choices=("ci", "std"), default="ci", help="± in table and plots: 95 %% CI or std"
+    )
+    parser.add_argument("--include-debug", action="store_true", help="tabulate debug runs (run/debug) too")
+    parser.add_argument("--allow-mixed", action="store_true", help="tabulate runs of different commits")
+    parser.add_argument(
+        "--check-reproducible", action="store_true",
+        help="re-run one configuration of DIR at its recorded settings and compare with the record",
+    )  # fmt: skip
     parser.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline)")
     parser.add_argument("--wandb-online", action="store_true", help="with --wandb: log online")
     args = parser.parse_args(argv)
@@ -634,7 +941,15 @@ def main(argv: list[str] | None = None) -> int:
     from attnbench.errors import ConfigError
 
     try:
-        print(build_report(args.dir, args.out, args.metric, wandb_mode=mode, baseline=args.baseline))
+        if args.check_reproducible:
+            from attnbench.reproduce import check_reproducible
+
+            return check_reproducible(args.dir, metric=args.metric)
+        md = build_report(
+            args.dir, args.out, args.metric, wandb_mode=mode, baseline=args.baseline, interval=args.interval,
+            paired=args.paired, include_debug=args.include_debug, allow_mixed=args.allow_mixed,
+        )  # fmt: skip
+        print(md)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

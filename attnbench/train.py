@@ -23,6 +23,16 @@ from attnbench.launch import patch_ddp_relaunch, reset_distributed, snapshot_env
 
 log = logging.getLogger("attnbench")
 
+
+def _snapshot_code_version() -> None:
+    """The code version of this process, taken when its code is loaded (attnbench.provenance)."""
+    from attnbench.provenance import code_version
+
+    code_version()
+
+
+_snapshot_code_version()
+
 METRICS_FILE = "metrics.json"
 
 
@@ -57,12 +67,42 @@ def run_identity(cfg: DictConfig, picked: dict[str, str] | None = None) -> dict[
     (``picked``: the group options to name it by, default this launch's)."""
     picked = picked if picked else choices(cfg)
     variant = cfg.model.get("mixer", None)  # the compared mechanism of every family (ARCHITECTURE.md)
+    model = picked.get("model", cfg.model.get("name", None) or "model")
+    if model == "timm" and cfg.model.get("name", None):  # a timm baseline is named by its architecture
+        model = str(cfg.model.name)
     return {
-        "model": picked.get("model", cfg.model.get("name", None) or "model"),
+        "model": model,
         "variant": None if variant is None else str(variant),
         "data": picked.get("data", _data_name(cfg)),
         "seed": cfg.get("seed"),
     }
+
+
+def record_fields(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
+    """The identity and provenance keys of ``metrics.json``: ``run/*`` (``run/variant`` is ``n/a`` for a
+    model without a mixer; ``run/debug`` marks debug runs) and ``provenance/*`` (attnbench.provenance)."""
+    from attnbench.provenance import provenance
+
+    fields = {f"run/{k}": v for k, v in ident.items()}
+    if fields.get("run/variant") is None:
+        fields["run/variant"] = "n/a"
+    fields["run/debug"] = debug_run(cfg)
+    return {**fields, **provenance(str(cfg.trainer.get("accelerator", "auto")))}
+
+
+def debug_run(cfg: DictConfig) -> bool:
+    """A debug run: ``debug=...``, ``fast_dev_run``, ``overfit_batches`` or a ``limit_*_batches`` that
+    leaves out part of a split (a fraction below 1, or a batch count)."""
+    if choices(cfg).get("debug"):
+        return True
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("fast_dev_run") or trainer.get("overfit_batches"):
+        return True
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = trainer.get(key)
+        if value is not None and ((isinstance(value, float) and value < 1.0) or type(value) is int):
+            return True
+    return False
 
 
 def _data_name(cfg: DictConfig) -> str:
@@ -259,8 +299,13 @@ def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], run_id
             "-".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
             + f"-s{ident['seed']}"
         )
+        if cfg.get("task_name") == "eval":  # an evaluation run says so
+            kw["name"] = f"eval-{kw['name']}"
     if not lcfg.get("group"):
-        kw["group"] = Path(str(cfg.paths.output_dir)).resolve().parent.name if _is_multirun() else None
+        from attnbench.loggers import wandb_group
+
+        sweep = Path(str(cfg.paths.output_dir)).resolve().parent
+        kw["group"] = wandb_group(sweep) if _is_multirun() else None
     tags = [str(ident["model"]), str(ident["data"])] + ([str(ident["variant"])] if ident["variant"] else [])
     kw["tags"] = list(dict.fromkeys(tags + list(lcfg.get("tags") or []) + list(cfg.get("tags") or [])))
     if lcfg.get("offline", True):
@@ -421,7 +466,7 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
                     "status": "failed",
                     "stage": "setup",
                     "error": f"{type(err).__name__}: {err}",
-                    **{f"run/{k}": v for k, v in ident.items()},
+                    **record_fields(cfg, ident),
                 },
             )
         reset_distributed(saved_env)
@@ -429,7 +474,8 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     del checkpoint
     if lead:
         save_record(out, cfg, resumed=resuming)
-    metrics: dict[str, Any] = {"status": "running", **{f"run/{k}": v for k, v in ident.items()}}
+    metrics: dict[str, Any] = {"status": "running", **record_fields(cfg, ident)}
+    built.record = dict(metrics)
     flag.install()
     try:
         metrics.update(_fit_and_test(cfg, out, ckpt, built, flag))
@@ -454,6 +500,7 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     finally:
         flag.restore()
         metrics["time/total_s"] = time.perf_counter() - started
+        _wandb_status(metrics["status"])
         if lead:
             path = write_metrics(out, metrics)
             log.info("metrics written to %s", path)
@@ -504,6 +551,7 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
 
         callbacks.append(WandbRunId())
     callbacks.append(RunIdentityStamp({**ident, **checkpoint_identity_of(cfg)}))
+    callbacks += run_record_callbacks(cfg, out)
     # figures are titled with the run's identity (a plain attribute: not a hyper-parameter, not saved)
     task.run_label = " · ".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
     callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
@@ -524,6 +572,16 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
         trainer=trainer,
         ident=ident,
     )
+
+
+def run_record_callbacks(cfg: DictConfig, out: Path) -> list:
+    """Every run, whatever its callbacks config: provenance, config and val metrics in each checkpoint
+    (with the fit time across resumes), and ``history.csv``."""
+    from attnbench.callbacks.history import EpochHistory
+    from attnbench.callbacks.run_record import RunRecord
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return [RunRecord(config, str(cfg.trainer.get("accelerator", "auto"))), EpochHistory(out)]
 
 
 def checkpoint_identity_of(cfg: DictConfig) -> dict[str, Any]:
@@ -559,16 +617,20 @@ def log_final_metrics(loggers: list, cfg: DictConfig, identity: dict, results: d
     summary, TensorBoard in the HParams tab (with the flattened config), others as a last row."""
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
+    from attnbench.provenance import PREFIX, as_text
+
     final = final_numbers(results)
+    origin = as_text({k: v for k, v in results.items() if k.startswith(PREFIX)})
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update(final)
+            lg.experiment.summary.update({**final, **origin, "status": "ok"})
         elif isinstance(lg, TensorBoardLogger):
             flat = {k: v for k, v in identity.items() if v is not None}
             flat.update(flat_config(cfg))
+            flat.update(origin)
             lg.log_hyperparams(flat, metrics={f"final/{k}": v for k, v in final.items()})
         else:
-            lg.log_metrics(final, step=step)
+            lg.log_metrics({**final, **origin}, step=step)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
@@ -606,7 +668,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
     if cfg.get("train", True):
         t0 = time.perf_counter()
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        results["time/fit_s"] = time.perf_counter() - t0
+        clock = _find(callbacks, "RunRecord")  # the whole run's fit time, earlier segments included
+        results["time/fit_s"] = clock.fit_s if clock is not None else time.perf_counter() - t0
         results.update(trainer.callback_metrics)
         flag.check()
     if cfg.get("test", True):
@@ -615,6 +678,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         best = own_copy(best, checkpointer.dirpath) if best else best
         test_ckpt = best or (ckpt if not cfg.get("train", True) else None)
         results["test/ckpt"] = test_ckpt or "current weights"
+        if best:
+            results.update(tested_val_metrics(best, results))
         trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         results.update(getattr(task, "protocol", None) or {})  # non-numeric protocol fields (e.g. GAN scorer)
@@ -628,7 +693,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         results["flops_per_sample"] = task.flops_per_sample
         results["gmacs_per_sample"] = task.flops_per_sample / 2e9  # FLOPs count a multiply-add as 2
     results.update(built.partial_results())
-    log_final_metrics(loggers, cfg, identity, results, trainer.global_step)
+    record = {**getattr(built, "record", {}), **results}  # with the provenance keys
+    log_final_metrics(loggers, cfg, identity, record, trainer.global_step)
     for lg in loggers:
         lg.finalize("success")
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -639,6 +705,30 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         log.info("W&B ran offline; upload the run with: %s", results["wandb/sync"])
     _finish_wandb()
     return {k: to_number(v) for k, v in results.items()}
+
+
+def tested_val_metrics(path: str, results: dict[str, Any]) -> dict[str, Any]:
+    """``val/*`` of the checkpoint that is tested (saved in it by RunRecord), the last epoch's kept as
+    ``val/*_last``, and the tested epoch as ``test/epoch``."""
+    from attnbench.callbacks.run_record import checkpoint_record
+
+    record = checkpoint_record(path)
+    saved = record.get("val_metrics")
+    if not isinstance(saved, dict):
+        return {}
+    out: dict[str, Any] = {f"{k}_last": v for k, v in results.items() if k.startswith("val/")}
+    out.update(saved)
+    if isinstance(record.get("epoch"), int):
+        out["test/epoch"] = record["epoch"]
+    return out
+
+
+def _wandb_status(status: str) -> None:
+    """A run that did not end ``ok`` says so in its W&B summary (``status``), then its W&B run ends."""
+    wandb = sys.modules.get("wandb")
+    if status != "ok" and wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.run.summary["status"] = status
+        wandb.finish(exit_code=1)
 
 
 def _finish_wandb() -> None:

@@ -40,6 +40,11 @@ def test_wandb_run_holds_identity_keys_and_final_numbers(many_run):
     for key in ("throughput/train_samples_per_sec", "params", "flops_per_sample", "gmacs_per_sample"):
         assert summary[key] == pytest.approx(metrics[key]), key
     assert summary["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert summary["status"] == "ok"
+    from attnbench.provenance import KEYS, PREFIX, as_text
+
+    origin = as_text({PREFIX + k: metrics[PREFIX + k] for k in KEYS})
+    assert {k: summary[k] for k in origin} == origin  # the same record as metrics.json's
 
 
 def test_tensorboard_run_holds_scalars_images_and_hparams(many_run):
@@ -59,6 +64,7 @@ def test_tensorboard_run_holds_scalars_images_and_hparams(many_run):
     hparams = session.session_start_info.hparams
     assert hparams["mixer"].string_value == "window_attention"
     assert hparams["model.task.lr"].number_value == pytest.approx(2e-3)
+    assert hparams["provenance/commit"].string_value == metrics["provenance/commit"]
     csv_text = (folder / "csv" / "metrics.csv").read_text()
     assert "throughput/train_samples_per_sec" in csv_text.splitlines()[0]
 
@@ -70,10 +76,13 @@ def test_report_logs_a_sweep_level_wandb_run_in_the_sweep_group(tmp_path, many_r
 
     sweep = tmp_path / "my_sweep"
     shutil.copytree(many_run[0], sweep / "0", ignore=shutil.ignore_patterns("wandb"))
-    build_report(sweep, wandb_mode="offline")
+    build_report(sweep, wandb_mode="offline", include_debug=True)  # a short (debug) run
     (file,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
     run = next(r.run for r in records(file) if r.WhichOneof("record_type") == "run")
-    assert run.run_group == "my_sweep" and run.job_type == "report"
+    from attnbench.loggers import wandb_group
+
+    assert run.run_group == wandb_group(sweep) and run.job_type == "report"
+    assert run.run_group.startswith("my_sweep-") and len(run.run_group) == len("my_sweep-") + 8
     keys = {
         item.key or "/".join(item.nested_key)
         for r in records(file)
@@ -94,8 +103,10 @@ def test_classification_figures_are_titled_legible_and_share_one_scale(many_run)
     from PIL import Image
 
     folder, _ = many_run
-    pngs = sorted((folder / "figures").glob("maps_stage*_epoch000.png"))
+    pngs = sorted((folder / "figures").glob("maps_stage?_epoch000.png"))
     assert len(pngs) == 3
+    tested = sorted((folder / "figures").glob("maps_stage?_tested_epoch000.png"))  # the tested checkpoint's
+    assert len(tested) == 3
     for png in pngs:
         assert Image.open(png).size[0] >= 600
     from attnbench.callbacks.render import overlay_panels

@@ -41,7 +41,7 @@ def test_sweep_goes_on_after_a_failed_job_and_report_lists_it(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]  # the exit code counts the failed jobs
     statuses = sorted(metrics(tmp_path / str(j))["status"] for j in range(4))
     assert statuses == ["failed", "failed", "ok", "ok"]
-    md = build_report(tmp_path)
+    md = build_report(tmp_path, include_debug=True)  # limit_*_batches: debug runs
     assert "## Failed runs" in md and md.count("NonFiniteLossError") == 2
     row = next(line for line in md.splitlines() if line.startswith("| model.task.lr=0.001"))
     assert "| 2 |" in row and "±" in row  # two seeds averaged into one row

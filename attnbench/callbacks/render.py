@@ -66,7 +66,8 @@ def _pyplot():
 def figure_title(task: Any, what: str) -> str:
     """``"<model> · <mixer> · <data> — <what> — epoch <e>"`` for a task's figure."""
     label = getattr(task, "run_label", None) or type(task).__name__
-    epoch = getattr(task, "current_epoch", None)
+    epoch = getattr(task, "figure_epoch", None)  # set while the tested checkpoint's figures are drawn
+    epoch = getattr(task, "current_epoch", None) if epoch is None else epoch
     return f"{label} — {what}" + (f" — epoch {epoch}" if epoch is not None else "")
 
 

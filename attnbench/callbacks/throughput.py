@@ -55,3 +55,11 @@ class SamplesThroughput(ThroughputMonitor):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._last_end = None
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: a resumed run's samples/s covers the whole run, not its last segment."""
+        return {"train_samples": self.train_samples, "train_time": self.train_time}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_samples = int(state_dict.get("train_samples", 0))
+        self.train_time = float(state_dict.get("train_time", 0.0))

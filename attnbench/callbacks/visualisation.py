@@ -1,6 +1,7 @@
 """Each validation epoch, ask the task for figures of a fixed validation batch (``task.figures(batch)``)
 and send them to every logger (W&B images, TensorBoard images: every time), and as PNGs to
-``<run dir>/figures/`` every ``png_every_n_epochs`` epochs and at the end of fitting (the last figures)."""
+``<run dir>/figures/`` every ``png_every_n_epochs`` epochs and at the end of fitting (the last figures); after
+testing, the same figures of the tested checkpoint (``<name>_tested_epoch<E>.png``, titled with its epoch)."""
 
 from __future__ import annotations
 
@@ -74,41 +75,68 @@ class LogTaskFigures(pl.Callback):
             or (trainer.current_epoch + 1) % self.every_n_epochs
         ):
             return
+        figures = self._render(pl_module)
+        self.log_images(trainer, figures, png=(trainer.current_epoch + 1) % self.png_interval(trainer) == 0)
+
+    def _render(self, pl_module) -> dict[str, np.ndarray]:
         was_training = pl_module.training
         pl_module.eval()
         try:
-            figures = {k: _as_array(v) for k, v in pl_module.figures(self._batch).items()}
+            return {k: _as_array(v) for k, v in pl_module.figures(self._batch).items()}
         finally:
             pl_module.train(was_training)
-        self.log_images(trainer, figures, png=(trainer.current_epoch + 1) % self.png_interval(trainer) == 0)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._unsaved is not None and trainer.is_global_zero:
             epoch, figures = self._unsaved
-            self.write_pngs(trainer, figures, epoch)
+            self.write_pngs(trainer, figures, f"epoch{epoch:03d}")
         self._unsaved = None
 
-    def log_images(self, trainer: pl.Trainer, figures: dict[str, np.ndarray], png: bool = True) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The figures of the weights that were tested (the best checkpoint), with that checkpoint's epoch."""
+        if self._batch is None or not trainer.is_global_zero or not hasattr(pl_module, "figures"):
+            return
+        epoch = trainer.current_epoch
+        if trainer.ckpt_path:
+            from attnbench.callbacks.run_record import checkpoint_record
+
+            epoch = checkpoint_record(trainer.ckpt_path).get("epoch", epoch)
+        pl_module.figure_epoch = f"{epoch} (tested checkpoint)"
+        try:
+            figures = self._render(pl_module)
+        finally:
+            del pl_module.figure_epoch
+        self.log_images(trainer, figures, tag=f"tested_epoch{int(epoch):03d}")
+
+    def log_images(
+        self, trainer: pl.Trainer, figures: dict[str, np.ndarray], png: bool = True, tag: str | None = None
+    ) -> None:
+        """Send ``figures`` to every logger; write PNGs now (``png``) or keep them for the end of fitting.
+        ``tag`` (e.g. ``tested_epoch012``) names figures that are not of the current epoch."""
         step, epoch = trainer.global_step, trainer.current_epoch
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
-                    key="figures", images=list(figures.values()), caption=list(figures), step=step
-                )
+                    key="figures" if tag is None else f"figures_{tag.split('_')[0]}",
+                    images=list(figures.values()), caption=list(figures), step=step,
+                )  # fmt: skip
             elif isinstance(logger, TensorBoardLogger):
                 for name, img in figures.items():
-                    logger.experiment.add_image(name, img, global_step=step, dataformats="HWC")
-        if png:
-            self.write_pngs(trainer, figures, epoch)
+                    key = name if tag is None else f"{tag.split('_')[0]}/{name}"
+                    logger.experiment.add_image(key, img, global_step=step, dataformats="HWC")
+        if tag is not None:
+            self.write_pngs(trainer, figures, tag)
+        elif png:
+            self.write_pngs(trainer, figures, f"epoch{epoch:03d}")
             self._unsaved = None
         else:
             self._unsaved = (epoch, figures)
 
-    def write_pngs(self, trainer: pl.Trainer, figures: dict[str, np.ndarray], epoch: int) -> None:
+    def write_pngs(self, trainer: pl.Trainer, figures: dict[str, np.ndarray], suffix: str) -> None:
         if self.save_png and figures and trainer.default_root_dir:
             from PIL import Image
 
             folder = Path(trainer.default_root_dir) / "figures"
             folder.mkdir(parents=True, exist_ok=True)
             for name, img in figures.items():
-                Image.fromarray(img).save(folder / f"{name.replace('/', '_')}_epoch{epoch:03d}.png")
+                Image.fromarray(img).save(folder / f"{name.replace('/', '_')}_{suffix}.png")

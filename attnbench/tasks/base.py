@@ -84,5 +84,14 @@ class BaseTask(pl.LightningModule):
         )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        scheduler = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total, hp.min_lr_ratio)
+        warmup = int(hp.warmup_epochs * per_epoch)
+        if total > 0 and warmup >= total:  # a quick sweep would compare mixers mid-warm-up
+            from pytorch_lightning.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"the run ends inside the learning-rate warm-up ({total} steps, warm-up {warmup} steps = "
+                f"warmup_epochs={hp.warmup_epochs}): the cosine decay never starts; raise trainer.max_epochs "
+                f"above {hp.warmup_epochs} or lower model.task.warmup_epochs"
+            )
+        scheduler = warmup_cosine(optimizer, warmup, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -26,7 +26,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from attnbench.provenance import provenance, provenance_lines  # noqa: E402
 from attnbench.report import t_half_width, welch  # noqa: E402
+from attnbench.reproduce import recount_flops  # noqa: E402
 
 # family → (runs folder, mixers, reference attention mixer, [(metric, label, lower is better)], command)
 FAMILIES = {
@@ -78,14 +80,30 @@ def identical_to(by_mixer: dict[str, list[dict]], mixer: str, key: str) -> str |
 
 
 def runs_of(folder: Path) -> dict[str, list[dict]]:
-    """``{mixer: [metrics of each finished run]}`` under ``folder``."""
+    """``{mixer: [metrics of each finished run]}`` under ``folder``; ``flops_per_sample`` recounted now from
+    each run's saved config (today's counter; the recorded value kept as ``_flops_recorded``)."""
     out: dict[str, list[dict]] = {}
     for path in sorted(folder.glob("*/metrics.json")):
         m = json.loads(path.read_text())
         if m.get("status") == "ok":
             m["_folder"] = str(path.parent)
+            m["_flops_recorded"] = m.get("flops_per_sample")
+            flops = recount_flops(path.parent)
+            if flops is not None:
+                m["flops_per_sample"] = flops
             out.setdefault(str(m.get("run/variant")), []).append(m)
     return out
+
+
+def recount_notes(records: list[dict]) -> list[str]:
+    """Runs whose recorded FLOPs differ from today's count (an older FLOP counter)."""
+    notes = []
+    for r in records:
+        old, new = r.get("_flops_recorded"), r.get("flops_per_sample")
+        if isinstance(old, (int, float)) and isinstance(new, (int, float)) and abs(old - new) > 1e-6 * new:
+            run = os.path.relpath(r["_folder"], REPO)
+            notes.append(f"- `{run}`: recorded {old / 1e6:.2f} M, counted now {new / 1e6:.2f} M")
+    return notes
 
 
 def numbers(runs: list[dict], key: str) -> list[float]:
@@ -188,8 +206,10 @@ def main() -> int:
     ]
     missing = []
     all_seeds: set = set()
+    records: list[dict] = []
     for family, (folder, mixers, reference, quality, _) in FAMILIES.items():
         by_mixer = runs_of(folder)
+        records += [r for runs in by_mixer.values() for r in runs]
         all_seeds |= {r.get("run/seed") for runs in by_mixer.values() for r in runs}
         for mixer in mixers:
             runs = by_mixer.get(mixer, [])
@@ -209,12 +229,14 @@ def main() -> int:
             if twin and mixers.index(twin) < mixers.index(mixer):
                 q += f" (bit-identical to {twin} for every seed: the same function here)"
             speed = "–"
+            if args.no_speed and family in ("image_transformer", "show_attend_tell"):
+                speed = "not measured"
             if not args.no_speed and family in ("image_transformer", "show_attend_tell"):
                 first = min(runs, key=lambda r: r.get("run/seed", 0))
                 fn = sampling_seconds if family == "image_transformer" else decoding_seconds
                 seconds = fn(Path(first["_folder"]))
                 what = "16 samples" if family == "image_transformer" else "beam search, 32 canvases"
-                speed = f"{seconds:.2f} ({what})" if seconds is not None else "–"
+                speed = f"{seconds:.2f} ({what})" if seconds is not None else "no checkpoint kept"
             rows.append(
                 f"| {family} | {mixer} | {len(runs)} | {q} | {once(numbers(runs, 'params'), 1e-6)} | "
                 f"{once(numbers(runs, 'flops_per_sample'), 1e-6)} | "
@@ -247,11 +269,15 @@ def main() -> int:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    writer = provenance("cpu")
+    dirty = " with uncommitted changes" if writer["provenance/dirty"] else ""
+    flops_notes = recount_notes(records)
+    flag = " --no-speed" if args.no_speed else ""
     text = f"""# Attention vs focal modulation across the four families — results
 
-Written by `python experiments/attention_vs_modulation/make_results.py` on
+Written by `python experiments/attention_vs_modulation/make_results.py{flag}` on
 {datetime.now().strftime("%Y-%m-%d %H:%M")} ({cpu}, {os.cpu_count()} cores, {gpu}) from the runs'
-`metrics.json`.
+`metrics.json`, at commit `{writer["provenance/commit"]}`{dirty} (the FLOPs counter and the script's code).
 Runs (each family's embedded data set, the model's tuned defaults, seeds {seeds}):
 
 ```bash
@@ -260,6 +286,9 @@ Runs (each family's embedded data set, the model's tuned defaults, seeds {seeds}
 
 Quality is the mean over seeds ± the half-width of its 95 % confidence interval (Student's t, n − 1 degrees
 of freedom); parameters and FLOPs (forward, per sample; SAGAN: the generator) do not depend on the seed.
+FLOPs are recounted when this file is written, from each run's saved config with today's counter
+(`attnbench.reproduce.recount_flops`), not read from the records: runs recorded by different versions of the
+counter would otherwise be averaged (listed below the tables).
 Training samples/s are measured during each run, on a shared 2-core machine (indicative). Sampling / decoding:
 median of 3, one thread, seed 0's best checkpoint, measured when this file was written (Image Transformer:
 16 images with the cached decoder — KV cache for attention, the constant-size state for focal modulation;
@@ -282,6 +311,17 @@ attention (bit-identical metrics per seed, flagged in the table); its reference 
 
 {chr(10).join(compared)}
 """
+    if flops_notes:
+        text += "\n## FLOPs recorded by an older counter\n\n" + "\n".join(flops_notes) + "\n"
+    text += "\n## Provenance\n\n" + "\n".join(provenance_lines(records)) + "\n"
+    if any("provenance/commit" not in r for r in records):
+        text += (
+            "\nRuns whose provenance is `unrecorded` were made before attnbench recorded it: the code that "
+            "made them is unknown. The FocalNet rows' runs no longer reproduce with today's code (measured "
+            "with `python -m attnbench.report --check-reproducible "
+            "experiments/focal_vs_attention/runs/focal_modulation_s0`; see "
+            "experiments/focal_vs_attention/RESULTS.md).\n"
+        )
     if missing:
         text += "\nNot run yet: " + ", ".join(missing) + ".\n"
     (HERE / "RESULTS.md").write_text(text)

@@ -50,6 +50,9 @@ def main(runs_dir: Path = HERE / "runs") -> str:
         cells += [str(int(ms[0]["params"])) if "params" in ms[0] else "–"]
         seeds = ",".join(str(m.get("run/seed")) for m in ms)
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    from attnbench.provenance import provenance_lines
+
+    lines += ["", "## Provenance", ""] + provenance_lines([m for ms in runs.values() for m in ms])
     text = "\n".join(lines) + "\n"
     (HERE / "RESULTS.md").write_text(text)
     return text

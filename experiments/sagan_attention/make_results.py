@@ -149,6 +149,9 @@ def render(groups: dict[str, list[dict]], left_out: list[str], runs_dir: Path) -
             lines.append(f"| {r['_run']} | {r.get('run/seed')} | " + " | ".join(cells) + f" | {ckpt} |")
     if left_out:
         lines += ["", "Runs left out:", ""] + [f"- {p}" for p in left_out]
+    from attnbench.provenance import provenance_lines
+
+    lines += ["", "## Provenance", ""] + provenance_lines([r for runs in groups.values() for r in runs])
     return "\n".join(lines) + "\n"
 
 
