@@ -39,8 +39,9 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(variant: str, backend: str, size: int, dim: int, heads: int, device: str, repeats: int,
-            grad: bool) -> dict:
+def measure(
+    variant: str, backend: str, size: int, dim: int, heads: int, device: str, repeats: int, grad: bool
+) -> dict:
     """Median seconds of one call and the peak extra memory (MiB) of ``variant`` through ``backend``."""
     import torch
 
@@ -75,19 +76,45 @@ def measure(variant: str, backend: str, size: int, dim: int, heads: int, device:
         t0 = time.perf_counter()
         once()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _status_mb("VmHWM") - base
+    peak = (
+        (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _status_mb("VmHWM") - base
+    )
     times.sort()
-    return {"variant": variant, "backend": backend, "size": size, "positions": n,
-            "seconds": times[len(times) // 2], "peak_mb": max(peak, 0.0)}
+    return {
+        "variant": variant,
+        "backend": backend,
+        "size": size,
+        "positions": n,
+        "seconds": times[len(times) // 2],
+        "peak_mb": max(peak, 0.0),
+    }
 
 
 def run_isolated(variant: str, backend: str, size: int, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--one", variant, backend, str(size), "--dim", str(args.dim),
-           "--heads", str(args.heads), "--device", args.device, "--repeats", str(args.repeats),
-           "--threads", str(args.threads)] + (["--grad"] if args.grad else [])
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--one",
+        variant,
+        backend,
+        str(size),
+        "--dim",
+        str(args.dim),
+        "--heads",
+        str(args.heads),
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ] + (["--grad"] if args.grad else [])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{variant}/{backend}/{size} failed:\n{out.stderr[-3000:]}")
@@ -115,12 +142,18 @@ def table(rows: list[dict], args) -> str:
                     continue
                 sd = by.get((v, "sdpa", size))
                 lines.append(
-                    f"| {size}²×3 | {r['positions']} | {v} | {b} | {1e3 * r['seconds']:.1f} | {r['peak_mb']:.1f} | "
-                    f"{_ratio(r['seconds'], full and full['seconds'])} | {_ratio(r['peak_mb'], full and full['peak_mb'])} | "
-                    f"{_ratio(r['seconds'], sd and sd['seconds'])} | {_ratio(r['peak_mb'], sd and sd['peak_mb'])} |"
+                    f"| {size}²×3 | {r['positions']} | {v} | {b} | {1e3 * r['seconds']:.1f} | "
+                    f"{r['peak_mb']:.1f} | {_ratio(r['seconds'], full and full['seconds'])} | "
+                    f"{_ratio(r['peak_mb'], full and full['peak_mb'])} | "
+                    f"{_ratio(r['seconds'], sd and sd['seconds'])} | "
+                    f"{_ratio(r['peak_mb'], sd and sd['peak_mb'])} |"
                 )
-    lines += ["", "local_2d ÷ local_1d (goal where flex runs: peak <= "
-              f"{GOALS['peak']}x, time <= {GOALS['time']}x; goals, checked here, not assumed):", ""]
+    lines += [
+        "",
+        "local_2d ÷ local_1d (goal where flex runs: peak <= "
+        f"{GOALS['peak']}x, time <= {GOALS['time']}x; goals, checked here, not assumed):",
+        "",
+    ]
     for size in args.sizes:
         for b in BACKENDS:
             one, two = by.get(("local_1d", b, size)), by.get(("local_2d", b, size))
@@ -162,8 +195,11 @@ def main() -> None:
             for b in args.backends:
                 rows.append(run_isolated(v, b, size, args))
                 r = rows[-1]
-                print(f"  {v:8s} {b:4s} {size:3d}²×3: {1e3 * r['seconds']:9.1f} ms  {r['peak_mb']:8.1f} MiB",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {v:8s} {b:4s} {size:3d}²×3: {1e3 * r['seconds']:9.1f} ms  {r['peak_mb']:8.1f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
     print(table(rows, args))
 
 

@@ -45,7 +45,9 @@ def needs_grad(x: torch.Tensor, module: torch.nn.Module | None = None) -> bool:
     return x.requires_grad or (module is not None and any(p.requires_grad for p in module.parameters()))
 
 
-def resolve(backend: str, x: torch.Tensor, module: torch.nn.Module | None = None, dropout: bool = False) -> str:
+def resolve(
+    backend: str, x: torch.Tensor, module: torch.nn.Module | None = None, dropout: bool = False
+) -> str:
     """The backend that computes ``module`` on ``x`` in this step: ``auto`` resolved (see the module
     docstring); ``flex`` where it cannot run (CPU backward, attention dropout, another device) is a clear
     error."""

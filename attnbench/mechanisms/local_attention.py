@@ -21,7 +21,8 @@ what: ``sdpa`` computes the local variants blockwise with ``F.scaled_dot_product
 ``local_2d`` stores its overlapping memories ``M / Q`` times over); ``flex`` runs FlexAttention on the whole
 sequence with a block mask of the same pattern (``local_2d`` in its generation order, where query blocks are
 contiguous), nothing gathered and the masked blocks skipped; ``math`` is the textbook computation on the same
-blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can run the step. ``init_cache`` / ``step`` decode one position at a time with cached keys and
+blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can run the step.
+``init_cache`` / ``step`` decode one position at a time with cached keys and
 values, using exactly the keys and mask of the blockwise forward.
 """
 
@@ -138,7 +139,7 @@ class GridSelfAttention(nn.Module):
         memory_flange: ``(fh, fw)`` rows above / columns on each side of a ``local_2d`` block.
         attn_dropout: dropout on the attention weights (training only).
         attn_backend: ``auto`` | ``sdpa`` | ``flex`` | ``math``: how the attention is computed, never what
-            (:mod:`attnbench.mechanisms.attn_backend`; ``auto`` = flex on CUDA and for CPU steps without grad).
+            (:mod:`attnbench.mechanisms.attn_backend`; ``auto`` = flex on CUDA and CPU steps without grad).
 
     ``forward(x [B, N, D], grid=(rows, cols)) -> [B, N, D]`` with ``N = rows·cols`` in raster order.
     """
@@ -272,7 +273,8 @@ class GridSelfAttention(nn.Module):
 
     def _flex(self, x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         """The layer through FlexAttention: [B, N, D] in raster order -> [B, N, D] in raster order. The input
-        is put in the mask's order once (not q, k and v each), and the output put back after the projection."""
+        is put in the mask's order once (not q, k and v each), and the output put back after the
+        projection."""
         b, n, _ = x.shape
         mask, order = self.flex_mask(rows, cols, x.device)
         if order is not None:
