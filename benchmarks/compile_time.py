@@ -47,8 +47,15 @@ def measure(model: str, mixer: str, image_size: int, batch: int, device: str) ->
     compiled = torch.compile(net)
     first = timed(compiled)
     warm = min(timed(compiled) for _ in range(2))
-    return {"model": model, "mixer": mixer, "eager_s": eager, "first_compiled_s": first, "compiled_s": warm,
-            "graphs": explained.graph_count, "breaks": explained.graph_break_count}  # fmt: skip
+    return {
+        "model": model,
+        "mixer": mixer,
+        "eager_s": eager,
+        "first_compiled_s": first,
+        "compiled_s": warm,
+        "graphs": explained.graph_count,
+        "breaks": explained.graph_break_count,
+    }
 
 
 def main() -> None:
@@ -67,23 +74,44 @@ def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for mixer in args.mixers:
         with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache,
-                   "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", mixer, "--model", args.model,
-                   "--image-size", str(args.image_size), "--batch", str(args.batch), "--device", args.device]  # fmt: skip
+            env = {
+                **os.environ,
+                "TORCHINDUCTOR_CACHE_DIR": cache,
+                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+            }
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                mixer,
+                "--model",
+                args.model,
+                "--image-size",
+                str(args.image_size),
+                "--batch",
+                str(args.batch),
+                "--device",
+                args.device,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode:
                 raise SystemExit(f"{mixer} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{args.model}, training step (forward + backward) at {args.image_size} px, batch {args.batch}, on "
-          f"{args.device}, torch.compile default (inductor), cold cache.\n")  # fmt: skip
-    print("| model | mixer | eager step (s) | first compiled step (s) | compile cost ≈ first − eager (s) | "
-          "compiled step, warm (s) | compiled / eager | graphs | graph breaks |")  # fmt: skip
+    print(
+        f"{args.model}, training step (forward + backward) at {args.image_size} px, batch {args.batch}, on "
+        f"{args.device}, torch.compile default (inductor), cold cache.\n"
+    )
+    print(
+        "| model | mixer | eager step (s) | first compiled step (s) | compile cost ≈ first − eager (s) | "
+        "compiled step, warm (s) | compiled / eager | graphs | graph breaks |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['mixer']} | {r['eager_s']:.2f} | {r['first_compiled_s']:.1f} | "
-              f"{r['first_compiled_s'] - r['eager_s']:.1f} | {r['compiled_s']:.2f} | "
-              f"{r['compiled_s'] / r['eager_s']:.2f} | {r['graphs']} | {r['breaks']} |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['mixer']} | {r['eager_s']:.2f} | {r['first_compiled_s']:.1f} | "
+            f"{r['first_compiled_s'] - r['eager_s']:.1f} | {r['compiled_s']:.2f} | "
+            f"{r['compiled_s'] / r['eager_s']:.2f} | {r['graphs']} | {r['breaks']} |"
+        )
 
 
 if __name__ == "__main__":

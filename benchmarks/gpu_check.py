@@ -95,7 +95,7 @@ def header(device: str) -> str:
     )
 
 
-# ---- step 1: the tests marked gpu ---------------------------------------------------------------------------
+# ---- step 1: the tests marked gpu --------------------------------------------------------------------------
 
 
 def step_tests(cfg) -> str:
@@ -115,7 +115,7 @@ def step_tests(cfg) -> str:
     return f"python {' '.join(cmd[1:])} (exit {rc}):\n\n{summary}"
 
 
-# ---- step 2: throughput vs timm, MFU -------------------------------------------------------------------------
+# ---- step 2: throughput vs timm, MFU -----------------------------------------------------------------------
 
 SETTINGS = {  # name: (precision, channels_last, compile)
     "fp32": ("32", False, False),
@@ -173,6 +173,8 @@ def step_throughput(cfg) -> str:
     for name, image_size, batch in cfg.models:
         flops = None
         for setting, (precision, channels_last, compiled) in SETTINGS.items():
+            if cfg.smoke and name != cfg.models[0][0] and setting != "fp32":
+                continue  # the smoke run: every setting's code path once (first model), the others in fp32
             if cfg.out_of_time("throughput"):
                 rows.append(f"| {name} | {setting} | skipped: the step's time budget is spent | | | | | |")
                 continue
@@ -203,30 +205,36 @@ def step_throughput(cfg) -> str:
                 need = 1.2 if (name == "focalnet_tiny_srf" and setting == "bf16 + compile") else 1.0
                 ratio = ips["ours"] / ips["timm"]
                 goal = f">= {need}: {'met' if ratio >= need else 'missed'}"
-                rows.append(f"{label} {ips['ours']:.1f} | {ips['timm']:.1f} | {ratio:.3f} | {goal} | "
-                            f"{mfu['ours']} | {mfu['timm']} |")  # fmt: skip
+                rows.append(
+                    f"{label} {ips['ours']:.1f} | {ips['timm']:.1f} | {ratio:.3f} | {goal} | "
+                    f"{mfu['ours']} | {mfu['timm']} |"
+                )
             else:
-                rows.append(f"{label} n/a | {ips['timm']:.1f} | n/a (no ViT-S in attnbench.models) | n/a | n/a | "
-                            f"{mfu['timm']} |")  # fmt: skip
+                rows.append(
+                    f"{label} n/a | {ips['timm']:.1f} | n/a (no ViT-S in attnbench.models) | n/a | n/a | "
+                    f"{mfu['timm']} |"
+                )
             del fns, nets, ours, ref
             if dev == "cuda":
                 torch.cuda.empty_cache()
     peak_note = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown (pass --peak-tflops)"
     return "\n".join(
         [
-            f"Training step (forward, backward, AdamW), {cfg.steps} alternated steps after {cfg.warmup} warm-up; "
-            f"MFU = 3 x forward FLOPs x img/s / bf16 peak ({peak_note}); compile backend {cfg.compile_backend}.",
+            f"Training step (forward, backward, AdamW), {cfg.steps} alternated steps after {cfg.warmup} "
+            "warm-up; "
+            f"MFU = 3 x forward FLOPs x img/s / bf16 peak ({peak_note}); compile backend "
+            f"{cfg.compile_backend}.",
             "",
             *rows,
         ]
     )
 
 
-# ---- step 3: FocalNet-T memory per batch size ----------------------------------------------------------------
+# ---- step 3: FocalNet-T memory per batch size --------------------------------------------------------------
 
 
 def _train_peak(batch: int, cfg) -> float | None:
-    """Peak GiB of one bf16 training step of FocalNet-T at ``cfg.mem_image`` px (None on CPU), or raise OOM."""
+    """Peak GiB of one bf16 training step of FocalNet-T at ``cfg.mem_image`` px (None on CPU); raises OOM."""
     import torch
 
     from attnbench.models import create_model
@@ -278,12 +286,16 @@ def step_memory(cfg) -> str:
         f" (first that does not: {bad})" if bad else " (none failed)"
     )
     return "\n".join(
-        [f"FocalNet-T bf16-mixed training step at {cfg.mem_image} px (AdamW), peak allocated memory; {largest}.", "",
-         *rows]
-    )  # fmt: skip
+        [
+            f"FocalNet-T bf16-mixed training step at {cfg.mem_image} px (AdamW), peak allocated memory; "
+            f"{largest}.",
+            "",
+            *rows,
+        ]
+    )
 
 
-# ---- step 4: the loader at ImageNet-like JPEGs ---------------------------------------------------------------
+# ---- step 4: the loader at ImageNet-like JPEGs -------------------------------------------------------------
 
 
 def step_loader(cfg) -> str:
@@ -292,18 +304,26 @@ def step_loader(cfg) -> str:
 
     root = Path(tempfile.mkdtemp(prefix="gpu_check_jpegs_"))
     make_imagenet_like(root, n=cfg.loader_images, classes=4)
-    base = ["experiment=focalnet_tiny_srf_in1k", f"data.root={root}", "data.num_classes=4",
-            f"data.batch_size={cfg.loader_batch}", *cfg.loader_extra]  # fmt: skip
+    base = [
+        "experiment=focalnet_tiny_srf_in1k",
+        f"data.root={root}",
+        "data.num_classes=4",
+        f"data.batch_size={cfg.loader_batch}",
+        *cfg.loader_extra,
+    ]
     workers = min(8, os.cpu_count() or 1)
     configs = {f"PIL, {workers} workers": ["data.decoder=pil", f"data.num_workers={workers}"]}
     if cfg.device == "cuda":
         configs[f"GPU decode (nvJPEG), {workers} workers reading bytes"] = [
-            "data.decoder=torchvision", "data.decode_device=cuda", f"data.num_workers={workers}"
-        ]  # fmt: skip
+            "data.decoder=torchvision",
+            "data.decode_device=cuda",
+            f"data.num_workers={workers}",
+        ]
     else:
         configs[f"torchvision decode in workers, {workers} workers"] = [
-            "data.decoder=torchvision", f"data.num_workers={workers}"
-        ]  # fmt: skip
+            "data.decoder=torchvision",
+            f"data.num_workers={workers}",
+        ]
     rows = ["| loader | img/s | step img/s (batch) | loader / step |", "|---|---|---|---|"]
     with contextlib.redirect_stdout(sys.stderr):
         step = bench_loader(
@@ -319,12 +339,18 @@ def step_loader(cfg) -> str:
                 f"{r['loader_img_s'] / step['step_img_s']:.2f} |"
             )
     return "\n".join(
-        [f"{cfg.loader_images} generated ImageNet-like JPEGs, the FocalNet-T recipe's pipeline at 224 px; the step is "
-         f"FocalNet-T's training step on {cfg.device} (a loader / step ratio >= 1 keeps the device fed).", "", *rows]
-    )  # fmt: skip
+        [
+            f"{cfg.loader_images} generated ImageNet-like JPEGs, the FocalNet-T recipe's pipeline at "
+            f"{32 if cfg.smoke else 224} px; "
+            "the step is "
+            f"FocalNet-T's training step on {cfg.device} (a loader / step ratio >= 1 keeps the device fed).",
+            "",
+            *rows,
+        ]
+    )
 
 
-# ---- step 5: SDPA vs FlexAttention ---------------------------------------------------------------------------
+# ---- step 5: SDPA vs FlexAttention -------------------------------------------------------------------------
 
 
 def flex_vs_sdpa(kind: str, size: int, device: str, timed: bool = True, repeats: int = 3) -> dict:
@@ -399,7 +425,8 @@ def flex_vs_sdpa(kind: str, size: int, device: str, timed: bool = True, repeats:
 
 def step_flex(cfg) -> str:
     rows = [
-        "| layer | size | sdpa ms | flex ms | flex / sdpa time | sdpa peak MiB | flex peak MiB | out err | grad rel err |",
+        "| layer | size | sdpa ms | flex ms | flex / sdpa time | sdpa peak MiB | flex peak MiB | out err | "
+        "grad rel err |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     by = {}
@@ -414,7 +441,8 @@ def step_flex(cfg) -> str:
             g = "n/a (no CPU backward)" if r["max_grad_rel_err"] is None else f"{r['max_grad_rel_err']:.1e}"
             shape = f"{size}²×3" if kind != "neighborhood_attention" else f"{size}², k 7"
             rows.append(
-                f"| {kind} | {shape} | {r['sdpa_ms']:.1f} | {r['flex_ms']:.1f} | {r['flex_ms'] / r['sdpa_ms']:.2f} | "
+                f"| {kind} | {shape} | {r['sdpa_ms']:.1f} | {r['flex_ms']:.1f} | "
+                f"{r['flex_ms'] / r['sdpa_ms']:.2f} | "
                 f"{mib(r['sdpa_peak_mib'])} | {mib(r['flex_peak_mib'])} | {r['max_out_abs_err']:.1e} | {g} |"
             )
     goals = []
@@ -425,16 +453,25 @@ def step_flex(cfg) -> str:
             m = (two["flex_peak_mib"] / one["flex_peak_mib"]) if one["flex_peak_mib"] else None
             ok = t <= 1.5 and (m is None or m <= 1.3)
             mem = "n/a" if m is None else f"{m:.2f}x"
-            goals.append(f"- {size}²×3 flex: local_2d / local_1d time {t:.2f}x, peak {mem} "
-                         f"(goal time <= 1.5x, peak <= 1.3x: {'met' if ok else 'missed'})")  # fmt: skip
+            goals.append(
+                f"- {size}²×3 flex: local_2d / local_1d time {t:.2f}x, peak {mem} "
+                f"(goal time <= 1.5x, peak <= 1.3x: {'met' if ok else 'missed'})"
+            )
     what = (
         "forward + backward" if cfg.device == "cuda" else "forward without grad (CPU: flex has no backward)"
     )
-    return "\n".join([f"One layer, dim 128, 4 heads, batch 1, {what}; errors are flex against sdpa.", "", *rows, "",
-                      *goals])  # fmt: skip
+    return "\n".join(
+        [
+            f"One layer, dim 128, 4 heads, batch 1, {what}; errors are flex against sdpa.",
+            "",
+            *rows,
+            "",
+            *goals,
+        ]
+    )
 
 
-# ---- driver --------------------------------------------------------------------------------------------------
+# ---- driver ------------------------------------------------------------------------------------------------
 
 
 class Config:
@@ -473,10 +510,21 @@ class Config:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu-smoke", action="store_true", help="every step's code path on the CPU at tiny sizes")
-    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, metavar="STEP",
-                   help=f"steps to run (default all: {' '.join(STEPS)})")  # fmt: skip
-    p.add_argument("--results", type=Path, default=None, help="results file (default: benchmarks/RESULTS.md; "
-                   "with --cpu-smoke nothing is recorded unless given)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        default=list(STEPS),
+        choices=STEPS,
+        metavar="STEP",
+        help=f"steps to run (default all: {' '.join(STEPS)})",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results file (default: benchmarks/RESULTS.md; "
+        "with --cpu-smoke nothing is recorded unless given)",
+    )
     p.add_argument("--budget-s", type=float, default=450.0, help="seconds for all steps together")
     p.add_argument("--train-steps", type=int, default=10, help="timed training steps per setting")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s")
@@ -484,15 +532,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not args.cpu_smoke and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here, so nothing was measured (use --cpu-smoke to exercise the code "
-              "paths on the CPU).", file=sys.stderr)  # fmt: skip
+        print(
+            "gpu_check: no CUDA device here, so nothing was measured (use --cpu-smoke to exercise the code "
+            "paths on the CPU).",
+            file=sys.stderr,
+        )
         return 2
     cfg = Config(args)
     results = args.results or (None if args.cpu_smoke else record.DEFAULT_RESULTS)
     head = header(cfg.device)
     print(f"gpu_check: {head}\n{GOALS}\n", flush=True)
-    funcs = {"tests": step_tests, "throughput": step_throughput, "memory": step_memory, "loader": step_loader,
-             "flex": step_flex}  # fmt: skip
+    funcs = {
+        "tests": step_tests,
+        "throughput": step_throughput,
+        "memory": step_memory,
+        "loader": step_loader,
+        "flex": step_flex,
+    }
     failed = []
     command = [Path(sys.executable).name, *sys.argv] if argv is None else ["gpu_check.py", *argv]
     for name in STEPS:

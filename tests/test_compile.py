@@ -148,7 +148,8 @@ def _show_attend_tell(mixer):
     from attnbench.models.show_attend_tell import ShowAttendTell
 
     vocab = ["<pad>", "<start>", "<end>", "<unk>", "one", "two"]
-    net = ShowAttendTell(vocab, mixer=mixer, in_channels=1, cnn_channels=(8, 8, 16), embed_dim=8, hidden_dim=16,
+    net = ShowAttendTell(vocab, mixer=mixer, in_channels=1, cnn_channels=(8, 8, 16), embed_dim=8,
+                         hidden_dim=16,
                          attn_dim=8, dropout=0.0)  # fmt: skip
     images, captions = torch.randn(2, 1, 16, 16, requires_grad=True), torch.tensor([[1, 4, 5], [1, 5, 2]])
     return net, (images,), lambda mod, im: mod(im, captions)

@@ -81,6 +81,10 @@ def flex(q, k, v, block_mask, score_mod=None, scale=None) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     if _compiled is None:
+        # every (shape, mask) pair is a specialisation of the one compiled function; dynamo's default limit
+        # (8 per function) would silently fall back to the unfused eager flex, which stores every score
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 64)
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
