@@ -26,6 +26,17 @@ SETTINGS = {
 }
 
 
+# the GAN task has no model.compile knob yet (conf/model/sagan.yaml, tasks/gan.py; outside this branch)
+NO_COMPILE = {"sagan": "the GAN task has no model.compile knob yet"}
+CASES = [
+    pytest.param(f, s, marks=pytest.mark.skip(reason=NO_COMPILE[f]))
+    if s == "compiled" and f in NO_COMPILE
+    else (f, s)
+    for f in FAMILIES
+    for s in SETTINGS
+]
+
+
 def _overrides(family: str, setting: str) -> list[str]:
     return [*FAMILIES[family], "debug=fdr", "trainer=gpu", *SETTINGS[setting]]
 
@@ -33,6 +44,8 @@ def _overrides(family: str, setting: str) -> list[str]:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_gpu_configs_compose(family, tmp_path):
     for setting in SETTINGS:
+        if setting == "compiled" and family in NO_COMPILE:
+            continue
         cfg = compose_cfg(_overrides(family, setting), tmp_path)
         assert cfg.trainer.accelerator == "gpu"
     assert compose_cfg(["trainer=fsdp", "trainer.devices=1", "debug=fdr"], tmp_path).trainer.devices == 1
@@ -40,8 +53,7 @@ def test_gpu_configs_compose(family, tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("setting", list(SETTINGS))
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family,setting", CASES)
 def test_family_fdr_on_gpu(family, setting, tmp_path):
     metrics = run_cfg(compose_cfg(_overrides(family, setting), tmp_path))
     assert metrics["status"] == "ok", metrics
