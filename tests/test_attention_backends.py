@@ -24,7 +24,7 @@ def test_flex_and_math_equal_sdpa_forward(kind, grid):
     x = torch.randn(2, grid[0] * grid[1], 16)
     with torch.no_grad():
         ref = m(x, grid)
-        for backend in ("flex", "math", "auto"):
+        for backend in ("flex", "math", "auto"):  # auto: flex for local, sdpa for full
             m.attn_backend = backend
             torch.testing.assert_close(m(x, grid), ref, rtol=0, atol=2e-6, msg=backend)
 
@@ -76,3 +76,21 @@ def test_training_step_under_auto_uses_sdpa_and_matches_math_gradients():
         (gx,) = torch.autograd.grad(m(x, (5, 7)).square().sum(), x)
         grads[backend] = gx
     torch.testing.assert_close(grads["auto"], grads["math"], rtol=0, atol=1e-10)
+
+
+def test_flop_counting_under_no_grad_takes_sdpa():
+    """FlopCounterMode (the FLOPs metric, under no_grad) is a dispatch mode the compiled flex kernel cannot
+    run under: auto falls back to sdpa there and counts the same FLOPs as sdpa itself."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    m = GridSelfAttention(16, 2, "local_1d", block_length=6).eval()
+    x = torch.randn(1, 35, 16)
+    counts = {}
+    for backend in ("auto", "sdpa"):
+        m.attn_backend = backend
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            m(x, (5, 7))
+        counts[backend] = counter.get_total_flops()
+    assert counts["auto"] == counts["sdpa"] > 0
+

@@ -53,7 +53,7 @@ def resolve(
     error."""
     q = x
     if backend == "auto":
-        if dropout or q.device.type not in FLEX_DEVICES:
+        if dropout or q.device.type not in FLEX_DEVICES or under_dispatch_mode():
             return "sdpa"
         return "flex" if q.device.type == "cuda" or not needs_grad(x, module) else "sdpa"
     if backend == "flex":
@@ -69,16 +69,26 @@ def resolve(
     return backend
 
 
+def under_dispatch_mode() -> bool:
+    """Whether a ``TorchDispatchMode`` (e.g. ``FlopCounterMode``, as the FLOPs metric uses) is active: the
+    compiled FlexAttention kernel cannot run under one, so ``auto`` takes SDPA there and ``flex`` runs the
+    unfused eager FlexAttention."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
 _compiled: Callable | None = None
 
 
 def flex(q, k, v, block_mask, score_mod=None, scale=None) -> torch.Tensor:
     """``flex_attention(q, k, v)`` ([B, h, N, d] each) through ``torch.compile`` (fused kernel); inside an
-    already compiled region the plain function is traced into that graph."""
+    already compiled region the plain function is traced into that graph (and under a dispatch mode the
+    unfused eager one runs)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     global _compiled
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or under_dispatch_mode():
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     if _compiled is None:
         # every (shape, mask) pair is a specialisation of the one compiled function; dynamo's default limit

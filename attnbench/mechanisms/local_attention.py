@@ -21,7 +21,9 @@ what: ``sdpa`` computes the local variants blockwise with ``F.scaled_dot_product
 ``local_2d`` stores its overlapping memories ``M / Q`` times over); ``flex`` runs FlexAttention on the whole
 sequence with a block mask of the same pattern (``local_2d`` in its generation order, where query blocks are
 contiguous), nothing gathered and the masked blocks skipped; ``math`` is the textbook computation on the same
-blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can run the step.
+blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can run the step, except for
+``full``, where SDPA's fused causal kernel is already the efficient path (4x faster than CPU flex at 64²×3,
+``benchmarks/RESULTS.md``, section ``attention_backends_cpu``).
 ``init_cache`` / ``step`` decode one position at a time with cached keys and
 values, using exactly the keys and mask of the blockwise forward.
 """
@@ -201,6 +203,8 @@ class GridSelfAttention(nn.Module):
             raise ValueError(f"grid {grid} does not hold {n} positions")
         p_drop = self.attn_dropout if self.training else 0.0
         backend = backends.resolve(self.attn_backend, x, self, dropout=p_drop > 0)
+        if self.kind == "full" and self.attn_backend == "auto":
+            backend = "sdpa"  # plain causal: SDPA's fused is_causal kernel, no mask to skip blocks with
         if backend == "flex":
             return self._flex(x, rows, cols)
         q, k, v = self._split(x)
