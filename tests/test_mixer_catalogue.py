@@ -16,6 +16,7 @@ SPATIAL = list_mixers("spatial")
 H = W = 12
 WINDOW = 4
 POS = (5, 6)  # the perturbed position: inside the map, its shifted window does not wrap around
+KERNEL = 5  # neighbourhood attention's k x k neighbourhood
 
 
 def test_each_role_lists_the_issues_mixers():
@@ -43,7 +44,7 @@ def _spatial(name: str, block_index: int = 0, dim: int = 16) -> torch.nn.Module:
     torch.manual_seed(0)
     mod = create_mixer(
         "spatial", name, dim=dim, num_heads=2, window_size=WINDOW, block_index=block_index,
-        focal_window=3, focal_level=2, input_size=(H, W),
+        focal_window=3, focal_level=2, input_size=(H, W), kernel_size=KERNEL,
     )  # fmt: skip
     return mod.double().eval()
 
@@ -63,6 +64,13 @@ def _expected_reach(name: str, block_index: int) -> set[tuple[int, int]]:
         return {(i, j) for i, j in grid
                 if (i - s) % H // WINDOW == (i0 - s) % H // WINDOW
                 and (j - s) % W // WINDOW == (j0 - s) % W // WINDOW}  # fmt: skip
+    if name == "neighborhood_attention":  # the queries whose k x k neighbourhood (clamped at the borders,
+        # NAT: start = clamp(i - k//2, 0, L - k)) contains POS
+        def window(i: int, size: int) -> range:
+            start = min(max(i - KERNEL // 2, 0), size - KERNEL)
+            return range(start, start + KERNEL)
+
+        return {(i, j) for i, j in grid if i0 in window(i, H) and j0 in window(j, W)}
     return set(grid)  # global/self attention, random mixing, focal modulation's global level: everywhere
 
 

@@ -15,9 +15,16 @@ defines its own generation order and is causal in it:
   order is block-raster order (blocks in raster order, raster order inside a block) and every memory position
   generated after the query is masked out (this removes the right flange beside the block).
 
-The local variants are computed blockwise with ``F.scaled_dot_product_attention`` on gathered
-``[nblocks, Q, M]`` blocks, so memory and time grow linearly with the number of positions; no
-``N × N`` score matrix exists. ``init_cache`` / ``step`` decode one position at a time with cached keys and
+How the attention is computed is the ``attn_backend`` knob (:mod:`attnbench.mechanisms.attn_backend`), never
+what: ``sdpa`` computes the local variants blockwise with ``F.scaled_dot_product_attention`` on gathered
+``[nblocks, Q, M]`` blocks (memory and time linear in the number of positions; no ``N × N`` score matrix, but
+``local_2d`` stores its overlapping memories ``M / Q`` times over); ``flex`` runs FlexAttention on the whole
+sequence with a block mask of the same pattern (``local_2d`` in its generation order, where query blocks are
+contiguous), nothing gathered and the masked blocks skipped; ``math`` is the textbook computation on the same
+blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can run the step, except for
+``full``, where SDPA's fused causal kernel is already the efficient path (4x faster than CPU flex at 64²×3,
+``benchmarks/RESULTS.md``, section ``attention_backends_cpu``).
+``init_cache`` / ``step`` decode one position at a time with cached keys and
 values, using exactly the keys and mask of the blockwise forward.
 """
 
@@ -31,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnbench.mechanisms import attn_backend as backends
 from attnbench.mechanisms.registry import attention_heads, register_mixer
 
 ATTENTION_KINDS = ("full", "local_1d", "local_2d")
@@ -134,6 +142,8 @@ class GridSelfAttention(nn.Module):
         memory_flange: ``(fh, fw)`` rows above / columns on each side of a ``local_2d`` block.
         attn_dropout: dropout on the attention weights (training only).
         bias: biases on the q/k/v and output projections (tensor2tensor's have none).
+        attn_backend: ``auto`` | ``sdpa`` | ``flex`` | ``math``: how the attention is computed, never what
+            (:mod:`attnbench.mechanisms.attn_backend`; ``auto`` = flex on CUDA and CPU steps without grad).
 
     ``forward(x [B, N, D], grid=(rows, cols)) -> [B, N, D]`` with ``N = rows·cols`` in raster order.
     """
@@ -148,6 +158,8 @@ class GridSelfAttention(nn.Module):
         memory_flange=(8, 8),
         attn_dropout: float = 0.0,
         bias: bool = True,
+        *,
+        attn_backend: str = "auto",
     ):
         super().__init__()
         if kind not in ATTENTION_KINDS:
@@ -163,9 +175,11 @@ class GridSelfAttention(nn.Module):
                 f"{block_length}, {query_shape}, {memory_flange}"
             )
         self.attn_dropout = attn_dropout
+        self.attn_backend = backends.check_backend(attn_backend)
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
         self._plans: dict = {}
+        self._flex_masks: dict = {}
 
     def plan(self, rows: int, cols: int, device=None) -> BlockPlan:
         """The :class:`BlockPlan` of this module on a ``rows × cols`` grid, on ``device``."""
@@ -190,10 +204,19 @@ class GridSelfAttention(nn.Module):
         rows, cols = grid
         if rows * cols != n:
             raise ValueError(f"grid {grid} does not hold {n} positions")
-        q, k, v = self._split(x)
         p_drop = self.attn_dropout if self.training else 0.0
+        backend = backends.resolve(self.attn_backend, x, self, dropout=p_drop > 0)
+        if self.kind == "full" and self.attn_backend == "auto":
+            backend = "sdpa"  # plain causal: SDPA's fused is_causal kernel, no mask to skip blocks with
+        if backend == "flex":
+            return self._flex(x, rows, cols)
+        q, k, v = self._split(x)
         if self.kind == "full":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+            if backend == "math":
+                causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+                out = backends.math_attention(q, k, v, mask=causal)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
         else:
             plan = self.plan(rows, cols, x.device)
             nb, qn = plan.q_index.shape
@@ -204,9 +227,68 @@ class GridSelfAttention(nn.Module):
             # 4-D [B·h, nb, Q, dh] with a mask broadcast over B·h: the fused (flash / memory-efficient)
             # kernels accept this layout, so not even the [nb, Q, M] scores need to be stored
             qb, kb, vb = (t.flatten(0, 1) for t in (qb, kb, vb))
-            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=plan.mask[None], dropout_p=p_drop)
+            if backend == "math":
+                ob = backends.math_attention(qb, kb, vb, mask=plan.mask[None])
+            else:
+                ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=plan.mask[None], dropout_p=p_drop)
             out = ob.reshape(b, self.heads, nb * qn, -1)[:, :, plan.slot]
         return self.proj(out.transpose(1, 2).reshape(b, n, self.dim))
+
+    # ---- FlexAttention -----------------------------------------------------------------------------------
+    def flex_mask(self, rows: int, cols: int, device=None):
+        """``(BlockMask, order)`` of this module on a ``rows × cols`` grid (cached per grid and device).
+
+        The sequence FlexAttention sees is the generation order (``order``: raster indices in that order; None
+        for raster order): for ``local_2d`` that is block-raster order, so each query block is contiguous and
+        its memory is a few contiguous runs, which the block mask skips to. The mask is the same pattern as
+        :func:`block_plan`'s: ``k`` no later than ``q``, and ``full`` nothing else; ``local_1d``: ``k`` in
+        ``q``'s block or the previous one; ``local_2d``: ``k`` inside ``q``'s block extended by the flanges.
+        """
+        device = torch.device("cpu") if device is None else torch.device(device)
+        key = (rows, cols, str(device))
+        if key in self._flex_masks:
+            return self._flex_masks[key]
+        n = rows * cols
+        order = None
+        if self.kind == "full":
+
+            def allowed(qi, ki):
+                return ki <= qi
+
+        elif self.kind == "local_1d":
+            length = self.block_length
+
+            def allowed(qi, ki):
+                return (ki <= qi) & (ki // length >= qi // length - 1)
+
+        else:
+            (qh, qw), (fh, fw) = self.query_shape, self.memory_flange
+            order = self.plan(rows, cols, device).order
+            pad = math.ceil(n / 128) * 128 + 128 - n  # mask tables are read at padded indices too
+            r = torch.cat([order // cols, order.new_zeros(pad)])  # row / column of generation position g
+            c = torch.cat([order % cols, order.new_zeros(pad)])
+            r0, c0 = r // qh * qh, c // qw * qw  # top-left corner of g's query block
+
+            def allowed(qi, ki):
+                rk, ck = r[ki], c[ki]
+                rows_ok = (rk >= r0[qi] - fh) & (rk < r0[qi] + qh)
+                cols_ok = (ck >= c0[qi] - fw) & (ck < c0[qi] + qw + fw)
+                return (ki <= qi) & rows_ok & cols_ok
+
+        self._flex_masks[key] = (backends.block_mask(allowed, n, n, device), order)
+        return self._flex_masks[key]
+
+    def _flex(self, x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The layer through FlexAttention: [B, N, D] in raster order -> [B, N, D] in raster order. The input
+        is put in the mask's order once (not q, k and v each), and the output put back after the
+        projection."""
+        b, n, _ = x.shape
+        mask, order = self.flex_mask(rows, cols, x.device)
+        if order is not None:
+            x = x[:, order]
+        q, k, v = self._split(x)
+        out = self.proj(backends.flex(q, k, v, mask).transpose(1, 2).reshape(b, n, self.dim))
+        return out if order is None else out[:, self.plan(rows, cols, x.device).rank]
 
     # ---- incremental decoding ----------------------------------------------------------------------------
     def init_cache(self, batch: int, grid: tuple[int, int], device=None, dtype=None) -> dict:
@@ -255,12 +337,13 @@ def _grid_attention_builder(kind: str):
         memory_flange=(8, 8),
         attn_dropout: float = 0.0,
         attn_bias: bool = True,
+        attn_backend: str = "auto",
         **_,
     ) -> GridSelfAttention:
         heads = attention_heads(dim, num_heads, head_dim)
         return GridSelfAttention(
             dim, heads, kind=kind, block_length=block_length, query_shape=query_shape,
-            memory_flange=memory_flange, attn_dropout=attn_dropout, bias=attn_bias,
+            memory_flange=memory_flange, attn_dropout=attn_dropout, bias=attn_bias, attn_backend=attn_backend,
         )  # fmt: skip
 
     build.__name__ = build.__qualname__ = f"build_{kind}"

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from attnbench.errors import ConfigError
+from attnbench.mechanisms.attn_backend import BACKENDS as ATTN_BACKENDS  # the one list of backends
 
 ROLES: dict[str, str] = {
     "spatial": "a feature map [B, C, H, W] -> [B, C, H, W]",
@@ -47,7 +48,6 @@ ROLES: dict[str, str] = {
     "context": "the decoder's read of an annotation grid given its state",
 }
 
-ATTN_BACKENDS = ("auto", "sdpa", "flex", "math")
 
 
 @dataclass(frozen=True)

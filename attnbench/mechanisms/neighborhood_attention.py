@@ -1,0 +1,193 @@
+"""Neighborhood attention (NAT) and its dilated form (DiNAT), a spatial token mixer.
+
+Hassani, Walton, Li, Li, Shi: "Neighborhood Attention Transformer", CVPR 2023 (arXiv:2204.07143), Sec. 3.1:
+each query ``(i, j)`` attends to its ``k × k`` nearest neighbours, ``NA(X_i) = softmax(Q_i K_ρ(i)ᵀ / √d +
+B_ρ(i)) V_ρ(i)`` (Eq. 2-3), where at the borders the window is not zero-padded but shifted inward so that it
+keeps ``k × k`` real keys (a corner pixel attends to the ``k × k`` corner block), and ``B`` is a learned
+relative position bias, a ``(2k − 1) × (2k − 1)`` table per head read at the key's offset from the query.
+Hassani & Shi: "Dilated Neighborhood Attention Transformer", 2022 (arXiv:2209.15001), Sec. 3.2: with dilation
+``δ`` the neighbours are every ``δ``-th position: the map splits into ``δ × δ`` interleaved sub-grids (rows
+``≡ i mod δ``) and plain NA runs inside the query's sub-grid; the bias is read at the offset in sub-grid
+steps.
+DiNAT alternates NA and DiNA blocks, the dilation of a stage as large as the map allows (``⌊size / k⌋``):
+``dinat=True`` with the family's ``block_index`` does that (odd blocks dilated).
+
+Layout: ``forward(x [B, C, H, W]) -> [B, C, H, W]``. Where the map is smaller than ``k · δ`` along an axis,
+the window along that axis shrinks to ``min(k, size)`` and the dilation to ``⌊size / k⌋`` (at least 1), so
+the layer works at every stage of a small model (NATTEN itself refuses such inputs).
+
+Backends (``attn_backend``, :mod:`attnbench.mechanisms.attn_backend`): ``sdpa``/``math`` compute it directly:
+each query's ``k × k`` keys and values are gathered (an unfold whose windows are clamped instead of
+zero-padded) and attended, memory ``k²`` times the keys; ``flex`` runs FlexAttention over the raster sequence
+with the neighbourhood as block mask and the bias as score modification (nothing gathered); ``auto`` picks
+flex where it can run the step (CUDA, or CPU without grad).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from attnbench.mechanisms import attn_backend as backends
+from attnbench.mechanisms.registry import register_mixer
+
+
+def window_starts(size: int, kernel: int, dilation: int, device=None) -> torch.Tensor:
+    """LongTensor[size]: the first neighbour (index along the axis) of each query position along one axis.
+
+    Query ``i`` lives in sub-grid ``i mod δ`` (positions ``i mod δ + t·δ``, ``t < L``); its window is
+    ``k`` consecutive sub-grid positions centred on ``i // δ``, clamped into ``[0, L)`` (NAT's border rule).
+    """
+    i = torch.arange(size, device=device)
+    group, t = i % dilation, i // dilation
+    length = (size - group + dilation - 1) // dilation  # positions in the query's sub-grid
+    start = (t - kernel // 2).clamp(min=0)
+    start = torch.minimum(start, length - kernel)
+    return group + start * dilation
+
+
+def effective(size: int, kernel: int, dilation: int) -> tuple[int, int]:
+    """(kernel, dilation) along an axis of ``size`` positions, shrunk so ``kernel · dilation <= size``."""
+    k = min(kernel, size)
+    return k, max(1, min(dilation, size // k))
+
+
+class NeighborhoodAttention(nn.Module):
+    """Multi-head (dilated) neighborhood attention on a feature map.
+
+    Args:
+        dim: channels C (``num_heads · head_dim``).
+        num_heads: number of heads.
+        kernel_size: ``k``, the neighbourhood is ``k × k`` (odd, as in NAT).
+        dilation: ``δ`` (DiNAT); 1 is NAT.
+        qkv_bias: bias of the q/k/v projection.
+        attn_backend: ``auto`` | ``sdpa`` | ``flex`` | ``math`` (module docstring).
+
+    ``forward(x [B, C, H, W]) -> [B, C, H, W]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int = 7,
+        dilation: int = 1,
+        qkv_bias: bool = True,
+        *,
+        attn_backend: str = "auto",
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if kernel_size < 1 or kernel_size % 2 == 0 or dilation < 1:
+            raise ValueError(f"need an odd kernel_size >= 1 and dilation >= 1, got {kernel_size}, {dilation}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.attn_backend = backends.check_backend(attn_backend)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        nn.init.trunc_normal_(self.rpb, std=0.02)
+        self.proj = nn.Linear(dim, dim)
+        self._masks: dict = {}
+
+    def axes(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((k_h, δ_h), (k_w, δ_w)): the kernel and dilation used along each axis of an ``h × w`` map."""
+        return effective(h, self.kernel_size, self.dilation), effective(w, self.kernel_size, self.dilation)
+
+    def neighbours(self, h: int, w: int, device=None):
+        """Index tables of the neighbourhoods on an ``h × w`` map.
+
+        Returns ``(rows [h, k_h], cols [w, k_w], bias_rows [h, k_h], bias_cols [w, k_w])``: the key rows of
+        each query row (and columns of each query column), and the bias table's row/column for each, i.e.
+        ``k − 1`` plus the key's offset from the query in sub-grid steps.
+        """
+        (kh, dh), (kw, dw) = self.axes(h, w)
+        out = []
+        for size, k, d in ((h, kh, dh), (w, kw, dw)):
+            idx = window_starts(size, k, d, device)[:, None] + d * torch.arange(k, device=device)[None]
+            out.append(idx)
+        rows, cols = out
+        base = self.kernel_size - 1
+        bias_rows = base + (rows - torch.arange(h, device=device)[:, None]) // dh
+        bias_cols = base + (cols - torch.arange(w, device=device)[:, None]) // dw
+        return rows, cols, bias_rows, bias_cols
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 1)  # [B, H, W, C]
+        backend = backends.resolve(self.attn_backend, x, self)
+        qkv = self.qkv(tokens).view(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, H·W, d]
+        if backend == "flex":
+            out = self._flex(q, k, v, h, w)
+        else:
+            out = self._direct(q, k, v, h, w)
+        out = out.transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out).permute(0, 3, 1, 2)
+
+    def _direct(self, q, k, v, h: int, w: int) -> torch.Tensor:
+        """Gathered neighbourhoods: [B, heads, H·W, d] ×3 -> [B, heads, H·W, d]."""
+        b, nh, _, d = q.shape
+        rows, cols, brow, bcol = self.neighbours(h, w, q.device)
+        kh, kw = rows.shape[1], cols.shape[1]
+        # key index of neighbour (a, b') of query (i, j): rows[i, a] · W + cols[j, b'] -> [H, W, kh·kw]
+        idx = (rows[:, None, :, None] * w + cols[None, :, None, :]).reshape(h * w, kh * kw)
+        bias = self.rpb[:, brow[:, None, :, None], bcol[None, :, None, :]].reshape(nh, h * w, kh * kw)
+        kn, vn = k[:, :, idx], v[:, :, idx]  # [B, heads, H·W, kh·kw, d]
+        scores = torch.einsum("bnqd,bnqkd->bnqk", q * self.head_dim**-0.5, kn) + bias
+        return torch.einsum("bnqk,bnqkd->bnqd", scores.softmax(dim=-1), vn)
+
+    def flex_mask(self, h: int, w: int, device=None):
+        """``(BlockMask, score_mod)`` of the neighbourhoods on an ``h × w`` map in raster order (cached)."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        key = (h, w, str(device))
+        if key not in self._masks:
+            (kh, dh), (kw, dw) = self.axes(h, w)
+            sr, sc = window_starts(h, kh, dh, device), window_starts(w, kw, dw, device)
+            pad = h * w + 256  # the block mask reads the tables at padded indices too
+            qrow = torch.arange(pad, device=device) // w
+            qcol = torch.arange(pad, device=device) % w
+            sr = torch.cat([sr, sr.new_zeros(pad // w + 1 - h)])[qrow]  # per raster index
+            sc = sc[qcol]
+
+            def allowed(qi, ki):
+                rq, rk, ck = qrow[qi], qrow[ki], qcol[ki]
+                dr, dc = rk - sr[qi], ck - sc[qi]
+                rows_ok = (dr >= 0) & (dr <= (kh - 1) * dh) & (dr % dh == 0)
+                cols_ok = (dc >= 0) & (dc <= (kw - 1) * dw) & (dc % dw == 0)
+                return rows_ok & cols_ok & (rq < h)
+
+            self._masks[key] = (backends.block_mask(allowed, h * w, h * w, device), (qrow, qcol, dh, dw))
+        return self._masks[key]
+
+    def _flex(self, q, k, v, h: int, w: int) -> torch.Tensor:
+        mask, (qrow, qcol, dh, dw) = self.flex_mask(h, w, q.device)
+        rpb, base, top = self.rpb, self.kernel_size - 1, 2 * self.kernel_size - 2
+
+        def bias(score, b, head, qi, ki):
+            i = (base + (qrow[ki] - qrow[qi]) // dh).clamp(0, top)  # clamped: read outside the mask too
+            j = (base + (qcol[ki] - qcol[qi]) // dw).clamp(0, top)
+            return score + rpb[head, i, j]
+
+        return backends.flex(q, k, v, mask, score_mod=bias)
+
+
+@register_mixer("spatial", "neighborhood_attention", attr="attn")
+def build_neighborhood_attention(
+    dim: int,
+    num_heads: int | None = None,
+    head_dim: int = 32,
+    kernel_size: int = 7,
+    dilation: int = 1,
+    dinat: bool = False,
+    block_index: int = 0,
+    attn_backend: str = "auto",
+    qkv_bias: bool = True,
+    **_,
+) -> nn.Module:
+    """The catalogue's ``neighborhood_attention``: ``num_heads`` (else ``dim // head_dim``), ``kernel_size``
+    (NAT: 7), ``dilation``; ``dinat=True`` dilates odd blocks (``block_index``) as far as the map allows."""
+    heads = num_heads if num_heads else max(1, dim // head_dim)
+    if dinat and block_index % 2 == 1:
+        dilation = 1 << 30  # shrunk to ⌊size / k⌋ along each axis at run time (DiNAT's per-stage maximum)
+    return NeighborhoodAttention(dim, heads, kernel_size, dilation, qkv_bias, attn_backend=attn_backend)
