@@ -2,8 +2,8 @@
 
 A generated data set is a pure function of its generation parameters: every split is drawn by a numpy
 ``Generator`` seeded with ``[seed, split index]`` (so the test split does not change when ``num_train`` does),
-with integer arithmetic only (no platform-dependent float rounding), and stored as ``uint8`` images ``[N, H, W]``
-plus ``int64`` labels ``[N]``.
+with integer arithmetic only (no platform-dependent float rounding), and stored as ``uint8`` images
+``[N, H, W]`` plus ``int64`` labels ``[N]``.
 
 Each split is cached once as ``<cache_dir>/generated/<name>-<split>-<sha256 of the parameters>.npz``. The key
 hashes *every* generation parameter and the generator's version, so a changed parameter never reads a stale
@@ -63,11 +63,15 @@ def _read_cache(path: Path, params_json: str) -> tuple[np.ndarray, np.ndarray] |
             stored_params, stored_digest = str(f["params"]), str(f["digest"])
     except Exception as err:  # noqa: BLE001 - any unreadable file is regenerated
         warnings.warn(
-            f"generated data cache {path} is unreadable ({type(err).__name__}: {err}); regenerating"
+            f"generated data cache {path} is unreadable ({type(err).__name__}: {err}); regenerating",
+            stacklevel=3,
         )
         return None
     if stored_params != params_json or stored_digest != arrays_digest(x, y):
-        warnings.warn(f"generated data cache {path} is damaged (parameters or checksum differ); regenerating")
+        warnings.warn(
+            f"generated data cache {path} is damaged (parameters or checksum differ); regenerating",
+            stacklevel=3,
+        )
         return None
     return x, y
 
@@ -105,7 +109,7 @@ def cached_split(
     try:
         _write_cache(path, x, y, params_json)
     except OSError as err:  # a read-only or full cache: the run goes on with the generated arrays
-        warnings.warn(f"could not cache generated data at {path}: {err}")
+        warnings.warn(f"could not cache generated data at {path}: {err}", stacklevel=2)
     return x, y
 
 

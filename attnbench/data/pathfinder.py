@@ -1,5 +1,5 @@
-"""``data=pathfinder``: the Pathfinder task (Linsley et al., NeurIPS 2018, Sec. 3; Long Range Arena, Tay et al.
-ICLR 2021, Sec. 3.5), re-implemented as a deterministic numpy generator.
+"""``data=pathfinder``: the Pathfinder task (Linsley et al., NeurIPS 2018, Sec. 3; Long Range Arena,
+Tay et al. ICLR 2021, Sec. 3.5), re-implemented as a deterministic numpy generator.
 
 An image holds ``2 + num_distractors`` paths of the same kind, each ``contour_length`` segments long. A
 segment is a dash (``dash`` px of ink) followed by a gap; each segment turns by at most one step of 360/32
@@ -123,8 +123,8 @@ def _near(S: int) -> tuple[int, ...]:
 
 
 def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: int = 400):
-    """One path avoiding ``forbidden``, grown depth first (a dead end backtracks one segment and tries the other
-    turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None."""
+    """One path avoiding ``forbidden``, grown depth first (a dead end backtracks one segment and tries the
+    other turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None."""
     S = g.size
     spent = 0
     while spent < budget:

@@ -1,9 +1,9 @@
 """``data=twin_digits``: one digit image shown twice on a blank canvas, the second copy a set distance below
 the first (a long-range dependency for generative models; no published source: attnbench's own task).
 
-The first copy (the embedded 8x8 digit replicated ``digit_scale`` times, D px) sits at rows ``[top, top + D)``,
-centred horizontally; the second, pixel-identical copy at rows ``[top + d, top + d + D)`` in the same columns,
-with ``d`` drawn per canvas uniformly from ``[distance, distance + distance_jitter]``. Default canvas 32 x 32,
+The first copy (the embedded 8x8 digit replicated ``digit_scale`` times, D px) sits at rows
+``[top, top + D)``, centred horizontally; the second, pixel-identical copy at rows ``[top + d, top + d + D)`` in the
+same columns, with ``d`` drawn per canvas uniformly from ``[distance, distance + distance_jitter]``. Default canvas 32 x 32,
 ``d`` in 12..16 rows: in raster order the pixel a second-copy pixel repeats lies ``d * 32 >= 384`` positions
 back, beyond the Image Transformer's ``local_1d`` memory (2 blocks of 32 positions) and ``local_2d``'s (query
 4 rows + flange 4 rows: at most 7 rows up), so local attention cannot read the first copy: only ``full``
@@ -107,8 +107,9 @@ class TwinDigitsDataModule(GeneratedDataModule):
             raise ConfigError(f"data.distance={distance}: the copies ({D} px) would overlap; expected >= {D}")
         if top + distance + jitter + D > self.image_size or D > self.image_size:
             raise ConfigError(
-                f"data.image_size={self.image_size} cannot hold both copies: top {top} + distance {distance} + "
-                f"jitter {jitter} + digit {D} = {top + distance + jitter + D} rows; expected image_size >= that"
+                f"data.image_size={self.image_size} cannot hold both copies: top {top} + distance "
+                f"{distance} + jitter {jitter} + digit {D} = {top + distance + jitter + D} rows; "
+                "expected image_size >= that"
             )
         self.digit_scale = scale
         self.layout = TwinLayout(top, (self.image_size - D) // 2, D, distance, jitter)
