@@ -2,8 +2,9 @@
 the first (a long-range dependency for generative models; no published source: attnbench's own task).
 
 The first copy (the embedded 8x8 digit replicated ``digit_scale`` times, D px) sits at rows
-``[top, top + D)``, centred horizontally; the second, pixel-identical copy at rows ``[top + d, top + d + D)`` in the
-same columns, with ``d`` drawn per canvas uniformly from ``[distance, distance + distance_jitter]``. Default canvas 32 x 32,
+``[top, top + D)``, centred horizontally; the second, pixel-identical copy at rows
+``[top + d, top + d + D)`` in the same columns, with ``d`` drawn per canvas uniformly from
+``[distance, distance + distance_jitter]``. Default canvas 32 x 32,
 ``d`` in 12..16 rows: in raster order the pixel a second-copy pixel repeats lies ``d * 32 >= 384`` positions
 back, beyond the Image Transformer's ``local_1d`` memory (2 blocks of 32 positions) and ``local_2d``'s (query
 4 rows + flange 4 rows: at most 7 rows up), so local attention cannot read the first copy: only ``full``
