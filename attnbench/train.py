@@ -266,7 +266,8 @@ def check_model_fits_data(cfg: DictConfig, datamodule) -> None:
     classes = getattr(datamodule, "num_classes", None)
     for node in ("net", "task"):
         given = cfg.model[node].get("num_classes", None) if node in cfg.model else None
-        if given is not None and classes is not None and given != classes:
+        unconditional_gan = node == "net" and given == 0 and cfg.model.net.get("name") == "sagan"
+        if given is not None and classes is not None and given != classes and not unconditional_gan:
             raise ConfigError(
                 f"model.{node}.num_classes={given!r}, but data={ident['data']} has {classes} classes; "
                 f"expected {classes} (or drop the override)"
