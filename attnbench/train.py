@@ -552,6 +552,10 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         results.update(getattr(task, "protocol", None) or {})  # non-numeric protocol fields (e.g. GAN scorer)
         flag.check()
+    if cfg.get("probes", False):  # the inductive-bias probes (attnbench/probes), into this run's folder
+        from attnbench.probes.runner import probe_run
+
+        results.update(probe_run(task, datamodule, cfg, out, built.ident))
     throughput = next((c for c in callbacks if isinstance(c, SamplesThroughput)), None)
     if throughput is not None and throughput.samples_per_sec:
         results["throughput/train_samples_per_sec"] = throughput.samples_per_sec

@@ -1,14 +1,12 @@
-"""Metrics of ``data=twin_digits`` (attnbench/data/twin_digits.py): does a generative model use the first
-copy?
+"""Metrics of ``data=twin_digits`` (attnbench/data/twin_digits.py): does a generative model use the
+first copy?
 
 - ``second_copy_nll``: for the Image Transformer, the NLL of the sub-pixels of the second copy only
   (``test/bpd_second``: low only if the model reads the first copy, which lies beyond local attention's
-  memory),
-  and the same grouped by the copy's distance (rows) for the distance curve.
+  memory), and the same grouped by the copy's distance (rows) for the distance curve.
 - ``TwinScores`` (SAGAN, unconditional): a digit classifier reads the two copies of each canvas;
   ``twin_consistency`` is the fraction of canvases whose copies get the same top-1 digit, ``twin_distance``
-  the
-  mean feature distance between the two copies divided by the mean distance between the copies of pairs of
+  the mean feature distance between the two copies divided by the mean distance between the copies of pairs of
   *different* real canvases of one class (0: identical copies; about 1: as alike as two writings of a digit).
   The classifier is the domain scorer's CNN (``attnbench.metrics.domain_scorer.DomainClassifier``) trained on
   the first copies of the training canvases, so it reads one copy at a time.

@@ -1,6 +1,7 @@
 """Corruption robustness (Hendrycks & Dietterich, ICLR 2019): accuracy under Gaussian noise, Gaussian blur,
 contrast and pixelation at severities 1..5, with the parameters of their CIFAR-10-C (sized for small images);
-severity 0 is the clean image. ``mCE`` = mean over corruptions of ``sum_s err(model) / sum_s err(baseline)``."""
+severity 0 is the clean image. ``mCE`` = mean over corruptions of
+``sum_s err(model) / sum_s err(baseline)``."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ CORRUPTIONS = tuple(PARAMS)
 def corrupt(
     x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """``x [B, C, H, W]`` in [0, 1] corrupted by ``name`` at ``severity`` (0: unchanged), clipped to [0, 1]."""
+    """``x [B, C, H, W]`` in [0, 1] corrupted by ``name`` at ``severity`` (0: unchanged), in [0, 1]."""
     if severity == 0:
         return x
     c = PARAMS[name][severity - 1]

@@ -1,6 +1,7 @@
-"""Equivariance error per stage: ``||f(T x) - T' f(x)|| / ||f(x)||`` for a circular shift ``T`` of the input by a
-multiple ``m * s`` of the stage's stride ``s`` and the matching shift ``T'`` of its map by ``m`` (translation
-equivariance of convolutions, e.g. Cohen & Welling 2016; the per-stage measurement of Zhang 2019, Sec. 4)."""
+"""Equivariance error per stage: ``||f(T x) - T' f(x)|| / ||f(x)||`` for a circular shift ``T`` of the
+input by a multiple ``m * s`` of the stage's stride ``s`` and the matching shift ``T'`` of its map by ``m``
+(translation equivariance of convolutions, e.g. Cohen & Welling 2016; measured per stage as the shift
+analysis of Zhang 2019, Sec. 4)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ def erf_map(feature_map: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 
 def area_ratios(m: torch.Tensor, thresholds=THRESHOLDS) -> dict[float, float]:
-    """For each ``t``: (side of the smallest square centred on the map's centre whose sum >= t * total)^2 / area.
+    """For each ``t``: the area of the smallest square centred on the map's centre whose sum is at least
+    ``t`` of the total, divided by the map's area.
 
     The square around centre ``(H // 2, W // 2)`` grows one pixel per side per step (odd sides), clipped by
     the borders."""
