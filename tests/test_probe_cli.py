@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TEST_CACHE, run_cfg
 
 TINY_PATHFINDER = [

@@ -104,7 +104,7 @@ def cached_split(
         got = _read_cache(path, params_json)
         if got is not None:
             return got
-    log.info("generating %s/%s (%s images) into %s", name, split, params.get(f"num_{split}", "?"), path)
+    log.info("generating %s/%s (%s images) into %s", name, split, params.get("n", "?"), path)
     x, y = generate()
     try:
         _write_cache(path, x, y, params_json)
