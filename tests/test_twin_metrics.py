@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from attnbench.data.twin_digits import TwinDigitsDataModule
@@ -72,3 +73,28 @@ def test_generated_canvas_second_copy_is_read_where_the_ink_is():
     noisy[:, :, r : r + 8, layout.left : layout.left + 8] = (layout.first(x) * 0.9).clamp(0, 1)
     _, second = twin_crops(noisy, layout, exact=False)
     assert torch.allclose(second, layout.first(x) * 0.9)
+
+
+@pytest.mark.slow
+def test_unconditional_sagan_reports_twin_metrics(cfg_factory):
+    from conftest import run_cfg
+
+    cfg = cfg_factory(
+        "model=sagan",
+        "data=twin_digits",
+        "model.net.num_classes=0",
+        "model.class_input=false",
+        "model.ch=8",
+        "data.num_train=64",
+        "data.num_val=32",
+        "data.num_test=64",
+        "trainer.max_epochs=1",
+        "model.task.test_samples=60",
+        "model.task.val_samples=30",
+        "model.task.test_splits=2",
+        "model.task.scorer_epochs=1",
+    )
+    m = run_cfg(cfg)
+    assert m["test/twin_consistency_real"] == 1.0 and m["test/twin_distance_real"] < 1e-4
+    assert 0.0 <= m["test/twin_consistency"] <= 1.0 and m["test/twin_distance"] >= 0.0
+    assert m["test/twin_distance_independent"] > 0.1  # different digits are farther apart than copies
