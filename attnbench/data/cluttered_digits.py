@@ -3,8 +3,9 @@ visual attention", Sec. 4.1; Jaderberg et al., NeurIPS 2015, "Spatial transforme
 drawn from the embedded digits instead of MNIST.
 
 One digit (replicated ``digit_scale`` times: 16x16 by default) is placed on an ``image_size`` canvas (the
-papers' 40 or 60; the config's default 32 suits backbones with a total stride of 32) with its top-left corner drawn uniformly within ``max_translation`` pixels of the centred position
-(null: anywhere on the canvas). ``num_clutter`` patches of ``clutter_size`` x ``clutter_size`` pixels, cut at
+papers' 40 or 60; the config's default 32 suits backbones with a total stride of 32) with its top-left
+corner drawn uniformly within ``max_translation`` pixels of the centred position (null: anywhere on the
+canvas). ``num_clutter`` patches of ``clutter_size`` x ``clutter_size`` pixels, cut at
 random places from other random digits of the same split, are placed at random positions first; the digit
 is drawn over them by a pixel-wise maximum. The label is the digit's class. Integers 0..16 throughout.
 
