@@ -42,7 +42,7 @@ class ClutteredDigitsDataModule(GeneratedDataModule):
         digit_scale: int = 2,
         max_translation: int | None = None,
         num_clutter: int = 4,
-        clutter_size: int = 8,
+        clutter_size: int = 4,
         **kwargs,
     ):
         super().__init__(**kwargs)

@@ -6,7 +6,7 @@ set -u
 OUT=${1:?output folder}
 T=${2:-00:00:02:30}
 PY=${PYTHON:-python}
-common="logger=csv callbacks=none trainer=cpu seed=0 trainer.max_time=$T trainer.max_epochs=100"
+common="logger=csv callbacks=none trainer=cpu seed=0 trainer.max_time=$T trainer.max_epochs=${EPOCHS:-100}"
 for data in pathfinder cluttered_digits; do
   for mixer in focal_modulation window_attention global_attention; do
     $PY -m attnbench data=$data data.num_train=4000 data.num_val=500 data.num_test=1000 \
