@@ -272,7 +272,16 @@ def read_metrics(path: Path) -> dict[str, Any] | str:
         return f"unreadable ({type(err).__name__}: {str(err)[:80]})"
     if not isinstance(record, dict):
         return f"not a JSON object (a {type(record).__name__})"
-    return record
+    return {**record, **read_probes(path.with_name("probes.json"))}
+
+
+def read_probes(path: Path) -> dict[str, Any]:
+    """The ``probe/...`` keys of a folder's ``probes.json`` (python -m attnbench.probe), if it has one."""
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v for k, v in record.items() if k.startswith("probe/")} if isinstance(record, dict) else {}
 
 
 def find_runs(root: Path, skipped: list[tuple[Path, str]] | None = None) -> tuple[list[Run], list[Path]]:
@@ -295,6 +304,13 @@ def find_runs(root: Path, skipped: list[tuple[Path, str]] | None = None) -> tupl
             skipped.append((metrics_file, record))
         else:
             runs.append(Run(folder, record, overrides))
+    for probes_file in sorted(root.rglob("probes.json")):  # probe folders (python -m attnbench.probe)
+        folder = probes_file.parent
+        if folder not in seen and not (folder / "metrics.json").is_file():
+            seen.add(folder)
+            record = json.loads(probes_file.read_text()) if read_probes(probes_file) else {}
+            if record:
+                runs.append(Run(folder, {"status": "ok", **record}, []))
     for metrics_file in sorted(root.rglob("metrics.json")):  # runs without a .hydra folder
         if metrics_file.parent in seen:
             continue
@@ -647,7 +663,10 @@ def build_report(
     write_run_rows(runs_path, groups, metrics, debug_runs)
     files.wrote(runs_path)
     plots = []
-    latest = max((r.folder / "metrics.json").stat().st_mtime for r in runs) if runs else 0.0
+    record_of = lambda r: next(  # noqa: E731 - metrics.json, or a probe folder's probes.json
+        (f for f in (r.folder / "metrics.json", r.folder / "probes.json") if f.is_file()), r.folder
+    )
+    latest = max(record_of(r).stat().st_mtime for r in runs) if runs else 0.0
     stamp = datetime.datetime.fromtimestamp(latest).strftime("%Y-%m-%d %H:%M")
     if main:
         for x, name, logx in (

@@ -358,7 +358,8 @@ def check_model_fits_data(cfg: DictConfig, datamodule) -> None:
     classes = getattr(datamodule, "num_classes", None)
     for node in ("net", "task"):
         given = cfg.model[node].get("num_classes", None) if node in cfg.model else None
-        if given is not None and classes is not None and given != classes:
+        unconditional_gan = node == "net" and given == 0 and cfg.model.net.get("name") == "sagan"
+        if given is not None and classes is not None and given != classes and not unconditional_gan:
             raise ConfigError(
                 f"model.{node}.num_classes={given!r}, but data={ident['data']} has {classes} classes; "
                 f"expected {classes} (or drop the override)"
@@ -684,6 +685,10 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         results.update(getattr(task, "protocol", None) or {})  # non-numeric protocol fields (e.g. GAN scorer)
         flag.check()
+    if cfg.get("probes", False):  # the inductive-bias probes (attnbench/probes), into this run's folder
+        from attnbench.probes.runner import probe_run
+
+        results.update(probe_run(task, datamodule, cfg, out, built.ident))
     throughput = next((c for c in callbacks if isinstance(c, SamplesThroughput)), None)
     if throughput is not None and throughput.samples_per_sec:
         results["throughput/train_samples_per_sec"] = throughput.samples_per_sec

@@ -6,6 +6,8 @@ whole split (sum and count synced across processes); ``*/loss`` is the same in n
 ``score_samples`` images are drawn (KV-cached) and scored with the data set's domain classifier
 (``attnbench.metrics.domain_scorer``, trained once on the training split and cached): ``test/sample_is``
 (Inception-style score with that classifier; 1..num_classes) and ``test/sample_s_per_image``.
+On ``data=twin_digits`` also ``test/bpd_second``: bits per sub-pixel over the second copy only
+(``attnbench.metrics.twin``).
 
 Learning rate: ``schedule="cosine"`` (the house default: linear warmup over ``warmup_epochs``, or
 ``warmup_steps`` when given, then cosine) or ``"rsqrt"``, the Transformer / tensor2tensor ``noam`` schedule
@@ -88,6 +90,7 @@ class AutoregressiveTask(BaseTask):
                 for name, metric in (("loss", MeanMetric), ("bpd", BitsPerDim))
             }
         )
+        self.metrics["test_bpd_second"] = BitsPerDim()  # data=twin_digits only
         self.last_sample_s: float | None = None
         self.scorer: nn.Module | None = None  # kept out of the module tree and checkpoints
         self.scorer_info: dict = {}
@@ -132,7 +135,10 @@ class AutoregressiveTask(BaseTask):
     def _evaluate(self, batch, split: str) -> None:
         x, y = batch
         target = self.quantise(x)
-        nll = F.cross_entropy(self(target, y).float(), target, reduction="sum")
+        nll_map = F.cross_entropy(self(target, y).float(), target, reduction="none")  # [B, C, H, W]
+        nll = nll_map.sum()
+        if split == "test":
+            self._twin_update(nll_map, target)
         self.metrics[f"{split}_loss"].update(nll / target.numel(), weight=target.numel())
         self.metrics[f"{split}_bpd"].update(sum_nats=nll, count=target.numel())
         for name in ("loss", "bpd"):
@@ -144,6 +150,17 @@ class AutoregressiveTask(BaseTask):
                 on_epoch=True,
                 batch_size=len(target),
             )
+
+    def _twin_update(self, nll_map: torch.Tensor, target: torch.Tensor) -> None:
+        """``test/bpd_second`` on data=twin_digits: the second copy's sub-pixels only."""
+        from attnbench.metrics.twin import second_copy_nll, twin_layout_of
+
+        layout = twin_layout_of(self.trainer.datamodule) if self._trainer is not None else None
+        if layout is None:
+            return
+        nats, count, _ = second_copy_nll(nll_map, target, layout)
+        self.metrics["test_bpd_second"].update(sum_nats=nats.sum(), count=int(count.sum()))
+        self.log("test/bpd_second", self.metrics["test_bpd_second"], on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -278,11 +278,12 @@ class GANTask(pl.LightningModule):
         if getattr(dm, "train_set", None) is None:
             dm.setup("fit")
         channels = int(getattr(dm, "channels", None) or 3)
+        classes = int(getattr(dm, "num_classes", None) or self.num_classes)  # also for unconditional nets
         key = ds.cache_key(
             type(dm).__name__,
             int(dm.image_size),
             channels,
-            self.num_classes,
+            classes,
             len(dm.train_set),
             hp.scorer_seed,
             getattr(dm, "root", None),
@@ -294,7 +295,7 @@ class GANTask(pl.LightningModule):
                     dm.train_dataloader(),
                     dm.val_dataloader(),
                     channels,
-                    self.num_classes,
+                    classes,
                     epochs=hp.scorer_epochs,
                     seed=hp.scorer_seed,
                 )
@@ -526,12 +527,18 @@ class GANTask(pl.LightningModule):
         values.update({f"test/{k}": float(v) for k, v in self._cond_acc().items()})
         if "val_acc" in self.scorer_info:
             values["test/scorer_val_acc"] = float(self.scorer_info["val_acc"])
+        values.update(self._twin_values())  # data=twin_digits only (attnbench.metrics.twin)
         self.log_dict(
             {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()},
             sync_dist=True,
         )
         for m in (self.test_is, self.real_is, self.real_count, self.fid, self.kid):
             m.reset()
+
+    def _twin_values(self) -> dict:
+        from attnbench.metrics.twin import gan_twin_values
+
+        return gan_twin_values(self, int(self.hparams.test_samples))
 
     # ------------------------------------------------------------------------------------------- figures
     @torch.no_grad()

@@ -1,0 +1,170 @@
+"""Run every probe that applies to a task and write ``probes.json`` (flat ``probe/...`` keys) and figures.
+
+Classifiers: ``probe/shift_consistency/{zero,circular}`` (±``max_shift`` px, default image_size / 8),
+``probe/equivariance_error/stage{i}``, ``probe/erf/area{20,30,50,99}`` (+ ``figures/erf.png``),
+``probe/corruption/{clean,mean,<corruption>/mean,<corruption>/s<k>}`` and, with a baseline's probes.json,
+``probe/corruption/mce``. Autoregressive models on twin_digits: ``probe/twin/bpd_d<d>`` (+ ``figures/
+twin_bpd_by_distance.png``). ``probe/n_images`` records how many test images were used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnbench.errors import ConfigError
+
+PROBES_FILE = "probes.json"
+
+
+def _test_tensors(datamodule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if getattr(datamodule, "test_set", None) is None:
+        datamodule.setup("test")
+    xs, ys, got = [], [], 0
+    with datamodule.whole_splits():
+        for batch in datamodule.test_dataloader():
+            xs.append(batch[0])
+            ys.append(batch[1])
+            got += len(batch[0])
+            if got >= n:
+                break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def read_baseline(path: str | os.PathLike) -> dict[str, float]:
+    """A baseline's corruption accuracies from its ``probes.json`` (or its run folder holding one)."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_dir():
+        p = p / PROBES_FILE
+    if not p.is_file():
+        raise ConfigError(
+            f"probe.baseline={str(path)!r}: no {PROBES_FILE} there (probe the baseline run first)"
+        )
+    record = json.loads(p.read_text())
+    prefix = "probe/corruption/"
+    acc = {k[len(prefix) :]: float(v) for k, v in record.items() if k.startswith(prefix) and "/s" in k}
+    if not acc:
+        raise ConfigError(f"probe.baseline={str(path)!r}: {p} holds no corruption accuracies")
+    return acc
+
+
+def classifier_probes(task, datamodule, cfg, fig_dir: Path | None) -> dict[str, float]:
+    from attnbench.probes import corruption, equivariance, erf, shift
+    from attnbench.probes.adapter import classifier_target
+
+    target = classifier_target(task)
+    x, y = _test_tensors(datamodule, int(cfg.num_images))
+    out: dict[str, float] = {"probe/n_images": float(len(x))}
+    k = int(cfg.max_shift) if cfg.get("max_shift") is not None else max(1, x.shape[-1] // 8)
+    for mode in shift.MODES:
+        out[f"probe/shift_consistency/{mode}"] = shift.shift_consistency(target.predict, x, k, mode, cfg.seed)
+    out["probe/shift_consistency/max_shift"] = float(k)
+    n_small = min(len(x), int(cfg.erf_images))
+    if target.stage_maps is not None:
+        for i, e in enumerate(equivariance.equivariance_errors(target.stage_maps, x[:n_small], cfg.seed)):
+            out[f"probe/equivariance_error/stage{i + 1}"] = e
+    if target.last_map is not None:
+        m = erf.erf_map(target.last_map, x[:n_small])
+        for t, r in erf.area_ratios(m).items():
+            out[f"probe/erf/area{round(t * 100)}"] = r
+        if fig_dir is not None:
+            _erf_figure(m, fig_dir / "erf.png")
+    acc = corruption.corruption_accuracy(target.predict, x, y, seed=cfg.seed)
+    out.update({f"probe/corruption/{k}": v for k, v in acc.items()})
+    if cfg.get("baseline"):
+        out["probe/corruption/mce"] = corruption.mean_corruption_error(acc, read_baseline(cfg.baseline))
+    return out
+
+
+def twin_probes(task, datamodule, cfg, fig_dir: Path | None) -> dict[str, float]:
+    from attnbench.metrics.twin import twin_layout_of
+    from attnbench.probes.twin import bpd_by_distance
+
+    layout = twin_layout_of(datamodule)
+    if layout is None:
+        return {}
+    x, _ = _test_tensors(datamodule, int(cfg.num_images))
+    ints = task.quantise(x.to(task.device))
+    curve = bpd_by_distance(lambda t: task(t), ints.split(32), layout)
+    out = {f"probe/twin/bpd_d{d}": v for d, (v, _) in curve.items()}
+    out.update({f"probe/twin/n_d{d}": float(n) for d, (_, n) in curve.items()})
+    if fig_dir is not None:
+        _curve_figure(curve, x.shape[-1], fig_dir / "twin_bpd_by_distance.png")
+    return out
+
+
+def run_probes(task, datamodule, cfg, fig_dir: Path | None = None) -> dict[str, float]:
+    """All probes that apply to ``task`` (``cfg``: the ``probe`` config node), as flat ``probe/...`` keys."""
+    from attnbench.tasks.autoregressive import AutoregressiveTask
+    from attnbench.tasks.classification import ClassificationTask
+
+    was = task.training
+    task.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))
+            if isinstance(task, ClassificationTask):
+                return classifier_probes(task, datamodule, cfg, fig_dir)
+            if isinstance(task, AutoregressiveTask):
+                return twin_probes(task, datamodule, cfg, fig_dir)
+    finally:
+        task.train(was)
+    raise ConfigError(
+        f"the probes measure classifiers (and the Image Transformer on data=twin_digits); "
+        f"{type(task).__name__} has none"
+    )
+
+
+def write_probes(folder: Path, values: dict[str, Any]) -> Path:
+    """``probes.json`` written atomically; an existing one is never overwritten (records are append-only)."""
+    path = folder / PROBES_FILE
+    if path.exists():
+        raise ConfigError(f"{path} exists: a folder's probes are written once; probe into another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{PROBES_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _erf_figure(m: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    im = ax.imshow(torch.log1p(m / m.max().clamp(min=1e-12) * 100).numpy(), cmap="viridis")
+    ax.set_title("effective receptive field (log scale)")
+    fig.colorbar(im, ax=ax)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _curve_figure(curve: dict[int, tuple[float, int]], width: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ds = list(curve)
+    ax.plot([d * width for d in ds], [curve[d][0] for d in ds], "o-")
+    ax.set_xlabel("distance to the copied pixel (positions in raster order)")
+    ax.set_ylabel("bits per sub-pixel (second copy)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def probe_run(task, datamodule, cfg, out: Path, ident: dict) -> dict[str, float]:
+    """``probes=true`` at the end of a run: the probes of its final (tested) weights into ``out/probes.json``
+    and ``out/figures/``; the values are returned for metrics.json and the loggers' final numbers."""
+    values = run_probes(task, datamodule, cfg.probe, out / "figures")
+    write_probes(out, {**{f"run/{k}": v for k, v in ident.items()}, **values})
+    return values
