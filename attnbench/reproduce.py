@@ -97,6 +97,10 @@ def replay_config(folder: Path, out: Path):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     GlobalHydra.instance().clear()
+    from attnbench.saved_config import refuse_foreign_targets
+
+    # the recorded overrides are a file from elsewhere: they never decide what code runs
+    refuse_foreign_targets(cfg, f"{folder / '.hydra' / 'overrides.yaml'}")
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
         if cfg.get("callbacks"):
@@ -272,7 +276,10 @@ def recount_flops(folder: Path) -> float | None:
     path = Path(folder) / ".hydra" / "config.yaml"
     if not path.is_file():
         return None
-    cfg = OmegaConf.load(path)
+    from attnbench.saved_config import load_record, refuse_foreign_targets
+
+    cfg = load_record(path)
+    refuse_foreign_targets(cfg, str(path))  # a record from elsewhere never decides what code runs
     OmegaConf.update(cfg, "paths.output_dir", str(folder), force_add=True)
     OmegaConf.update(cfg, "data.num_workers", 0, force_add=True)
     torch.manual_seed(0)

@@ -47,3 +47,25 @@ def test_tolerances_are_per_metric():
         {"test/acc": 0.974, "test/loss": 0.154, "params": 101},
     )}  # fmt: skip
     assert rows == {"test/acc": True, "test/loss": False, "params": False}
+
+
+def test_a_records_overrides_and_config_never_decide_what_code_runs(tmp_path):
+    """--check-reproducible replays a folder's recorded overrides and recounts FLOPs from its saved config:
+    both are files from elsewhere, so a foreign ``_target_`` is refused before anything is built."""
+    from attnbench.errors import ConfigError
+    from attnbench.reproduce import recount_flops, replay_config
+
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(
+        f"- +callbacks.evil._target_=pathlib.Path.touch\n- +callbacks.evil.self={marker}\n"
+    )
+    with pytest.raises(ConfigError, match=r"callbacks\.evil\._target_"):
+        replay_config(run, tmp_path / "out")
+    (run / ".hydra" / "config.yaml").write_text(
+        f"data:\n  _target_: pathlib.Path.touch\n  self: {marker}\nmodel: {{}}\npaths: {{}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"data\._target_"):
+        recount_flops(run)
+    assert not marker.exists()
