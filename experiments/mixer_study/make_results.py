@@ -33,7 +33,8 @@ FAMILIES = {
     "show_attend_tell": ("test/bleu4", True, ["test/attn_grounding", "test/cider"]),
 }
 COST = ["params", "flops_per_sample", "throughput/train_samples_per_sec"]
-PROBES = ["probe/shift_consistency", "probe/corruption_mean", "probe/erf_area_50"]
+PROBES = ["probe/shift_consistency/circular", "probe/equivariance_error/stage1", "probe/erf/area50",
+          "probe/corruption/mean"]  # the probes' keys (attnbench.probe)
 HEADLINE_P = 0.01
 
 
