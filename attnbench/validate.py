@@ -131,10 +131,12 @@ def validate_trainer(cfg: DictConfig) -> None:
             f"trainer.max_epochs={max_epochs!r}: expected a whole number of epochs >= 1 (or -1: no epoch "
             "limit, with trainer.max_steps=N)"
         )
-    if max_epochs == -1 and (max_steps is None or max_steps < 1):
+    task = (cfg.get("model") or {}).get("task") or {}
+    g_steps = task.get("max_g_steps", None) if hasattr(task, "get") else None  # a GAN's own step limit
+    if max_epochs == -1 and (max_steps is None or max_steps < 1) and not (_is_int(g_steps) and g_steps >= 1):
         raise ConfigError(
-            "trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps=N (N >= 1): the learning-rate "
-            "schedule is laid out over the run's length"
+            "trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps=N (N >= 1; a GAN: "
+            "model.task.max_g_steps=N): the learning-rate schedule is laid out over the run's length"
         )
     if training:
         limit = trainer.get("limit_train_batches", None)

@@ -158,12 +158,23 @@ class ClassificationTask(BaseTask):
         if self.net_ema is not None:
             self._evaluate(batch, "val", self.net_ema.module, "val_ema")
 
+    _loaded_val_metrics: dict | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the validation metrics a checkpoint carries (``val_metrics``, attnbench.callbacks.run_record):
+        the raw/EMA choice of a test from that checkpoint is made on them."""
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("val_metrics")
+        self._loaded_val_metrics = dict(saved) if isinstance(saved, dict) else None
+
     def on_test_start(self) -> None:
         """With EMA: test the better of the raw and the averaged weights by validation accuracy (as the
         DeiT/FocalNet recipes report the better one); metrics.json says which (``test/weights``)."""
         if self.net_ema is None:
             return
         seen = self.trainer.callback_metrics if self._trainer is not None else {}
+        if self._trainer is not None and self.trainer.ckpt_path and self._loaded_val_metrics:
+            seen = self._loaded_val_metrics  # the validation of the weights being tested, not the last epoch's
         raw, ema = seen.get("val/acc"), seen.get("val/acc_ema")
         self.test_weights = (
             "ema" if raw is not None and ema is not None and float(ema) > float(raw) else "raw"
