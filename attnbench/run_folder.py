@@ -184,12 +184,24 @@ def command_overrides() -> list[str]:
     return [str(o) for o in hydra.hydra.overrides.task] if hydra is not None else []
 
 
+# configs composed in Python (Hydra's compose API) -> the overrides they were composed with
+_composed_overrides: dict[int, list[str]] = {}
+
+
+def remember_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """For a run started from Python with a config from Hydra's compose API: the overrides that composed
+    ``cfg``, written to its ``overrides.yaml`` as the app writes its command line's, so that the run folder's
+    record can be rebuilt and checked by the command-line doors (eval, probe, resume)."""
+    _composed_overrides[id(cfg)] = [str(o) for o in overrides]
+    return cfg
+
+
 def save_record(folder: Path, cfg: DictConfig, resumed: bool) -> None:
     """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` (what Hydra would write, but only
     once the run has passed every check). On resume the overrides are appended to the saved ones."""
     record = folder / RECORD_DIR
     record.mkdir(parents=True, exist_ok=True)
-    overrides = command_overrides()
+    overrides = command_overrides() if hydra_runtime() is not None else _composed_overrides.get(id(cfg), [])
     if resumed and (record / "overrides.yaml").is_file():
         saved = [str(o) for o in OmegaConf.load(record / "overrides.yaml")]
         # only what changes the record: a requeue's repeated command appends nothing

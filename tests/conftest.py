@@ -37,7 +37,9 @@ def compose_cfg(overrides: list[str], tmp_path: Path | str) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
         cfg.paths.cache_dir = str(TEST_CACHE)  # shared by tests: e.g. the domain classifier is trained once
-    return cfg
+    from attnbench.run_folder import remember_overrides
+
+    return remember_overrides(cfg, [*TEST_DEFAULTS, *overrides])  # written to overrides.yaml as the app does
 
 
 def run_cfg(cfg: DictConfig) -> dict[str, Any]:
