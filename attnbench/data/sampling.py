@@ -189,6 +189,10 @@ def fit_batches_done(trainer) -> Callable[[], int]:
     warned = []
 
     def batches_done() -> int:
+        if not getattr(trainer, "training", False):
+            # read outside the training loop (a GAN's FID reference or domain scorer at test time, after a
+            # fit that stopped mid-epoch): the whole split, nothing is skipped
+            return 0
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
         accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
         if done % accumulate and not warned:
