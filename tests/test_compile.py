@@ -121,7 +121,7 @@ def _focalnet(mixer):
     from attnbench.models import create_model
 
     net = create_model("focalnet_micro", mixer=mixer, depths=(1, 1), embed_dim=16, head_dim=8, window_size=4,
-                       num_classes=3, drop_path_rate=0.0)  # fmt: skip
+                       num_classes=3, drop_path_rate=0.0, img_size=32)  # fmt: skip
     return net, (torch.randn(2, 3, 32, 32, requires_grad=True),), lambda mod, x: mod(x)
 
 

@@ -278,7 +278,8 @@ def test_short_training_on_digits_improves_is_and_fid(tmp_path):
     from conftest import compose_cfg, run_cfg
 
     # one update of D and G (max_epochs=0 is refused: it would record untrained weights as a finished run)
-    untrained = run_cfg(compose_cfg([*SMALL, "trainer.max_epochs=1", "trainer.max_steps=2"], tmp_path / "untrained"))
+    untrained = run_cfg(compose_cfg([*SMALL, "trainer.max_epochs=1", "trainer.max_steps=2"],
+                                    tmp_path / "untrained"))  # fmt: skip
     trained = run_cfg(compose_cfg([*SMALL, "trainer.max_epochs=6"], tmp_path / "trained"))
     for m in (untrained, trained):
         assert m["status"] == "ok"

@@ -174,7 +174,7 @@ class ClassificationTask(BaseTask):
             return
         seen = self.trainer.callback_metrics if self._trainer is not None else {}
         if self._trainer is not None and self.trainer.ckpt_path and self._loaded_val_metrics:
-            seen = self._loaded_val_metrics  # the validation of the weights being tested, not the last epoch's
+            seen = self._loaded_val_metrics  # validation of the weights being tested, not the last epoch
         raw, ema = seen.get("val/acc"), seen.get("val/acc_ema")
         self.test_weights = (
             "ema" if raw is not None and ema is not None and float(ema) > float(raw) else "raw"

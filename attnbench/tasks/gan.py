@@ -438,8 +438,11 @@ class GANTask(pl.LightningModule):
         reference = getattr(dm, "reference_dataloader", None)  # the full, un-augmented split where one exists
         loader = reference(name) if reference is not None else getattr(dm, f"{name}_dataloader")()
         rank, world = self.global_rank, self.trainer.world_size
-        if isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
+        sampler, own = getattr(loader, "sampler", None), None
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
             rank, world = 0, 1  # the loader already gives this rank its share
+            # ... padded to equal shares by repeats: read only this rank's own samples (they come first)
+            own = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
         # KID keeps every feature it is given (torchmetrics): a seeded random subset of about test_samples
         # reference images (all of CIFAR's 50k; ~50k of ImageNet's 1.28M instead of 10 GB of features)
         total = len(getattr(loader, "dataset", [])) or 1
@@ -448,6 +451,10 @@ class GANTask(pl.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.hparams.scorer_seed)  # a fixed pass over an augmented training split
             for i, (x, _) in enumerate(loader):
+                if own is not None:
+                    if own <= 0:
+                        break
+                    x, own = x[:own], own - len(x)
                 if i % world == rank:
                     feats, _ = gm.score(
                         self._scorer_to_device(), x.to(self.device), self.hparams.eval_batch_size
