@@ -201,7 +201,7 @@ def save_record(folder: Path, cfg: DictConfig, resumed: bool) -> None:
     once the run has passed every check). On resume the overrides are appended to the saved ones."""
     record = folder / RECORD_DIR
     record.mkdir(parents=True, exist_ok=True)
-    overrides = command_overrides() if hydra_runtime() is not None else _composed_overrides.get(id(cfg), [])
+    overrides = command_overrides() or _composed_overrides.get(id(cfg), [])
     if resumed and (record / "overrides.yaml").is_file():
         saved = [str(o) for o in OmegaConf.load(record / "overrides.yaml")]
         # only what changes the record: a requeue's repeated command appends nothing

@@ -78,7 +78,15 @@ def test_report_logs_a_sweep_level_wandb_run_in_the_sweep_group(tmp_path, many_r
     shutil.copytree(many_run[0], sweep / "0", ignore=shutil.ignore_patterns("wandb"))
     build_report(sweep, wandb_mode="offline", include_debug=True)  # a short (debug) run
     (file,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
-    run = next(r.run for r in records(file) if r.WhichOneof("record_type") == "run")
+    import time
+
+    for _ in range(60):  # W&B's service may still be writing the offline file on a loaded machine
+        runs = [r.run for r in records(file) if r.WhichOneof("record_type") == "run"]
+        if runs:
+            break
+        time.sleep(0.5)
+    assert runs, f"no run record in {file}"
+    run = runs[0]
     from attnbench.loggers import wandb_group
 
     assert run.run_group == wandb_group(sweep) and run.job_type == "report"

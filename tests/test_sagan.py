@@ -287,7 +287,8 @@ def test_short_training_on_digits_improves_is_and_fid(tmp_path):
         assert (
             m["test/num_samples"] == 1000 and m["test/is_splits"] == 5 and m["test/fid_ref_samples"] == 1257
         )
-    assert untrained["test/is"] < 1.2 and untrained["test/cond_acc"] < 0.15  # one blob for every z and class
+    # after one update: still about one blob for every z and class
+    assert untrained["test/is"] < 1.3 and untrained["test/cond_acc"] < 0.15
     assert trained["test/is"] > untrained["test/is"] + 0.4
     assert trained["test/fid"] < 0.5 * untrained["test/fid"]
     assert trained["test/fid_n_real"] == 1257 and trained["test/fid_n_fake"] == 1000
