@@ -80,7 +80,7 @@ def under_dispatch_mode() -> bool:
     """Whether a ``TorchDispatchMode`` (e.g. ``FlopCounterMode``, as the FLOPs metric uses) is active: the
     compiled FlexAttention kernel cannot run under one, so ``auto`` takes SDPA there and ``flex`` runs the
     unfused eager FlexAttention."""
-    if torch.compiler.is_compiling():  # no dispatch mode is traced into a compiled graph (and asking breaks it)
+    if torch.compiler.is_compiling():  # no dispatch mode is traced into a compiled graph (asking breaks it)
         return False
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
