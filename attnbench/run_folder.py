@@ -301,10 +301,11 @@ def _plain(node: Any, key: str) -> Any:
     return value
 
 
-def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+def config_leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a plain nested dict (an empty dict is a leaf)."""
     if isinstance(value, dict) and value:
         for k, v in value.items():
-            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from config_leaves(v, f"{prefix}.{k}" if prefix else str(k))
     else:
         yield prefix, value
 
@@ -316,7 +317,7 @@ def _differences(
     for top in keys if keys is not None else sorted(set(cfg) | set(saved)):
         if top == "paths" or top.startswith("paths."):
             continue
-        new, old = dict(_leaves(_plain(cfg, top), top)), dict(_leaves(_plain(saved, top), top))
+        new, old = dict(config_leaves(_plain(cfg, top), top)), dict(config_leaves(_plain(saved, top), top))
         for leaf in sorted(set(new) | set(old)):
             if new.get(leaf) != old.get(leaf):
                 yield leaf, new.get(leaf), old.get(leaf)

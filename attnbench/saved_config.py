@@ -28,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnbench.errors import ConfigError
+from attnbench.run_folder import config_leaves
 
 RECORD_DIR = ".hydra"
 # keys of the saved config that a launch sets itself (never instantiated, never compared)
@@ -103,14 +104,6 @@ def refuse_foreign_targets(node: DictConfig, source: str, allowed_keys: tuple[st
         )
 
 
-def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix, value
-
-
 def saved_overrides(folder: Path) -> list[str]:
     """The run's ``.hydra/overrides.yaml`` as a list of override strings (ConfigError when it is not)."""
     path = folder / RECORD_DIR / "overrides.yaml"
@@ -169,7 +162,7 @@ def checked_saved_config(folder: Path, allowed_keys: tuple[str, ...] = ()) -> Di
     for top in sorted(set(new) | set(old), key=str):
         if top in NOT_COMPARED:
             continue
-        a, b = dict(_leaves(new.get(top), str(top))), dict(_leaves(old.get(top), str(top)))
+        a, b = dict(config_leaves(new.get(top), str(top))), dict(config_leaves(old.get(top), str(top)))
         for leaf in sorted(set(a) | set(b)):
             if a.get(leaf, "<absent>") != b.get(leaf, "<absent>"):
                 differ.append(
