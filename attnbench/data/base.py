@@ -144,9 +144,10 @@ class ImageDataModule(pl.LightningDataModule):
         # the caller's, or the data set's (e.g. encoded JPEGs with data.decode_device=cuda)
         collate_fn = collate_fn or getattr(dataset, "collate_fn", None)
         whole = getattr(self, "_whole_splits", False)
+        seed, batch_size = getattr(self, "_whole_order", None) or (run_seed(), self.batch_size)
         batches_done = None
         if shuffle:  # the training order and augmentation a resumed run reproduces (data/sampling.py)
-            sampler = EpochShuffle(len(dataset), generator, run_seed(), *((1, 0) if whole else replicas()))
+            sampler = EpochShuffle(len(dataset), generator, seed, *((1, 0) if whole else replicas()))
             trainer = getattr(self, "trainer", None)
             if trainer is not None and not whole and trainer.state.fn == "fit":
                 batches_done = fit_batches_done(trainer)
@@ -156,7 +157,7 @@ class ImageDataModule(pl.LightningDataModule):
         return ResumableLoader(
             dataset,
             batches_done=batches_done,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             collate_fn=collate_fn,
             generator=generator,
@@ -167,15 +168,18 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     @contextlib.contextmanager
-    def whole_splits(self):
+    def whole_splits(self, seed: int | None = None, batch_size: int | None = None):
         """Inside: evaluation loaders give the whole split in every process, not this process's DDP share
-        (e.g. for a scorer that rank 0 trains and validates on its own)."""
-        before = getattr(self, "_whole_splits", False)
+        (e.g. for a scorer that rank 0 trains and validates on its own). With ``seed`` and ``batch_size``,
+        every loader made inside uses them instead of the run's seed and ``data.batch_size``: what is trained
+        inside (a cached scorer) does not depend on which run trained it."""
+        before = getattr(self, "_whole_splits", False), getattr(self, "_whole_order", None)
         self._whole_splits = True
+        self._whole_order = None if seed is None else (int(seed), int(batch_size or self.batch_size))
         try:
             yield self
         finally:
-            self._whole_splits = before
+            self._whole_splits, self._whole_order = before
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -49,7 +49,6 @@ ROLES: dict[str, str] = {
 }
 
 
-
 @dataclass(frozen=True)
 class MixerInfo:
     """What a family may ask about a registered mixer (see the module docstring)."""

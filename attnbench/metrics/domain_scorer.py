@@ -7,8 +7,11 @@ published IS/FID numbers, which use the 2015 ImageNet Inception network (``attnb
 With a K-class scorer the IS lies in [1, K] (10 on digits).
 
 The trained scorer is cached as ``<cache_dir>/domain_scorer/<key>.pt``; the key names the data set, image
-size, channels, classes, training-set size, scorer seed and recipe version, so a run, its seeds and the
-ablation studies all reuse the same scorer.
+size, channels, classes, training-set size, augmentation, scorer seed, epochs and recipe version, so a run,
+its seeds and the ablation studies all reuse the same scorer. What the key does not name is fixed: the scorer
+sees the training split in batches of ``SCORER_BATCH_SIZE`` in an order and with augmentation draws given by
+the scorer seed alone, never by the run's seed or ``data.batch_size`` (else the first run to train it would
+decide every later run's IS/FID).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from attnbench.safe_files import load_torch_file
 
 # 2: each pass over the training split calls the sampler's set_epoch (v1 scorers saw one order and, with
 # per-sample seeding, one augmentation draw in every pass)
-RECIPE_VERSION = 2
+# 3: batches of SCORER_BATCH_SIZE ordered by the scorer seed (v2 used the first run's seed and batch size)
+RECIPE_VERSION = 3
+SCORER_BATCH_SIZE = 64
 
 
 class DomainClassifier(nn.Module):
@@ -74,9 +79,15 @@ def cache_key(
     n_train: int,
     seed: int,
     root: str | None = None,
+    epochs: int = 15,
+    augment: bool | None = None,
 ) -> str:
-    """A file-name-safe key: ``<data>-<S>px-<C>ch-<K>cls-n<N>-s<seed>-v<recipe>[-<hash of root>]``."""
-    key = f"{data_name}-{image_size}px-{channels}ch-{num_classes}cls-n{n_train}-s{seed}-v{RECIPE_VERSION}"
+    """A file-name-safe key: ``<data>-<S>px-<C>ch-<K>cls-n<N>[-aug|-noaug]-s<seed>[-e<epochs>]-v<recipe>``
+    and ``-<hash of root>`` when there is a root (``-e`` only for other than the default 15 epochs)."""
+    aug = "" if augment is None else ("-aug" if augment else "-noaug")
+    ep = "" if int(epochs) == 15 else f"-e{int(epochs)}"
+    key = f"{data_name}-{image_size}px-{channels}ch-{num_classes}cls-n{n_train}{aug}-s{seed}{ep}"
+    key += f"-v{RECIPE_VERSION}"
     if root:
         key += "-" + hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:8]
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
@@ -153,3 +164,42 @@ def load_scorer(path: Path) -> tuple[DomainClassifier, dict]:
     for p in model.parameters():
         p.requires_grad_(False)
     return model, dict(blob.get("info", {}))
+
+
+def cached_domain_scorer(
+    dm,
+    trainer,
+    cache_dir: str,
+    channels: int,
+    num_classes: int,
+    seed: int = 0,
+    epochs: int = 15,
+) -> tuple[DomainClassifier, dict]:
+    """The domain scorer of data module ``dm`` (its training split, after ``setup("fit")``), read from
+    ``<cache_dir>/domain_scorer/<key>.pt`` or trained there first by global rank 0 (the others wait at a
+    barrier). Trained on the whole split (not a DDP share) in batches of ``SCORER_BATCH_SIZE``, ordered and
+    augmented by ``seed``: the same scorer whichever run, seed or batch size trains it."""
+    if getattr(dm, "train_set", None) is None:
+        dm.setup("fit")
+    key = cache_key(
+        type(dm).__name__,
+        int(dm.image_size),
+        channels,
+        num_classes,
+        len(dm.train_set),
+        seed,
+        getattr(dm, "root", None),
+        epochs=epochs,
+        augment=getattr(dm, "augment", None),
+    )
+    path = Path(cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
+    if trainer.is_global_zero and not path.is_file():
+        if not hasattr(dm, "whole_splits"):
+            raise TypeError(f"{type(dm).__name__} has no whole_splits(): no domain scorer can train on it")
+        with dm.whole_splits(seed=seed, batch_size=SCORER_BATCH_SIZE):  # rank 0 alone: not its DDP share
+            model, info = train_domain_classifier(
+                dm.train_dataloader(), dm.val_dataloader(), channels, num_classes, epochs=epochs, seed=seed
+            )
+        save_scorer(path, model, {**info, "key": key, "batch_size": SCORER_BATCH_SIZE})
+    trainer.strategy.barrier("domain_scorer")
+    return load_scorer(path)

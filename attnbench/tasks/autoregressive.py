@@ -17,9 +17,7 @@ the Image Transformer was trained with: ``lr · min(s/w, sqrt(w/s))`` at step ``
 
 from __future__ import annotations
 
-import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -175,32 +173,10 @@ class AutoregressiveTask(BaseTask):
         num_classes = getattr(dm, "num_classes", None)
         if dm is None or not num_classes or not hasattr(dm, "train_dataloader"):
             return None
-        if getattr(dm, "train_set", None) is None:
-            dm.setup("fit")
         channels = int(self.net.image_shape[0])
-        key = ds.cache_key(
-            type(dm).__name__,
-            int(dm.image_size),
-            channels,
-            int(num_classes),
-            len(dm.train_set),
-            hp.scorer_seed,
-            getattr(dm, "root", None),
+        model, self.scorer_info = ds.cached_domain_scorer(
+            dm, self.trainer, hp.cache_dir, channels, int(num_classes), hp.scorer_seed, hp.scorer_epochs
         )
-        path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
-        if self.trainer.is_global_zero and not path.is_file():
-            with getattr(dm, "whole_splits", contextlib.nullcontext)():  # rank 0 alone: not its DDP share
-                model, info = ds.train_domain_classifier(
-                    dm.train_dataloader(),
-                    dm.val_dataloader(),
-                    channels,
-                    int(num_classes),
-                    epochs=hp.scorer_epochs,
-                    seed=hp.scorer_seed,
-                )
-            ds.save_scorer(path, model, {**info, "key": key})
-        self.trainer.strategy.barrier("domain_scorer")
-        model, self.scorer_info = ds.load_scorer(path)
         return model
 
     def setup(self, stage: str) -> None:

@@ -20,11 +20,9 @@ split); ``test/is_real`` scores the real test images, the ceiling for ``test/is`
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -279,29 +277,9 @@ class GANTask(pl.LightningModule):
             dm.setup("fit")
         channels = int(getattr(dm, "channels", None) or 3)
         classes = int(getattr(dm, "num_classes", None) or self.num_classes)  # also for unconditional nets
-        key = ds.cache_key(
-            type(dm).__name__,
-            int(dm.image_size),
-            channels,
-            classes,
-            len(dm.train_set),
-            hp.scorer_seed,
-            getattr(dm, "root", None),
+        model, info = ds.cached_domain_scorer(
+            dm, self.trainer, hp.cache_dir, channels, classes, seed=hp.scorer_seed, epochs=hp.scorer_epochs
         )
-        path = Path(hp.cache_dir).expanduser() / "domain_scorer" / f"{key}.pt"
-        if self.trainer.is_global_zero and not path.is_file():
-            with getattr(dm, "whole_splits", contextlib.nullcontext)():  # rank 0 alone: not its DDP share
-                model, info = ds.train_domain_classifier(
-                    dm.train_dataloader(),
-                    dm.val_dataloader(),
-                    channels,
-                    classes,
-                    epochs=hp.scorer_epochs,
-                    seed=hp.scorer_seed,
-                )
-            ds.save_scorer(path, model, {**info, "key": key})
-        self.trainer.strategy.barrier("domain_scorer")
-        model, info = ds.load_scorer(path)
         self.scorer_info = info
         return model
 
