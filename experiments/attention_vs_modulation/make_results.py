@@ -141,7 +141,7 @@ def load_run(folder: Path):
     from attnbench.saved_config import refuse_foreign_targets
 
     cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    refuse_foreign_targets(cfg, str(folder / ".hydra" / "config.yaml"))  # a record never decides what code runs
+    refuse_foreign_targets(cfg, str(folder / ".hydra" / "config.yaml"))  # a record never picks the code
     OmegaConf.update(cfg, "paths.output_dir", str(folder), force_add=True)
     OmegaConf.update(cfg, "data.num_workers", 0, force_add=True)
     datamodule = instantiate(cfg.data)

@@ -1,0 +1,292 @@
+"""``python -m attnbench.compare_maps RUN [RUN ...] [--out DIR] [--images N] [--split test|val] [--scale S]``:
+the token-mixer maps of several runs of one family over the same images, on one colour scale.
+
+Each run's own figures (``figures/maps_*``) scale colour to that run's values, so two mixers' figures cannot
+be read side by side. Here every run is rebuilt from its checked saved configuration (``.hydra/``), loaded
+with the checkpoint it tested (``test/ckpt`` of its metrics.json, looked up in its own ``checkpoints/``; else
+``last.ckpt``), and its ``mixer_maps`` are computed on the first N images of one split of the runs' common
+data set. One figure per map name (``stage1``, ...): a row of inputs, then one row per run, one colour bar.
+
+``--scale``:
+
+- ``relative`` (default): each map divided by its own mean over positions, so 1 = uniform for every
+  mechanism (attention received, FocalNet's modulator magnitude |h(ctx)|, ...): mechanisms whose maps have
+  different units compare as "how concentrated", on one scale;
+- ``raw``: the values as the mechanisms give them, on one scale; refused unless every run's map has the
+  same unit (e.g. two attention mixers).
+
+The runs must share their data settings (``data.*``, besides loader settings): exit 2 naming the first key
+that differs. Folders are only read; figures go to ``--out`` (default ``compare_maps/``), never into a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnbench.callbacks.render import _pyplot
+from attnbench.errors import ConfigError
+
+LOADER_KEYS = {
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "batch_size",
+    "cache_dir",
+    "prefetch_factor",
+}
+
+
+@dataclass
+class LoadedRun:
+    folder: Path
+    label: str
+    cfg: Any
+    task: Any
+    datamodule: Any
+    checkpoint: Path
+
+
+def tested_checkpoint(folder: Path) -> Path:
+    """The checkpoint the run tested (by file name, inside this folder: the folder may have moved), else
+    ``checkpoints/last.ckpt``."""
+    ckpts = folder / "checkpoints"
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        try:
+            tested = json.loads(metrics.read_text()).get("test/ckpt")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            tested = None
+        if isinstance(tested, str) and (ckpts / Path(tested).name).is_file():
+            return ckpts / Path(tested).name
+    if (ckpts / "last.ckpt").is_file():
+        return ckpts / "last.ckpt"
+    raise ConfigError(f"{folder}: no checkpoint (expected {ckpts}/last.ckpt or the one metrics.json tested)")
+
+
+def run_label(folder: Path, cfg: Any) -> str:
+    """``<mixer>`` and ``seed <n>`` on two lines (the figure's row label; ``compare`` adds the folder's name
+    where two runs would share a label)."""
+    from attnbench.train import run_identity, saved_choices
+
+    ident = run_identity(cfg, saved_choices(folder) or None)
+    return f"{ident.get('variant') or ident.get('model')}\nseed {ident.get('seed')}"
+
+
+def load_run(folder: Path) -> LoadedRun:
+    from omegaconf import open_dict
+
+    from attnbench.safe_files import load_torch_file
+    from attnbench.saved_config import checked_saved_config
+    from attnbench.train import build_task, instantiate
+
+    if not (folder / ".hydra" / "config.yaml").is_file():
+        raise ConfigError(f"{folder} is not a run folder (no .hydra/config.yaml)")
+    cfg = checked_saved_config(folder)
+    with open_dict(cfg):
+        cfg.data.num_workers = 0
+        cfg.paths.output_dir = str(folder)
+    dm = instantiate(cfg.data)
+    dm.setup("test")
+    _, task = build_task(cfg, dm)
+    ckpt = tested_checkpoint(folder)
+    task.load_state_dict(load_torch_file(ckpt, what="checkpoint")["state_dict"])
+    task.eval()
+    return LoadedRun(folder, run_label(folder, cfg), cfg, task, dm, ckpt)
+
+
+def data_settings(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {k: v for k, v in data.items() if k not in LOADER_KEYS}
+
+
+def check_same_data(runs: list[LoadedRun]) -> None:
+    first = data_settings(runs[0].cfg)
+    for run in runs[1:]:
+        other = data_settings(run.cfg)
+        for key in sorted(set(first) | set(other)):
+            if first.get(key) != other.get(key):
+                raise ConfigError(
+                    f"the runs use different data: data.{key}={first.get(key)!r} in {runs[0].folder} but "
+                    f"{other.get(key)!r} in {run.folder}; maps are compared over the same images only"
+                )
+
+
+def first_images(run: LoadedRun, split: str, n: int) -> torch.Tensor:
+    """The first ``n`` images ``[n, C, H, W]`` in [0, 1] of ``split`` (its loader does not shuffle)."""
+    dm = run.datamodule
+    if split == "val" and getattr(dm, "val_set", None) is None:
+        dm.setup("fit")
+    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
+    chunks, have = [], 0
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        chunks.append(x)
+        have += len(x)
+        if have >= n:
+            break
+    return torch.cat(chunks)[:n].float()
+
+
+@torch.no_grad()
+def run_maps(run: LoadedRun, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
+    net = run.task.net
+    maps_fn = getattr(net, "mixer_maps", None)
+    if maps_fn is None:
+        raise ConfigError(f"{run.folder}: this model has no token-mixer maps (mixer_maps) to compare")
+    maps = {k: v.detach().float().cpu() for k, v in maps_fn(run.task.normalise(x)).items()}
+    legends = getattr(net, "mixer_map_legends", dict)()
+    return maps, legends
+
+
+def relative(m: torch.Tensor) -> torch.Tensor:
+    """``[B, h, w]`` maps divided by their own mean over positions (1 = uniform); an all-zero map stays 0."""
+    mean = m.flatten(1).mean(1).view(-1, 1, 1)
+    return torch.where(
+        mean.abs() > 0, m / mean.where(mean.abs() > 0, torch.ones_like(mean)), torch.zeros_like(m)
+    )
+
+
+def shared_limits(maps: list[torch.Tensor]) -> tuple[float, float]:
+    """One ``(vmin, vmax)`` for every map of a comparison."""
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    return lo, hi if hi - lo > 1e-8 else lo + 1e-8
+
+
+def comparison_figure(images: torch.Tensor, rows: list[tuple[str, torch.Tensor]], title: str, unit: str):
+    """Row 0: the images ``[B, C, H, W]``; then one row per run: its map ``[B, h, w]`` (nearest-upsampled)
+    over the greyscale image, every row on one colour scale and one colour bar."""
+    import torch.nn.functional as F
+
+    from attnbench.callbacks.render import DPI, FONT, MIN_WIDTH_IN, _pyplot, _rgb_numpy, suptitle
+
+    plt = _pyplot()
+    b = len(images)
+    h, w = images.shape[-2:]
+    rgb = _rgb_numpy(images)
+    ups = [
+        (label, F.interpolate(m.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)) for label, m in rows
+    ]
+    vmin, vmax = shared_limits([m for _, m in ups])
+    width = max(MIN_WIDTH_IN, 1.2 * b + 2.6)
+    fig, axes = plt.subplots(
+        1 + len(ups), b, figsize=(width, 1.1 * (1 + len(ups)) + 0.7), squeeze=False, dpi=DPI
+    )
+    shown = None
+    for i in range(b):
+        axes[0, i].imshow(rgb[i], interpolation="nearest")
+        for r, (_, m) in enumerate(ups, start=1):
+            axes[r, i].imshow(rgb[i].mean(-1), cmap="gray", interpolation="nearest")
+            shown = axes[r, i].imshow(
+                m[i].numpy(), cmap="magma", alpha=0.7, vmin=vmin, vmax=vmax, interpolation="nearest"
+            )
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("input", fontsize=FONT)
+    for r, (label, _) in enumerate(ups, start=1):
+        axes[r, 0].set_ylabel(label, fontsize=FONT - 2)
+    bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
+    bar.set_label(unit, fontsize=FONT)
+    bar.ax.tick_params(labelsize=FONT - 1)
+    suptitle(fig, title)
+    return fig, (vmin, vmax)
+
+
+def compare(
+    folders: list[Path], out: Path, n_images: int = 6, split: str = "test", scale: str = "relative"
+) -> dict:
+    """Write ``out/maps_<name>.png`` for every map name the runs share, and ``out/compare_maps.json`` (the
+    runs, their checkpoints, the scale and each figure's colour limits). Returns that record."""
+    if len(folders) < 2:
+        raise ConfigError(f"compare_maps needs at least two run folders, got {len(folders)}")
+    if scale not in ("relative", "raw"):
+        raise ConfigError(f"--scale={scale!r}: expected relative or raw")
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split={split!r}: expected test or val")
+    if n_images < 1:
+        raise ConfigError(f"--images={n_images}: expected a positive number of images")
+    for f in folders:
+        if not f.is_dir():
+            raise ConfigError(f"{f} is not a folder; expected a run folder")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} already holds files; write the comparison into a new folder")
+    runs = [load_run(f) for f in folders]
+    labels = [r.label for r in runs]
+    for r in runs:
+        if labels.count(r.label) > 1:
+            r.label = f"{r.label}\n{r.folder.name}"
+    check_same_data(runs)
+    x = first_images(runs[0], split, n_images)
+    computed = [(run, *run_maps(run, x)) for run in runs]
+    names = [k for k in computed[0][1] if all(k in maps for _, maps, _ in computed)]
+    if not names:
+        raise ConfigError("the runs have no token-mixer map in common (mixer_maps names differ)")
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "scale": scale,
+        "split": split,
+        "images": int(len(x)),
+        "runs": [
+            {"folder": str(r.folder), "label": r.label.replace("\n", " "), "checkpoint": str(r.checkpoint)}
+            for r in runs
+        ],
+        "figures": {},
+    }
+    for name in names:
+        units = {legends.get(name, ("", "map value"))[1] for _, _, legends in computed}
+        if scale == "raw" and len(units) > 1:
+            raise ConfigError(
+                f"--scale=raw: the runs' {name} maps have different units ({', '.join(sorted(units))}); "
+                "use --scale=relative (each map over its mean: 1 = uniform)"
+            )
+        rows = [
+            (run.label, relative(maps[name]) if scale == "relative" else maps[name])
+            for run, maps, _ in computed
+        ]
+        unit = "value / the map's mean (1 = uniform)" if scale == "relative" else units.pop()
+        h, w = rows[0][1].shape[-2:]
+        title = f"{name} token-mixer maps ({h}×{w} tokens) of {len(runs)} runs, first {len(x)} {split} images"
+        fig, limits = comparison_figure(x, rows, title, unit)
+        path = out / f"maps_{name}.png"
+        fig.savefig(path)
+        _pyplot().close(fig)
+        record["figures"][name] = {"file": path.name, "vmin": limits[0], "vmax": limits[1], "unit": unit}
+    (out / "compare_maps.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m attnbench.compare_maps", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (two or more, one family, same data)")
+    parser.add_argument("--out", type=Path, default=Path("compare_maps"), help="a new folder for the figures")
+    parser.add_argument("--images", type=int, default=6, help="how many images (default 6)")
+    parser.add_argument("--split", default="test", help="test (default) or val")
+    parser.add_argument("--scale", default="relative", help="relative (default: 1 = uniform) or raw")
+    args = parser.parse_args(argv)
+    try:
+        record = compare(args.runs, args.out, args.images, args.split, args.scale)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, fig in record["figures"].items():
+        print(
+            f"{name}: {args.out / fig['file']}  (colour scale {fig['vmin']:.3g} .. {fig['vmax']:.3g}, "
+            f"{fig['unit']})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``python -m attnbench.compare_maps``: two mixers' maps over the same images on one colour scale."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose_cfg, run_cfg
+
+from attnbench.compare_maps import compare, main, relative, shared_limits
+
+TINY = [
+    "data.image_size=32",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for mixer in ("focal_modulation", "global_attention"):
+        assert run_cfg(compose_cfg([*TINY, f"model.mixer={mixer}"], root / mixer))["status"] == "ok"
+    return root
+
+
+def test_relative_maps_are_one_when_uniform_and_keep_their_shape():
+    m = torch.tensor([[[2.0, 2.0], [2.0, 2.0]], [[0.0, 1.0], [1.0, 2.0]]])
+    r = relative(m)
+    torch.testing.assert_close(r[0], torch.ones(2, 2))
+    torch.testing.assert_close(r[1], m[1] / 1.0)
+    assert relative(torch.zeros(1, 2, 2)).abs().sum() == 0  # an all-zero map does not become NaN
+    assert shared_limits([torch.tensor([0.5, 3.0]), torch.tensor([0.2, 1.0])]) == (pytest.approx(0.2), 3.0)
+
+
+def test_two_mixers_share_one_colour_scale(two_runs, tmp_path):
+    from attnbench.compare_maps import first_images, load_run, run_maps
+
+    out = tmp_path / "cmp"
+    record = compare([two_runs / "focal_modulation", two_runs / "global_attention"], out, n_images=3)
+    assert record["scale"] == "relative" and record["images"] == 3
+    assert [r["label"].split()[0] for r in record["runs"]] == ["focal_modulation", "global_attention"]
+    assert set(record["figures"]) >= {"stage1", "stage2"}
+    assert json.loads((out / "compare_maps.json").read_text()) == record
+    # the colour limits span both runs' relative maps: recomputed here from the same images and checkpoints
+    runs = [load_run(two_runs / m) for m in ("focal_modulation", "global_attention")]
+    x = first_images(runs[0], "test", 3)
+    stage1 = [relative(run_maps(r, x)[0]["stage1"]) for r in runs]
+    fig = record["figures"]["stage1"]
+    assert fig["vmin"] == pytest.approx(min(float(m.min()) for m in stage1))
+    assert fig["vmax"] == pytest.approx(max(float(m.max()) for m in stage1))
+    # each run alone would have had its own, different range: the shared one covers both
+    assert fig["vmax"] > min(float(m.max()) for m in stage1) or fig["vmin"] < max(
+        float(m.min()) for m in stage1
+    )
+    for name in record["figures"]:
+        assert (out / f"maps_{name}.png").stat().st_size > 5000
+    # the run folders are only read
+    assert not (two_runs / "focal_modulation" / "compare_maps.json").exists()
+
+
+def test_bad_input_is_one_clear_error(two_runs, tmp_path, capsys):
+    a, b = str(two_runs / "focal_modulation"), str(two_runs / "global_attention")
+    # different units (|h(ctx)| vs attention received) cannot share a raw scale
+    assert main([a, b, "--scale", "raw", "--out", str(tmp_path / "raw")]) == 2
+    assert "different units" in capsys.readouterr().err
+    assert main([a, "--out", str(tmp_path / "one")]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main([a, str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert main([a, b, "--out", str(tmp_path / "full")]) == 2
+    assert "already holds files" in capsys.readouterr().err
+
+
+def test_runs_on_different_data_are_refused(two_runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert (
+        run_cfg(compose_cfg([*TINY, "data.image_size=64", "model.mixer=global_attention"], other))["status"]
+        == "ok"
+    )
+    assert main([str(two_runs / "focal_modulation"), str(other), "--out", str(tmp_path / "o")]) == 2
+    assert "data.image_size=32" in capsys.readouterr().err
