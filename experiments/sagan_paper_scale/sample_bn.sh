@@ -19,17 +19,4 @@ for seed in $SEEDS; do
         ckpt_path=$run/checkpoints/last.ckpt model.task.sample_bn=$bn "${EVAL[@]}" hydra.run.dir=$ev
   done
 done
-$PY - "$OUT" <<'PY'
-import json, pathlib, statistics, sys
-out = pathlib.Path(sys.argv[1])
-rows = {}
-for p in sorted(out.glob("eval_s*_*/metrics.json")):
-    m = json.loads(p.read_text())
-    bn = p.parent.name.split("_", 2)[2]
-    rows.setdefault(bn, []).append((m["test/fid"], m["test/is"], m.get("test/sample_bn")))
-for bn, vals in rows.items():
-    fids = [v[0] for v in vals]
-    sd = statistics.stdev(fids) if len(fids) > 1 else 0.0
-    print(f"{bn:9s} seeds={len(fids)} FID {statistics.mean(fids):.4f} ± {sd:.4f} IS {statistics.mean(v[1] for v in vals):.3f}"
-          f"  per seed FID {[round(f, 4) for f in fids]} recorded={vals[0][2]}")
-PY
+$PY experiments/sagan_paper_scale/sample_bn_table.py "$OUT"
