@@ -2,10 +2,11 @@
 
     python experiments/discriminating_tasks/calibration_table.py [CALIBRATION_DIR] [--allow-mixed]
 
-CALIBRATION_DIR (default: experiments/discriminating_tasks/calibration) holds ``<data>/<mixer>_s<seed>/``
-run folders (``conf/experiment/calibrate_<data>.yaml``). Per data set and mixer: mean, standard deviation and
-standard error over seeds of the quality metric (test/acc for the classification tasks, test/bpd_second for
-twin_digits), then the protocol's criteria:
+CALIBRATION_DIR (default: experiments/discriminating_tasks/calibration) holds ``<setting>/<mixer>_s<seed>/``
+run folders (``conf/experiment/calibrate_<data>.yaml``; a setting folder is named by its data set, with a
+suffix for a variant such as ``cluttered_digits_lr5e-4``; the data set is read from each run's ``run/data``).
+Per data set and mixer: mean, standard deviation and standard error over seeds of the quality metric (test/acc
+for the classification tasks, test/bpd_second for twin_digits), then the protocol's criteria:
 
 - classification: every mixer above chance by more than 3 standard errors and below 0.99; the gap between the
   best and the worst mixer's mean larger than 3 x sqrt(s_best^2 / n_best + s_worst^2 / n_worst);
@@ -68,6 +69,13 @@ def stats(values: list[float]) -> tuple[float, float, float, int]:
     return mean, sd, sd / math.sqrt(n) if n > 1 else float("nan"), n
 
 
+def data_of(groups: dict[str, list[dict]], folder: str) -> str:
+    names = {str(r.get("run/data")) for runs in groups.values() for r in runs}
+    if len(names) == 1 and names <= set(TASKS):
+        return names.pop()
+    return next((t for t in TASKS if folder.startswith(t)), folder)
+
+
 def verdict(data: str, groups: dict[str, list[dict]]) -> list[str]:
     metric, higher, chance, _ = TASKS[data]
     s = {k: stats([float(r[metric]) for r in runs]) for k, runs in groups.items() if runs}
@@ -115,13 +123,20 @@ def section(root: Path, allow_mixed: bool) -> str:
     from attnbench.provenance import provenance_lines
 
     out, records = [], []
-    for data, (metric, higher, _chance, order) in TASKS.items():
-        groups, problems = load(root / data)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        groups, problems = load(folder)
         if not groups and not problems:
             continue
+        data = data_of(groups, folder.name)
+        if data not in TASKS:
+            problems.append(f"`{folder.name}`: not a calibrated data set")
+            out += [f"### {folder.name}", "", "- runs left out: " + "; ".join(problems), ""]
+            continue
+        metric, higher, _chance, order = TASKS[data]
         records += [r for runs in groups.values() for r in runs]
         probes = [(k, h) for k, h in PROBES if any(k in r for runs in groups.values() for r in runs)]
-        out += [f"### {data} ({metric}, {'higher' if higher else 'lower'} is better)", ""]
+        setting = data if folder.name == data else f"{folder.name} (data={data})"
+        out += [f"### {setting}: {metric}, {'higher' if higher else 'lower'} is better", ""]
         extra = ["test/bpd"] if data == "twin_digits" else []
         head = ["mixer", "seeds", f"{metric} mean ± std", "SE", *extra, *[h for _, h in probes]]
         head += ["epochs", "fit s (mean)"]
