@@ -122,13 +122,24 @@ def _near(S: int) -> tuple[int, ...]:
     return tuple(dy * S + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
-def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: int = 400):
+def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: int = 400, start=None):
     """One path avoiding ``forbidden``, grown depth first (a dead end backtracks one segment and tries the
-    other turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None."""
+    other turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None.
+
+    ``start(rng)`` draws the start pixel ``(y, x)`` of each attempt, or None for a draw that cannot be used
+    (it costs one unit of ``budget``); by default a pixel uniform at least 2 px inside the image."""
     S = g.size
     spent = 0
     while spent < budget:
-        x0, y0 = ((2 + rng.below(S - 4)) * FP + FP // 2 for _ in range(2))
+        if start is None:
+            sx, sy = 2 + rng.below(S - 4), 2 + rng.below(S - 4)
+        else:
+            s = start(rng)
+            if s is None:
+                spent += 1
+                continue
+            sy, sx = s
+        x0, y0 = sx * FP + FP // 2, sy * FP + FP // 2
         k0 = rng.below(DIRECTIONS)
         # stack of (x, y, k, untried turns, segment result)
         stack = [(x0, y0, k0, list(TURN_ORDERS[rng.below(len(TURN_ORDERS))]), None)]
@@ -157,6 +168,28 @@ def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: 
     return None
 
 
+RING: dict[int, list[tuple[int, int]]] = {}  # squared radius -> the integer offsets (dy, dx) on that circle
+
+
+def _ring_start(g: PathfinderGeometry, ay: int, ax: int, dist_sq: int, forbidden: bytearray):
+    """A start-drawing function for ``_grow_path``: a pixel drawn uniformly among those at *exactly* the
+    distance ``sqrt(dist_sq)`` from ``(ay, ax)`` (the integer solutions of ``dy^2 + dx^2 = dist_sq``; there
+    is one at least, as ``dist_sq`` is a distance between two pixels), at least 2 px inside the image and
+    not ``forbidden``; None when there is none."""
+    if dist_sq not in RING:
+        r = math.isqrt(dist_sq)
+        RING[dist_sq] = [
+            (dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx == dist_sq
+        ]
+    S = g.size
+    free = [
+        (ay + dy, ax + dx)
+        for dy, dx in RING[dist_sq]
+        if 2 <= ay + dy <= S - 3 and 2 <= ax + dx <= S - 3 and not forbidden[(ay + dy) * S + ax + dx]
+    ]
+    return (lambda rng: free[rng.below(len(free))]) if free else (lambda rng: None)
+
+
 def _forbid(g: PathfinderGeometry, forbidden: bytearray, pixels: list[int]) -> None:
     """Mark ``pixels`` and their 8 neighbours (a one-pixel margin between paths)."""
     S = g.size
@@ -179,8 +212,13 @@ def pathfinder_image(
     while True:  # a canvas that leaves no room for a path is drawn anew (deterministically)
         forbidden = bytearray(S * S)
         paths = []
-        for _ in range(g.paths):
-            p = _grow_path(g, forbidden, rng)
+        for i in range(g.paths):
+            start = None
+            if i == 1:  # path 1 starts as far from end `a` of path 0 as path 0's other end is
+                a = rng.below(2)
+                (ay, ax), (by, bx) = paths[0][2][a], paths[0][2][1 - a]
+                start = _ring_start(g, ay, ax, (ay - by) ** 2 + (ax - bx) ** 2, forbidden)
+            p = _grow_path(g, forbidden, rng, start=start)
             if p is None:
                 break
             _forbid(g, forbidden, p[1])
@@ -191,10 +229,11 @@ def pathfinder_image(
     for ink, _, _ in paths:
         flat[ink] = 255
     image = flat.reshape(S, S)
+    # the canvas above is drawn the same way for both labels; only the second marker tells them apart
     if positive:
-        markers, marker_paths = [paths[0][2][0], paths[0][2][1]], [0, 0]
+        markers, marker_paths = [paths[0][2][a], paths[0][2][1 - a]], [0, 0]
     else:
-        markers, marker_paths = [paths[0][2][int(rng.below(2))], paths[1][2][int(rng.below(2))]], [0, 1]
+        markers, marker_paths = [paths[0][2][a], paths[1][2][0]], [0, 1]
     for my, mx in markers:
         for dy, dx in g.disc:
             if 0 <= my + dy < S and 0 <= mx + dx < S:
@@ -214,7 +253,7 @@ class PathfinderDataModule(GeneratedDataModule):
     """``data=pathfinder``: binary images ``x float[B, 1, S, S]`` (0 or 1), ``y`` 1 = markers connected."""
 
     name = "pathfinder"
-    version = 1
+    version = 2  # 2: path 1 starts on the ring around path 0's end (marker distance controlled)
     max_value = 255
 
     def __init__(self, contour_length: int = 6, num_distractors: int = 2, **kwargs):
