@@ -88,7 +88,7 @@ def test_pathfinder_marker_distance_does_not_tell_the_label():
     """Over independent positives and negatives (300 each, 32 px, contour length 6), the mean marker distance
     agrees within 0.3 px and the best threshold on it, chosen on one set of images, reads the label of
     another at chance (|accuracy - 0.5| < 0.08, 3.9 binomial standard errors at n=600). Generator v1 (path
-    1 anywhere) failed both: 11.5 +- 0.5 px for positives against 16.2 +- 7.3 for negatives, about 80 %."""
+    1 anywhere) failed both: 11.5 +- 0.5 px for positives against 15.9 +- 6.9 for negatives, 82 %."""
     g = PathfinderGeometry(32, 6, 2)
 
     def draw(seed: int) -> tuple[np.ndarray, np.ndarray]:

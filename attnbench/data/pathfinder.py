@@ -4,10 +4,13 @@ Tay et al. ICLR 2021, Sec. 3.5), re-implemented as a deterministic numpy generat
 An image holds ``2 + num_distractors`` paths of the same kind, each ``contour_length`` segments long. A
 segment is a dash (``dash`` px of ink) followed by a gap; each segment turns by at most one step of 360/32
 degrees from the last, so paths curve smoothly and (their total turn staying below 180 degrees) never cross
-themselves. Paths keep one pixel of background between them (no two paths touch, even diagonally). Two marker
-discs are drawn: on both ends of path 0 (positive, label 1) or on one end of path 0 and one end of path 1
-(negative, label 0). Every image draws the same number of paths of the same length, so the amount of ink does
-not tell the label. Classes alternate (exactly balanced).
+themselves. Paths keep one pixel of background between them (no two paths touch, even diagonally). Path 0 is
+drawn anywhere; then one of its ends ``a`` is drawn, and path 1 starts at a pixel exactly as far from ``a`` as
+path 0's other end ``b`` (drawn among the integer solutions of ``dy^2 + dx^2 = |a - b|^2``); then the
+distractors, anywhere. Two marker discs are drawn: on ``a`` and ``b`` (positive, label 1) or on ``a`` and the
+start of path 1 (negative, label 0). The canvas is drawn the same way (with the same draws) for both labels,
+so neither the amount of ink nor the distance between the markers tells the label. Classes alternate
+(exactly balanced).
 
 Geometry scales with ``image_size`` (32 / 64 / 128): dash = S/16 px, gap = S/32 px, line width = S/64 px
 (at least 1), marker radius = S/20 px (at least 1.5). Difficulty is the contour length: LRA's 6 / 9 / 14.
@@ -15,7 +18,12 @@ Positions are fixed point (1/256 px) integers; directions a 32-entry integer tab
 touches the pixels, so the bytes are the same on every machine.
 
 Differences from the original: binary (not anti-aliased) strokes; paddles are straight dashes, not
-Linsley's rendered paddle sprites; collision is checked on a one-pixel margin; markers are filled discs.
+Linsley's rendered paddle sprites; collision is checked on a one-pixel margin; markers are filled discs. The
+distance between the markers is controlled (path 1 starts on the circle through ``b`` around ``a``): paths
+curve little, so the ends of one path lie at an almost fixed distance, and with path 1 anywhere (version 1)
+that distance alone read the label (32 px, length 6: 11.5 +- 0.5 px for positives, 15.3 +- 6.8 px for
+negatives, a threshold 86 % right on held-out images; now 11.5 +- 0.5 px for both and 51 %:
+``benchmarks/pathfinder_marker_distance.py``, recorded in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
