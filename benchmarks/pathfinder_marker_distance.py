@@ -1,11 +1,16 @@
-"""Does the distance between Pathfinder's two markers tell the label? (``attnbench/data/pathfinder.py``)
+"""Do simple statistics of Pathfinder's two markers tell the label? (``attnbench/data/pathfinder.py``)
 
 For each contour length and distractor count, draws ``--n`` positives and ``--n`` negatives (alternating, as
-the data module does) twice with independent seeds, and prints the marker distance (mean ± standard
-deviation, px) per class and the held-out accuracy of the best threshold on it: the threshold (and side)
-with the best accuracy on the first draw, scored on the second. 0.5 = the distance says nothing (binomial
-standard error ``0.5 / sqrt(2 n)``). Not a speed benchmark: a check of the generator, recorded with
-``benchmarks/record.py``.
+the data module does) twice with independent seeds, and prints per class, as mean ± standard deviation, and
+as the held-out accuracy of the best threshold on it (the threshold and side best on the first draw, scored
+on the second; 0.5 = the statistic says nothing, binomial standard error ``0.5 / sqrt(2 n)``):
+
+- the marker distance (px), which the generator controls (version 2);
+- the heading cue: the cosine between the direction in which marker 1's path leaves it (the mean offset of
+  that path's centre-line pixels within 4 px, read from the generator's masks) and the direction to marker 2.
+  The two ends of one gently curving path face each other, so positives score near 1; not controlled.
+
+Not a speed benchmark: a check of the generator, recorded with ``benchmarks/record.py``.
 
     python benchmarks/pathfinder_marker_distance.py --n 400
 """
@@ -18,18 +23,26 @@ import math
 import numpy as np
 
 
-def marker_distances(size: int, length: int, distractors: int, n: int, seed: int):
-    """``(distance float[2n], label int[2n])`` over ``2n`` images with alternating labels (0, 1, 0, ...)."""
+def marker_statistics(size: int, length: int, distractors: int, n: int, seed: int):
+    """``(distance float[2n], heading cosine float[2n], label int[2n])`` over ``2n`` images with alternating
+    labels (0, 1, 0, ...)."""
     from attnbench.data.pathfinder import PathfinderGeometry, pathfinder_image
 
     g = PathfinderGeometry(size, length, distractors)
     rng = np.random.default_rng(seed)
     y = np.arange(2 * n) % 2
-    d = []
+    d, cos = [], []
     for label in y:
-        (y0, x0), (y1, x1) = pathfinder_image(g, bool(label), rng)["markers"]
+        out = pathfinder_image(g, bool(label), rng, with_masks=True)
+        (y0, x0), (y1, x1) = out["markers"]
         d.append(math.hypot(y0 - y1, x0 - x1))
-    return np.array(d), y
+        py, px = np.nonzero(out["skeleton"] == out["skeleton"][y0, x0])
+        r = np.hypot(py - y0, px - x0)
+        near = (r > 0) & (r <= 4)
+        h = np.array([(py[near] - y0).mean(), (px[near] - x0).mean()])
+        v = np.array([y1 - y0, x1 - x0], dtype=np.float64)
+        cos.append(float(h @ v / (np.linalg.norm(h) * np.linalg.norm(v))))
+    return np.array(d), np.array(cos), y
 
 
 def held_out_threshold_accuracy(dtr, ytr, dte, yte) -> float:
@@ -47,15 +60,20 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{args.n} images per class per draw, {args.size} px; threshold chosen on seed 0, scored on seed 1")
     print()
-    print("| contour length | distractors | positives (px) | negatives (px) | held-out threshold accuracy |")
-    print("|---|---|---|---|---|")
+    print(
+        "| contour length | distractors | distance, positives (px) | distance, negatives (px) "
+        "| held-out accuracy on distance | heading cosine, positives | heading cosine, negatives "
+        "| held-out accuracy on heading |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for length, distractors in ((6, 2), (9, 2), (14, 2), (6, 0)):
-        dtr, ytr = marker_distances(args.size, length, distractors, args.n, seed=0)
-        dte, yte = marker_distances(args.size, length, distractors, args.n, seed=1)
-        pos, neg = dtr[ytr == 1], dtr[ytr == 0]
-        acc = held_out_threshold_accuracy(dtr, ytr, dte, yte)
-        cells = [f"{a.mean():.1f} ± {a.std():.1f}" for a in (pos, neg)]
-        print(f"| {length} | {distractors} | {cells[0]} | {cells[1]} | {acc:.3f} |")
+        dtr, ctr, ytr = marker_statistics(args.size, length, distractors, args.n, seed=0)
+        dte, cte, yte = marker_statistics(args.size, length, distractors, args.n, seed=1)
+        cells = [f"{length}", f"{distractors}"]
+        for tr, te, fmt in ((dtr, dte, ".1f"), (ctr, cte, ".2f")):
+            cells += [f"{a.mean():{fmt}} ± {a.std():{fmt}}" for a in (tr[ytr == 1], tr[ytr == 0])]
+            cells.append(f"{held_out_threshold_accuracy(tr, ytr, te, yte):.3f}")
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
