@@ -4,10 +4,13 @@ Tay et al. ICLR 2021, Sec. 3.5), re-implemented as a deterministic numpy generat
 An image holds ``2 + num_distractors`` paths of the same kind, each ``contour_length`` segments long. A
 segment is a dash (``dash`` px of ink) followed by a gap; each segment turns by at most one step of 360/32
 degrees from the last, so paths curve smoothly and (their total turn staying below 180 degrees) never cross
-themselves. Paths keep one pixel of background between them (no two paths touch, even diagonally). Two marker
-discs are drawn: on both ends of path 0 (positive, label 1) or on one end of path 0 and one end of path 1
-(negative, label 0). Every image draws the same number of paths of the same length, so the amount of ink does
-not tell the label. Classes alternate (exactly balanced).
+themselves. Paths keep one pixel of background between them (no two paths touch, even diagonally). Path 0 is
+drawn anywhere; then one of its ends ``a`` is drawn, and path 1 starts at a pixel exactly as far from ``a`` as
+path 0's other end ``b`` (drawn among the integer solutions of ``dy^2 + dx^2 = |a - b|^2``); then the
+distractors, anywhere. Two marker discs are drawn: on ``a`` and ``b`` (positive, label 1) or on ``a`` and the
+start of path 1 (negative, label 0). The canvas is drawn the same way (with the same draws) for both labels,
+so neither the amount of ink nor the distance between the markers tells the label. Classes alternate
+(exactly balanced).
 
 Geometry scales with ``image_size`` (32 / 64 / 128): dash = S/16 px, gap = S/32 px, line width = S/64 px
 (at least 1), marker radius = S/20 px (at least 1.5). Difficulty is the contour length: LRA's 6 / 9 / 14.
@@ -15,7 +18,14 @@ Positions are fixed point (1/256 px) integers; directions a 32-entry integer tab
 touches the pixels, so the bytes are the same on every machine.
 
 Differences from the original: binary (not anti-aliased) strokes; paddles are straight dashes, not
-Linsley's rendered paddle sprites; collision is checked on a one-pixel margin; markers are filled discs.
+Linsley's rendered paddle sprites; collision is checked on a one-pixel margin; markers are filled discs. The
+distance between the markers is controlled (path 1 starts on the circle through ``b`` around ``a``): paths
+curve little, so the ends of one path lie at an almost fixed distance, and with path 1 anywhere (version 1)
+that distance alone read the label (32 px, length 6: 11.5 +- 0.5 px for positives, 15.3 +- 6.8 px for
+negatives, a threshold 86 % right on held-out images; now 11.5 +- 0.5 px for both and 51 %:
+``benchmarks/pathfinder_marker_distance.py``, recorded in ``benchmarks/RESULTS.md``). Not controlled: the
+heading cue (the path leaving marker 1 points at marker 2 in positives; a threshold on that cosine, read
+from the masks, is 89 % right at length 6, 68 % at 14, measured by the same script).
 """
 
 from __future__ import annotations
@@ -122,13 +132,24 @@ def _near(S: int) -> tuple[int, ...]:
     return tuple(dy * S + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
-def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: int = 400):
+def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: int = 400, start=None):
     """One path avoiding ``forbidden``, grown depth first (a dead end backtracks one segment and tries the
-    other turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None."""
+    other turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None.
+
+    ``start(rng)`` draws the start pixel ``(y, x)`` of each attempt, or None for a draw that cannot be used
+    (it costs one unit of ``budget``); by default a pixel uniform at least 2 px inside the image."""
     S = g.size
     spent = 0
     while spent < budget:
-        x0, y0 = ((2 + rng.below(S - 4)) * FP + FP // 2 for _ in range(2))
+        if start is None:
+            sx, sy = 2 + rng.below(S - 4), 2 + rng.below(S - 4)
+        else:
+            s = start(rng)
+            if s is None:
+                spent += 1
+                continue
+            sy, sx = s
+        x0, y0 = sx * FP + FP // 2, sy * FP + FP // 2
         k0 = rng.below(DIRECTIONS)
         # stack of (x, y, k, untried turns, segment result)
         stack = [(x0, y0, k0, list(TURN_ORDERS[rng.below(len(TURN_ORDERS))]), None)]
@@ -157,6 +178,28 @@ def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: 
     return None
 
 
+RING: dict[int, list[tuple[int, int]]] = {}  # squared radius -> the integer offsets (dy, dx) on that circle
+
+
+def _ring_start(g: PathfinderGeometry, ay: int, ax: int, dist_sq: int, forbidden: bytearray):
+    """A start-drawing function for ``_grow_path``: a pixel drawn uniformly among those at *exactly* the
+    distance ``sqrt(dist_sq)`` from ``(ay, ax)`` (the integer solutions of ``dy^2 + dx^2 = dist_sq``; there
+    is one at least, as ``dist_sq`` is a distance between two pixels), at least 2 px inside the image and
+    not ``forbidden``; None when there is none."""
+    if dist_sq not in RING:
+        r = math.isqrt(dist_sq)
+        RING[dist_sq] = [
+            (dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx == dist_sq
+        ]
+    S = g.size
+    free = [
+        (ay + dy, ax + dx)
+        for dy, dx in RING[dist_sq]
+        if 2 <= ay + dy <= S - 3 and 2 <= ax + dx <= S - 3 and not forbidden[(ay + dy) * S + ax + dx]
+    ]
+    return (lambda rng: free[rng.below(len(free))]) if free else (lambda rng: None)
+
+
 def _forbid(g: PathfinderGeometry, forbidden: bytearray, pixels: list[int]) -> None:
     """Mark ``pixels`` and their 8 neighbours (a one-pixel margin between paths)."""
     S = g.size
@@ -179,8 +222,13 @@ def pathfinder_image(
     while True:  # a canvas that leaves no room for a path is drawn anew (deterministically)
         forbidden = bytearray(S * S)
         paths = []
-        for _ in range(g.paths):
-            p = _grow_path(g, forbidden, rng)
+        for i in range(g.paths):
+            start = None
+            if i == 1:  # path 1 starts as far from end `a` of path 0 as path 0's other end is
+                a = rng.below(2)
+                (ay, ax), (by, bx) = paths[0][2][a], paths[0][2][1 - a]
+                start = _ring_start(g, ay, ax, (ay - by) ** 2 + (ax - bx) ** 2, forbidden)
+            p = _grow_path(g, forbidden, rng, start=start)
             if p is None:
                 break
             _forbid(g, forbidden, p[1])
@@ -191,10 +239,11 @@ def pathfinder_image(
     for ink, _, _ in paths:
         flat[ink] = 255
     image = flat.reshape(S, S)
+    # the canvas above is drawn the same way for both labels; only the second marker tells them apart
     if positive:
-        markers, marker_paths = [paths[0][2][0], paths[0][2][1]], [0, 0]
+        markers, marker_paths = [paths[0][2][a], paths[0][2][1 - a]], [0, 0]
     else:
-        markers, marker_paths = [paths[0][2][int(rng.below(2))], paths[1][2][int(rng.below(2))]], [0, 1]
+        markers, marker_paths = [paths[0][2][a], paths[1][2][0]], [0, 1]
     for my, mx in markers:
         for dy, dx in g.disc:
             if 0 <= my + dy < S and 0 <= mx + dx < S:
@@ -214,7 +263,7 @@ class PathfinderDataModule(GeneratedDataModule):
     """``data=pathfinder``: binary images ``x float[B, 1, S, S]`` (0 or 1), ``y`` 1 = markers connected."""
 
     name = "pathfinder"
-    version = 1
+    version = 2  # 2: path 1 starts on the ring around path 0's end (marker distance controlled)
     max_value = 255
 
     def __init__(self, contour_length: int = 6, num_distractors: int = 2, **kwargs):
