@@ -1,0 +1,40 @@
+"""Smoke tests of the calibration and mixer-study experiment configs (CI runs these, never the studies): each
+composes and trains one tiny job of its first sweep cell, and the mixer study sweeps the whole catalogue."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF, compose_cfg, run_cfg
+from omegaconf import OmegaConf
+
+from attnbench.mechanisms.registry import list_mixers
+
+TINY = ["trainer.max_epochs=1", "probe.num_images=16", "probe.erf_images=2", "trainer.max_time=null"]
+TINY_DATA = ["data.num_train=64", "data.num_val=32", "data.num_test=32"]
+STUDY_CONFIGS = sorted(
+    p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem.startswith(("calibrate_", "mixer_study_"))
+)
+
+
+def sweep_params(name: str) -> dict:
+    return dict(OmegaConf.load(CONF / "experiment" / f"{name}.yaml").hydra.sweeper.params)
+
+
+def test_the_mixer_study_sweeps_every_spatial_mixer_over_five_seeds():
+    params = sweep_params("mixer_study_focalnet")
+    assert sorted(str(params["model.mixer"]).split(",")) == list_mixers("spatial")
+    assert str(params["seed"]).split(",") == ["0", "1", "2", "3", "4"]
+    assert list(params)[0] == "seed"  # seed-major: an interrupted study holds whole seeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STUDY_CONFIGS)
+def test_study_config_trains_a_tiny_job(name, tmp_path):
+    mixer = str(sweep_params(name)["model.mixer"]).split(",")[-1]
+    cfg = compose_cfg([f"experiment={name}", f"model.mixer={mixer}", *TINY, *TINY_DATA], tmp_path)
+    metrics = run_cfg(cfg)
+    assert metrics["status"] == "ok" and metrics["run/variant"] == mixer
+    key = "test/bpd_second" if "twin" in name else "test/acc"
+    assert key in metrics
+    if cfg.get("probes"):
+        assert "probe/shift_consistency/circular" in metrics
