@@ -138,13 +138,15 @@ def section(root: Path, allow_mixed: bool) -> str:
         setting = data if folder.name == data else f"{folder.name} (data={data})"
         out += [f"### {setting}: {metric}, {'higher' if higher else 'lower'} is better", ""]
         extra = ["test/bpd"] if data == "twin_digits" else []
-        head = ["mixer", "seeds", f"{metric} mean ± std", "SE", *extra, *[h for _, h in probes]]
+        head = ["mixer", "seeds", f"{metric} mean ± std", "SE", "per seed", *extra, *[h for _, h in probes]]
         head += ["epochs", "fit s (mean)"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for k in [m for m in order if m in groups] + sorted(set(groups) - set(order)):
             runs = groups[k]
             mean, sd, se, n = stats([float(r[metric]) for r in runs])
             cells = [k, str(n), fmt(mean, sd), "–" if se != se else f"{se:.4f}"]
+            by_seed = sorted(runs, key=lambda r: int(r.get("run/seed", 0)))
+            cells.append(", ".join(f"s{r.get('run/seed')} {float(r[metric]):.3f}" for r in by_seed))
             for key in extra + [p for p, _ in probes]:
                 vals = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
                 cells.append(fmt(*stats(vals)[:2]) if vals else "–")
