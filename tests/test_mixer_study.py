@@ -45,3 +45,18 @@ def test_results_rank_and_correct_a_made_up_study(tmp_path):
     assert "random_s0: status failed" in text and "commit(s) abc" in text
     assert (tmp_path / "out" / "RESULTS.md").read_text() == text
     assert (tmp_path / "out" / "cards" / "identity.md").is_file()
+
+
+def test_an_incomplete_cell_says_so_and_compares_no_single_run(tmp_path):
+    runs = {"focal_modulation": [0.9, 0.91], "window_attention": [0.8, 0.82], "identity": [0.5]}
+    for mixer, values in runs.items():
+        for seed, acc in enumerate(values):
+            run = tmp_path / "runs" / "focalnet" / "cluttered_digits" / f"{mixer}_s{seed}"
+            run.mkdir(parents=True)
+            record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "provenance/commit": "abc"}
+            (run / "metrics.json").write_text(json.dumps(record))
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    assert "**Incomplete cell:**" in text and "`identity` has 1" in text
+    assert "`window_attention` has 2" in text
+    identity = next(line for line in text.splitlines() if "`identity`" in line and line.startswith("|"))
+    assert "| – |" in identity and "nan" not in identity  # one run: no Welch interval, no p-value

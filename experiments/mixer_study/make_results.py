@@ -36,6 +36,7 @@ COST = ["params", "flops_per_sample", "throughput/train_samples_per_sec"]
 PROBES = ["probe/shift_consistency/circular", "probe/equivariance_error/stage1", "probe/erf/area50",
           "probe/corruption/mean"]  # the probes' keys (attnbench.probe)
 HEADLINE_P = 0.01
+SEEDS = 5  # per cell (PROTOCOL.md)
 
 
 def _number(v) -> float | None:
@@ -89,7 +90,8 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         return [f"### {family} · {task}", "", f"no run has `{metric}`", ""], {}
     stats_ = {m: interval(v) for m, v in values.items()}
     ranks = rank_with_ties(stats_, higher_is_better=higher)
-    contrasts = {c.name: c for c in contrasts_against(REFERENCE, values)} if REFERENCE in values else {}
+    testable = {m: v for m, v in values.items() if len(v) >= 2}  # Welch needs two runs per side
+    contrasts = {c.name: c for c in contrasts_against(REFERENCE, testable)} if REFERENCE in testable else {}
     lines = [
         f"### {family} · {task} — `{metric}` ({'higher' if higher else 'lower'} is better)",
         "",
@@ -116,6 +118,14 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         row = [ranks[mixer], f"`{mixer}`", str(len(values[mixer])), ci, diff, *p_cells, *extra]
         lines.append("| " + " | ".join(row) + " |")
         summary[mixer] = {"mean": mean, "low": low, "high": high, "rank": ranks[mixer], "contrast": c}
+    short = {m: len(v) for m, v in values.items() if len(v) < SEEDS}
+    if short:
+        lines += [""]
+        lines.append(
+            f"**Incomplete cell:** the protocol asks for {SEEDS} seeds per mixer; "
+            + ", ".join(f"`{m}` has {n}" for m, n in sorted(short.items()))
+            + ". Not a result until the cell is complete (mixers with one run are not compared)."
+        )
     lines.append("")
     return lines, summary
 
