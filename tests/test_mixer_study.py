@@ -60,3 +60,22 @@ def test_an_incomplete_cell_says_so_and_compares_no_single_run(tmp_path):
     assert "`window_attention` has 2" in text
     identity = next(line for line in text.splitlines() if "`identity`" in line and line.startswith("|"))
     assert "| – |" in identity and "nan" not in identity  # one run: no Welch interval, no p-value
+
+
+def test_a_run_stopped_by_the_time_guard_is_listed_not_ranked(tmp_path):
+    for seed, (acc, epochs) in enumerate([(0.9, 3), (0.91, 3), (0.95, 1)]):
+        run = tmp_path / "runs" / "focalnet" / "cluttered_digits" / f"focal_modulation_s{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 3\n")
+        (run / "history.csv").write_text("epoch,step\n" + "".join(f"{e},{e}\n" for e in range(epochs)))
+        record = {
+            "status": "ok",
+            "test/acc": acc,
+            "run/variant": "focal_modulation",
+            "provenance/commit": "abc",
+        }
+        (run / "metrics.json").write_text(json.dumps(record))
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    assert "focal_modulation_s2: stopped after 1 of 3 epochs" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 1 | `focal_modulation`"))
+    assert "| 2 |" in row and "0.905" in row  # the two complete runs only

@@ -33,8 +33,12 @@ FAMILIES = {
     "show_attend_tell": ("test/bleu4", True, ["test/attn_grounding", "test/cider"]),
 }
 COST = ["params", "flops_per_sample", "throughput/train_samples_per_sec"]
-PROBES = ["probe/shift_consistency/circular", "probe/equivariance_error/stage1", "probe/erf/area50",
-          "probe/corruption/mean"]  # the probes' keys (attnbench.probe)
+PROBES = [
+    "probe/shift_consistency/circular",
+    "probe/equivariance_error/stage1",
+    "probe/erf/area50",
+    "probe/corruption/mean",
+]  # the probes' keys (attnbench.probe)
 HEADLINE_P = 0.01
 SEEDS = 5  # per cell (PROTOCOL.md)
 
@@ -55,6 +59,10 @@ def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
         if record.get("status") != "ok":
             problems.append(f"{family}/{task}/{job}: status {record.get('status')}")
             continue
+        short = truncated(path.parent)
+        if short:
+            problems.append(f"{family}/{task}/{job}: {short} (not counted: another budget)")
+            continue
         probes = path.parent / "probes.json"
         if probes.is_file():
             record.update({k: v for k, v in json.loads(probes.read_text()).items() if k.startswith("probe/")})
@@ -63,6 +71,21 @@ def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
         record["_job"] = job
         cells[(family, task)][mixer].append(record)
     return cells, problems, commits
+
+
+def truncated(run: Path) -> str | None:
+    """``"stopped after N of M epochs"`` when the run's history.csv has fewer epochs than its saved
+    ``trainer.max_epochs`` (``trainer.max_time``, a guard, ended it), else None."""
+    history, config = run / "history.csv", run / ".hydra" / "config.yaml"
+    if not history.is_file() or not config.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    wanted = OmegaConf.select(OmegaConf.load(config), "trainer.max_epochs")
+    done = sum(1 for line in history.read_text().splitlines()[1:] if line.strip())
+    if isinstance(wanted, int) and wanted > 0 and done < wanted:
+        return f"stopped after {done} of {wanted} epochs"
+    return None
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
