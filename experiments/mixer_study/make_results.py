@@ -183,6 +183,13 @@ def write_cards(out: Path, summaries: dict) -> None:
         (out / "cards" / f"{mixer}.md").write_text("\n".join(lines) + "\n")
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the page is the same from any clone)."""
+    root = HERE.parents[1]
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+
+
 def build(runs_dir: Path, out: Path, command: str) -> str:
     cells, problems, commits = load(runs_dir)
     lines = [
@@ -191,7 +198,8 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         f"Written by `{command}` on {date.today().isoformat()} "
         f"({platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}) from {sum(len(r) for c in cells.values() for r in c.values())} "
-        f"runs in `{runs_dir}`; runs made at commit(s) {', '.join(sorted(commits)) or '–'}. Protocol: "
+        f"runs in `{shown_path(runs_dir)}`; runs made at commit(s) {', '.join(sorted(commits)) or '–'}. "
+        "Protocol: "
         "[PROTOCOL.md](PROTOCOL.md). Bold: Holm-corrected p < 0.01 against focal modulation.",
         "",
     ]
