@@ -63,6 +63,26 @@ def env_prefix() -> str:
     return "".join(f"{k}={os.environ[k]} " for k in keys if k in os.environ)
 
 
+def commit_note() -> str:
+    """`` at commit <sha>`` of the checkout this script lives in (`` (uncommitted changes)`` when tracked
+    files differ from it), or nothing outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return f" at commit `{sha[:12]}`" + (" (uncommitted changes)" if dirty else "")
+
+
 def render(section: str, command: list[str], stdout: str, load: float | None) -> str:
     body = stdout.strip("\n")
     is_table = body.lstrip().startswith(("|", "#")) or "\n|" in body
@@ -74,7 +94,8 @@ def render(section: str, command: list[str], stdout: str, load: float | None) ->
             f"### {section}",
             "",
             f"Command: `{env_prefix()}{shlex.join(command)}`  ",
-            f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine()}{load_note}.",
+            f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}{commit_note()} on {machine()}"
+            f"{load_note}.",
             "",
             quoted,
             f"<!-- {section}:end -->",

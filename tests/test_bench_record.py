@@ -1,6 +1,7 @@
 """benchmarks/record.py: a benchmark's output lands in its own section with the command; others are kept."""
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def test_sections_are_replaced_in_place_and_failures_record_nothing(tmp_path, mo
     first = results.read_text()
     assert "| 1 |" in first and "```\nratio 2.5\n```" in first  # tables as they are, other text quoted
     assert f"OMP_NUM_THREADS=1 {py} -c" in first  # the command, with the thread setting it ran under
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    if head:  # a checkout: the code the numbers came from is named
+        assert f"at commit `{head[:12]}`" in first
     # re-recording a replaces only a, in place
     assert (
         record.main(["a", "--results", str(results), "--", py, "-c", "print('| x |\\n|---|\\n| 7 |')"]) == 0
