@@ -38,3 +38,33 @@ def test_study_config_trains_a_tiny_job(name, tmp_path):
     assert key in metrics
     if cfg.get("probes"):
         assert "probe/shift_consistency/circular" in metrics
+
+
+def test_the_matched_flops_widths_follow_the_protocol_rule():
+    """PROTOCOL.md amendments 3 and 5: every mixer more than 10 % below focal modulation's FLOPs at the
+    default width is widened (steps of 8 channels) to the width closest to them; the others keep the default."""
+    import torch
+
+    from attnbench.metrics.flops import forward_flops
+    from attnbench.models import create_model
+
+    def flops(mixer: str, width: int) -> int:
+        net = create_model(
+            "focalnet_micro", mixer=mixer, num_classes=10, in_chans=1, img_size=32, embed_dim=width
+        )
+        return forward_flops(net, torch.zeros(1, 1, 32, 32))
+
+    cfg = OmegaConf.load(CONF / "experiment" / "mixer_study_focalnet_matched_flops.yaml")
+    width = int(cfg.model.net.embed_dim)
+    widened = str(cfg.hydra.sweeper.params["model.mixer"]).split(",")
+    reference = flops("focal_modulation", 32)
+    for mixer in list_mixers("spatial"):
+        if mixer == "focal_modulation":
+            continue
+        at_default = flops(mixer, 32)
+        if mixer in widened:
+            assert at_default < 0.9 * reference, mixer
+            gaps = {w: abs(flops(mixer, w) - reference) for w in (32, 40, 48)}
+            assert min(gaps, key=gaps.get) == width, (mixer, gaps)
+        else:
+            assert abs(at_default - reference) <= 0.1 * reference, mixer
