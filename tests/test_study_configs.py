@@ -42,7 +42,7 @@ def test_study_config_trains_a_tiny_job(name, tmp_path):
 
 def test_the_matched_flops_widths_follow_the_protocol_rule():
     """PROTOCOL.md amendments 3 and 5: every mixer more than 10 % below focal modulation's FLOPs at the
-    default width is widened (steps of 8 channels) to the width closest to them; the others keep the default."""
+    default width is widened (steps of 8 channels) to the width closest to them; the others keep theirs."""
     import torch
 
     from attnbench.metrics.flops import forward_flops
