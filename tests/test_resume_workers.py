@@ -165,7 +165,9 @@ def cut_and_resume(tmp_path, monkeypatch, family, keys, test_keys=()):
     runs = []  # (folder, metrics, whether its best-checkpoint choice continues the cut run's)
     for name, ckpt, workers in (
         ("boundary_new", boundary, 2),
+        ("boundary_new_persistent", boundary, "persistent"),
         ("mid_new", cut / "checkpoints" / "last.ckpt", 0),
+        ("mid_new_workers", cut / "checkpoints" / "last.ckpt", 2),
     ):
         out = tmp_path / name
         runs.append((out, run_cfg(compose_cfg([*args, *WORKERS[workers], f"ckpt_path={ckpt}"], out)), False))
