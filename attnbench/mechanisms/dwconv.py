@@ -18,8 +18,8 @@ from attnbench.mechanisms.registry import register_mixer
 
 class StarReLU(nn.Module):
     """``s * ReLU(x)^2 + b`` with learnable scalars (MetaFormer Baselines Eq. 5; s = 0.8944, b = -0.4472 at
-    initialisation: the paper's values, which give zero mean and unit variance for a standard normal input; the
-    official MetaFormer code and timm start at s = 1, b = 0)."""
+    initialisation: the paper's values, which give zero mean and unit variance for a standard normal input;
+    the official MetaFormer code and timm start at s = 1, b = 0)."""
 
     def __init__(self, scale: float = 0.8944, bias: float = -0.4472):
         super().__init__()

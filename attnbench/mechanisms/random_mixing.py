@@ -5,9 +5,9 @@ Yu et al.: "MetaFormer Baselines for Vision", TPAMI 2023 (arXiv:2210.13452), Sec
 the row-wise softmax of uniform random numbers and never trained. Every position's output is a fixed random
 weighted average of every position (global, input-independent mixing). Because ``W_R`` is tied to ``N``, the
 mixer works only on the map size it was built for: another size is a clear error.
-Difference from the paper's models: RandFormer-S* uses identity mixing in stages 1-2 and random mixing only in
-stages 3-4 (the first stages' N x N matrices would be large at 224 px); a model asked for ``mixer=random`` here
-puts it in every block, so that every study row differs from the others only in the mixer.
+Difference from the paper's models: RandFormer-S* uses identity mixing in stages 1-2 and random mixing
+only in stages 3-4 (the first stages' N x N matrices would be large at 224 px); a model asked for
+``mixer=random`` here puts it in every block, so that study rows differ from each other only in the mixer.
 ``x [B, C, H, W] -> [B, C, H, W]``; ``W_R`` is a persistent buffer ``weight [N, N]`` (saved, not trained).
 """
 
