@@ -182,5 +182,15 @@ def _additive_builder(mode: str):
     return build
 
 
+# What the captioner needs to know of each mode (see the registry's docstring): soft attention's alpha are
+# the weights of its expected context (eq. 13), hard attention samples a location from them in training
+# (eq. 8-9) and reads soft attention's expected context when evaluated with hard_eval=expected; ``none`` never
+# reads the grid through W_a and its uniform alpha attend to nothing.
+MODE_INFO = {
+    "soft": {"attention_weights": True},
+    "hard": {"attention_weights": True, "stochastic": True, "expected_form": "soft"},
+    "none": {"reads_grid": False},
+}
+
 for _mode in MODES:  # one module for the three modes; the decoder passes the mode to each read
-    register_mixer("context", _mode, attr="attention")(_additive_builder(_mode))
+    register_mixer("context", _mode, attr="attention", **MODE_INFO[_mode])(_additive_builder(_mode))

@@ -63,6 +63,8 @@ class FocalModulationContext(nn.Module):
     ``forward(feats, h [G*K, N], contexts) -> (z [G*K, D], alpha [G*K, L], info)``: the interface of
     :class:`~attnbench.mechanisms.additive_attention.AdditiveAttention` (K decoder rows per image)."""
 
+    map_legend = ("gate mass per location (normalised) for each generated word", "gate mass α")
+
     def __init__(
         self,
         feat_dim: int,
@@ -138,7 +140,8 @@ class FocalModulationContext(nn.Module):
         return z, alpha, {"beta": h.new_ones(h.shape[0])}
 
 
-@register_mixer("context", "focal_modulation", attr="attention")
+# alpha is its normalised gate mass, for display only: no doubly stochastic term (and no sampling)
+@register_mixer("context", "focal_modulation", attr="attention", attention_weights=False)
 def build_focal_context(
     dim: int, hidden_dim: int = 512, attn_dim: int = 128, focal_levels: int = 2, focal_window: int = 3, **_
 ) -> FocalModulationContext:

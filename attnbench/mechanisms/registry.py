@@ -23,7 +23,27 @@ A registration also carries what a family needs to know about the mixer without 
 (:class:`MixerInfo`): the attribute the family stores it under (``attr``: timm's FocalNet calls focal
 modulation ``modulation`` and attention ``attn``; state-dict keys of earlier checkpoints depend on it) and
 whether it is blind to positions (``position_blind``: a backbone then adds an absolute position embedding by
-default).
+default). A ``context`` mixer also declares how the captioner trains, decodes and regularises it:
+
+* ``reads_grid`` (default True): it reads the annotation grid through its ``project(feats, grid)`` (computed
+  once per image and passed to every step); False for a read that ignores the grid's content and position
+  (``none``: the mean annotation vector), whose ``project`` is never called.
+* ``attention_weights`` (default False): the ``alpha [B, L]`` it returns at each step are attention weights,
+  the distribution over locations its read is the expectation under, so the doubly stochastic regulariser
+  (Xu et al. 2015, eq. 14: ``task.alpha_c``) applies to them. False where alpha is for display only
+  (focal modulation's normalised gate mass, the fixed uniform weights of ``none``); a mechanism names what
+  its alpha shows in the figures by a ``map_legend = (what, unit)`` attribute of its module, as spatial
+  mixers do.
+* ``stochastic`` (default False): in training it samples a location per step (hard attention, Sec. 4.1):
+  the captioner passes ``sample=True`` and the per-image "use the expected context" coins, and the task adds
+  REINFORCE, the entropy bonus and the moving-average baseline; its doubly stochastic λ is
+  ``task.alpha_c_hard``, not ``task.alpha_c``. At evaluation it takes the most likely location
+  (``model.hard_eval=argmax``) or, with ``model.hard_eval=expected``, the read of ``expected_form``.
+* ``expected_form`` (stochastic mixers only): the registered context mixer whose read is this one's expected
+  context (``soft`` for ``hard``); the captioner passes it as ``mode`` to the stochastic mixer's own module.
+
+Every step the captioner calls ``module(feats, h, proj, mode=..., sample=..., use_expected=...)`` with
+``mode`` the mixer's name (or its ``expected_form``); a mechanism with one read ignores the last three.
 
 ``attn_backend`` (:data:`ATTN_BACKENDS`) is passed to every builder by every family: it picks how an
 attention mixer computes (``auto`` | ``sdpa`` | ``flex`` | ``math``), never what; mixers that do not attend
@@ -36,6 +56,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn as nn
 
@@ -57,6 +78,14 @@ class MixerInfo:
     name: str
     attr: str = "mixer"
     position_blind: bool = False
+    # context mixers only
+    reads_grid: bool = True
+    attention_weights: bool = False
+    stochastic: bool = False
+    expected_form: str | None = None
+
+
+CONTEXT_FLAGS = ("reads_grid", "attention_weights", "stochastic", "expected_form")  # of MixerInfo
 
 
 _MIXERS: dict[str, dict[str, Callable[..., nn.Module]]] = {role: {} for role in ROLES}
@@ -89,18 +118,25 @@ def attention_heads(dim: int, num_heads: int | None = None, head_dim: int | None
 
 
 def register_mixer(
-    role: str, name: str, *, attr: str = "mixer", position_blind: bool = False
+    role: str, name: str, **info: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``builder(dim, **context) -> nn.Module`` as mixer ``name`` of ``role``;
-    ``attr`` and ``position_blind`` are its :class:`MixerInfo`."""
+    """Decorator: register ``builder(dim, **context) -> nn.Module`` as mixer ``name`` of ``role``; ``info``
+    (``attr``, ``position_blind``; for ``context`` mixers also ``reads_grid``, ``attention_weights``,
+    ``stochastic``, ``expected_form``) is its :class:`MixerInfo`."""
     _check_role(role)
+    meta = MixerInfo(role, name, **info)  # an unknown key: TypeError when the mechanism is imported
+    plain = MixerInfo(role, name)
+    if role != "context" and any(getattr(meta, k) != getattr(plain, k) for k in CONTEXT_FLAGS):
+        raise RuntimeError(f"{role} mixer {name!r}: {', '.join(CONTEXT_FLAGS)} are for context mixers")
+    if meta.stochastic != (meta.expected_form is not None):
+        raise RuntimeError(f"context mixer {name!r}: a stochastic mixer names its expected_form, others none")
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         known = _MIXERS[role].get(name)
         if known is not None and known is not builder and known.__qualname__ != builder.__qualname__:
             raise RuntimeError(f"mixer {name!r} of role {role!r} is registered twice")
         _MIXERS[role][name] = builder
-        _INFO[role][name] = MixerInfo(role, name, attr=attr, position_blind=position_blind)
+        _INFO[role][name] = meta
         return builder
 
     return wrap

@@ -123,7 +123,10 @@ class ShowAttendTell(nn.Module):
 
     Args:
         vocab: the word list (id -> word).
-        mixer: ``soft`` | ``hard`` | ``none`` (mean-pooled context): the compared mechanism.
+        mixer: a ``context`` mixer of the registry (``soft`` | ``hard`` | ``none`` (mean-pooled context) |
+            ``focal_modulation`` | ...): the compared mechanism. How it is trained and decoded follows its
+            :class:`~attnbench.mechanisms.registry.MixerInfo` (``stochastic``, ``expected_form``,
+            ``reads_grid``); the model names no mixer.
         encoder: ``digits_cnn`` or a torchvision trunk name (``resnet101``, ``vgg19``, ...).
         encoder_weights: a local torchvision state-dict file for the trunk (never downloaded).
         fine_tune_encoder: train the torchvision trunk too (else it is frozen and kept in eval mode).
@@ -136,9 +139,9 @@ class ShowAttendTell(nn.Module):
         dropout: dropout before the output layer L_o.
         dropout_h: also apply that dropout to h_t where it enters the output layer (L_h h_t; never to the
             recurrent state), as arctic-captions' ``use_dropout`` does.
-        hard_eval: hard attention at evaluation: ``expected`` (default: the expected context, as
-            arctic-captions decodes hard-attention models unless asked to sample) or ``argmax`` (the most
-            likely location).
+        hard_eval: a stochastic mixer (hard attention) at evaluation: ``expected`` (default: the read of its
+            ``expected_form``, the expected context, as arctic-captions decodes hard-attention models unless
+            asked to sample) or ``argmax`` (the most likely location). Ignored by other mixers.
     """
 
     def __init__(
@@ -167,13 +170,17 @@ class ShowAttendTell(nn.Module):
         vocab = [str(w) for w in vocab]
         if tuple(vocab[:4]) != SPECIALS:
             raise ConfigError(f"the vocabulary must start with {SPECIALS}; got {vocab[:4]}")
-        mixer_info("context", mixer)  # an unknown name: ConfigError listing the context mixers
+        info = mixer_info("context", mixer)  # an unknown name: ConfigError listing the context mixers
         check_attn_backend(attn_backend)
         if hard_eval not in ("argmax", "expected"):
             raise ConfigError(f"hard_eval={hard_eval!r}; expected argmax or expected")
         self.vocab = vocab
         self.pad_id, self.start_id, self.end_id, self.unk_id = 0, 1, 2, 3
-        self.mixer, self.hard_eval = mixer, hard_eval
+        self.mixer, self.hard_eval, self.mixer_info = mixer, hard_eval, info
+        # the reads this model makes, by mode: its mixer's and, for a stochastic one, its expected form's
+        self.read_info = {mixer: info}
+        if info.expected_form is not None:
+            self.read_info[info.expected_form] = mixer_info("context", info.expected_form)
         if encoder == "digits_cnn":
             self.encoder = DigitsCNN(in_channels, cnn_channels, cnn_pools)
             feat_dim = self.encoder.out_dim
@@ -226,9 +233,14 @@ class ShowAttendTell(nn.Module):
 
     def eval_mode(self) -> str:
         """The attention mode used when not sampling (evaluation, beam search)."""
-        if self.mixer == "hard" and self.hard_eval == "expected":
-            return "soft"
+        if self.mixer_info.stochastic and self.hard_eval == "expected":
+            return self.mixer_info.expected_form
         return self.mixer
+
+    def project(self, feats: Tensor, grid: tuple[int, int], mode: str):
+        """The mixer's once-per-image projection of the grid for reads in ``mode``; None for a read that
+        does not read the grid (``reads_grid=False``)."""
+        return self.attention.project(feats, grid) if self.read_info[mode].reads_grid else None
 
     def step(
         self,
@@ -260,16 +272,16 @@ class ShowAttendTell(nn.Module):
         Args:
             images: normalised ``[B, C, H, W]``.
             captions: ``[B, T+1]`` word ids starting with ``<start>`` (padded with ``<pad>``).
-            use_expected: hard attention in training only, bool ``[B]`` (see AdditiveAttention).
+            use_expected: a stochastic mixer in training only, bool ``[B]`` (see AdditiveAttention).
 
         Returns:
             ``logits [B, T, V]`` predicting ``captions[:, 1:]``, ``alphas [B, T, L]``, ``betas [B, T]``,
-            and in hard mode ``log_probs [B, T]`` (log p(s_t)) and ``entropies [B, T]``.
+            and for a stochastic mixer ``log_probs [B, T]`` (log p(s_t)) and ``entropies [B, T]``.
         """
         feats, grid = self.encode(images)
-        sample = self.training and self.mixer == "hard"
+        sample = self.training and self.mixer_info.stochastic
         mode = self.mixer if sample else self.eval_mode()
-        proj = self.attention.project(feats, grid) if mode != "none" else None
+        proj = self.project(feats, grid, mode)
         state = self.init_state(feats)
         logits, alphas, infos = [], [], []
         for t in range(captions.shape[1] - 1):
@@ -313,7 +325,7 @@ class ShowAttendTell(nn.Module):
         dev = feats.device
         mode = self.eval_mode()
         # W_a a once per image; the K beams of an image share feats [B, L, D] and proj [B, L, A] (no copies)
-        proj = self.attention.project(feats, grid) if mode != "none" else None
+        proj = self.project(feats, grid, mode)
         state = tuple(s.repeat_interleave(k, dim=0) for s in self.init_state(feats))  # [B*K, N] each
         scores = feats.new_full((b, k), float("-inf"))
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first expansion has no duplicates

@@ -58,13 +58,17 @@ class CaptioningTask(BaseTask):
     """Trains a :class:`attnbench.models.show_attend_tell.ShowAttendTell` on ``(x, y)`` caption batches.
 
     Args:
-        net: the captioner (``net.vocab``, ``net.mixer``, ``net(images, captions)``,
+        net: the captioner (``net.vocab``, ``net.mixer``, ``net.mixer_info`` (the context mixer's registry
+            flags: ``stochastic``, ``attention_weights``), ``net.attention``, ``net(images, captions)``,
             ``net.beam_search``).
         mean, std: per-channel normalisation applied on-device to images in [0, 1].
         alpha_c: λ of the doubly stochastic regularisation with soft attention (Sec. 4.2.1), weighted as in
-            eq. 14 against the caption's summed NLL (1 in the authors' arctic-captions release).
-        alpha_c_hard: the same λ with hard attention (the paper introduces the term for soft attention; on
-            digit_captions any λ > 0 kept hard attention at uniform weights).
+            eq. 14 against the caption's summed NLL (1 in the authors' arctic-captions release); it applies
+            to every deterministic context mixer whose α are attention weights (registry flag
+            ``attention_weights``), none to the others (``none``, focal modulation's gate mass).
+        alpha_c_hard: the same λ with hard attention, i.e. a stochastic mixer with attention weights (the
+            paper introduces the term for soft attention; on digit_captions any λ > 0 kept hard attention at
+            uniform weights).
         reinforce_weight, entropy_weight: λ_r and λ_e of the hard-attention objective.
         baseline_decay: the moving-average baseline's decay (0.9 in the paper).
         expected_prob: hard attention: per-image chance of using the expected context (0.5 in the paper).
@@ -215,7 +219,8 @@ class CaptioningTask(BaseTask):
         n_words = mask.sum().clamp_min(1)
         batch = max(1, len(captions))
         terms = {"ce": ce.sum() / n_words}
-        lam = {"soft": hp.alpha_c, "hard": hp.alpha_c_hard}.get(self.net.mixer, 0.0)
+        info = self.net.mixer_info
+        lam = (hp.alpha_c_hard if info.stochastic else hp.alpha_c) if info.attention_weights else 0.0
         if lam:
             penalty = doubly_stochastic_penalty(out["alphas"], mask)  # [B]
             if hp.get("penalty_norm", "eq14") == "arctic":  # mean over locations, summed over the batch
@@ -278,7 +283,7 @@ class CaptioningTask(BaseTask):
         x, y = batch
         captions = y["captions"]
         use_expected = None
-        if self.net.mixer == "hard":
+        if self.net.mixer_info.stochastic:  # hard attention: the per-image expected-context coins
             use_expected = self.expected_coins(len(captions), captions.device)
         out = self.forward_net(self.normalise(x), captions, use_expected)
         terms = self.losses(out, captions, use_expected)
@@ -396,10 +401,9 @@ class CaptioningTask(BaseTask):
         result = self.caption(x, self.hparams.beam_size)
         hyps = self.words(result["tokens"])
         grid = tuple(int(v) for v in result["grid"])
-        if self.net.mixer == "focal_modulation":
-            what, unit = "gate mass per location (normalised) for each generated word", "gate mass α"
-        else:
-            what, unit = f"{self.net.mixer} attention α per generated word", "attention weight α"
+        # what α shows, as the mechanism names it (``map_legend``), else the attention weights of the mixer
+        legend = getattr(self.net.attention, "map_legend", None)
+        what, unit = legend or (f"{self.net.mixer} attention α per generated word", "attention weight α")
         title = figure_title(self, f"{what}, beam {self.hparams.beam_size}")
         fig, panels = attention_figure(x, hyps, result["alphas"], grid, y["refs"][: len(x)], title, unit)
         log_wandb_table(self, x, hyps, panels)
