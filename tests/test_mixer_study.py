@@ -79,3 +79,27 @@ def test_a_run_stopped_by_the_time_guard_is_listed_not_ranked(tmp_path):
     assert "focal_modulation_s2: stopped after 1 of 3 epochs" in text
     row = next(line for line in text.splitlines() if line.startswith("| 1 | `focal_modulation`"))
     assert "| 2 |" in row and "0.905" in row  # the two complete runs only
+
+
+def test_the_matched_flops_table_ranks_widened_mixers_with_the_main_runs_of_the_others(tmp_path):
+    main = {"focal_modulation": [0.9, 0.91, 0.905], "window_attention": [0.8, 0.82, 0.81],
+            "identity": [0.5, 0.52]}  # fmt: skip
+    wide = {"identity": [0.7, 0.72, 0.71]}
+    for folder, runs, flops in (("focalnet", main, 14e6), ("focalnet_matched_flops", wide, 14.4e6)):
+        for mixer, values in runs.items():
+            for seed, acc in enumerate(values):
+                run = tmp_path / "runs" / folder / "cluttered_digits" / f"{mixer}_s{seed}"
+                run.mkdir(parents=True)
+                record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "flops_per_sample": flops,
+                          "provenance/commit": "abc"}  # fmt: skip
+                (run / "metrics.json").write_text(json.dumps(record))
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    _, matched = text.split("### focalnet_matched_flops · cluttered_digits — `test/acc`")
+    rows = {line.split("|")[2].strip(): line for line in matched.splitlines() if line.startswith("| ")}
+    rows.pop("mixer")
+    assert set(rows) == {"`focal_modulation`", "`window_attention`", "`identity`"}
+    assert "1.44e+07" in rows["`identity`"] and "0.71 ± " in rows["`identity`"]  # the widened runs
+    p = stats.ttest_ind(wide["identity"], main["focal_modulation"], equal_var=False).pvalue
+    p2 = stats.ttest_ind(main["window_attention"], main["focal_modulation"], equal_var=False).pvalue
+    assert f"{holm([p, p2])[0]:.3g}" in rows["`identity`"]  # its own Holm family of two contrasts
+    assert "probe/" in matched  # a classifier table: probes shown as in the main table

@@ -9,6 +9,11 @@ Welch difference from the reference (focal modulation) with its interval, raw an
 (the family of one task's comparisons: ``attnbench/multiple_comparisons.py``), parameters and FLOPs per
 sample, and the probes' means for classifiers. The protocol that fixes all of this is PROTOCOL.md beside
 this file; nothing here is tuned to the results.
+
+Matched FLOPs (PROTOCOL.md amendments 3 and 5): ``<family>_matched_flops/<task>/`` holds the runs of
+the mixers widened to the reference's FLOPs; their table ranks them with the main study's runs of every
+other mixer of ``<family>/<task>/`` (the reference and the mixers already within 10 % of its FLOPs), under
+its own Holm correction.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ PROBES = [
     "probe/erf/area50",
     "probe/corruption/mean",
 ]  # the probes' keys (attnbench.probe)
+MATCHED = "_matched_flops"  # suffix of a family folder holding the matched-FLOPs runs
 HEADLINE_P = 0.01
 SEEDS = 5  # per cell (PROTOCOL.md)
 
@@ -106,7 +112,8 @@ def fmt(x: float | None, digits: int = 4) -> str:
 def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
     from attnbench.multiple_comparisons import contrasts_against, rank_with_ties
 
-    metric, higher, others = FAMILIES.get(family, ("test/loss", False, []))
+    base = family.removesuffix(MATCHED)
+    metric, higher, others = FAMILIES.get(base, ("test/loss", False, []))
     values = {m: [v for r in runs if (v := _number(r.get(metric))) is not None] for m, runs in mixers.items()}
     values = {m: v for m, v in values.items() if v}
     if not values:
@@ -119,9 +126,9 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         f"### {family} · {task} — `{metric}` ({'higher' if higher else 'lower'} is better)",
         "",
         f"| rank | mixer | n | {metric} (mean ± 95 % CI) | − {REFERENCE} [95 % CI] | p | p (Holm) | "
-        + " | ".join(others + COST + (PROBES if family == "focalnet" else []))
+        + " | ".join(others + COST + (PROBES if base == "focalnet" else []))
         + " |",
-        "|" + "---|" * (7 + len(others) + len(COST) + (len(PROBES) if family == "focalnet" else 0)),
+        "|" + "---|" * (7 + len(others) + len(COST) + (len(PROBES) if base == "focalnet" else 0)),
     ]
     summary = {}
     for mixer in ranks:
@@ -133,7 +140,7 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         else:
             diff = "reference" if mixer == REFERENCE else "–"
         extra = []
-        for key in others + COST + (PROBES if family == "focalnet" else []):
+        for key in others + COST + (PROBES if base == "focalnet" else []):
             vals = [v for r in mixers[mixer] if (v := _number(r.get(key))) is not None]
             extra.append(fmt(statistics.fmean(vals)) if vals else "–")
         bold = "**" if c and c.p_holm < HEADLINE_P else ""
@@ -207,7 +214,19 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         lines += ["**Mixed:** the runs were made at more than one commit.", ""]
     summaries = {}
     for key in sorted(cells):
-        table, summary = cell_table(*key, cells[key])
+        family, task = key
+        mixers = cells[key]
+        if family.endswith(MATCHED):
+            widened = sorted(mixers)
+            main = cells.get((family.removesuffix(MATCHED), task), {})
+            mixers = {**{m: runs for m, runs in main.items() if m not in mixers}, **mixers}
+            lines += [
+                f"Matched FLOPs (PROTOCOL.md amendments 3 and 5): {', '.join(f'`{m}`' for m in widened)} "
+                f"widened to the reference's FLOPs per sample (runs in `{family}/{task}/`); the other mixers "
+                f"are the main study's runs of `{family.removesuffix(MATCHED)}/{task}/`.",
+                "",
+            ]
+        table, summary = cell_table(family, task, mixers)
         lines += table
         summaries[key] = summary
     if problems:
