@@ -177,10 +177,12 @@ class Group:
         return out
 
     def mean_std(self, metric: str) -> tuple[float, float, int] | None:
+        """Mean, sample standard deviation and n over the runs with a finite value of ``metric`` (n is per
+        metric: a run without it, or with NaN/inf, is not counted); the std is nan when n < 2, never 0."""
         v = self.values(metric)
         if not v:
             return None
-        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else math.nan), len(v)
 
     def mean_ci(self, metric: str, level: float = 0.95) -> tuple[float, float, int] | None:
         """Mean and the half-width of its ``level`` confidence interval over seeds (Student's t with n-1
@@ -262,6 +264,18 @@ def compare_to_baseline(groups: list[Group], selector: str, metric: str) -> tupl
         if c is not None:
             out.append(c)
     return base, out
+
+
+def not_compared(others: list[Group], base: Group, metric: str) -> list[tuple[str, str]]:
+    """``(configuration, why)`` for each of ``others`` that Welch's test cannot compare with ``base`` on
+    ``metric``: a side with fewer than two finite values of it (counted per metric, not per run)."""
+    out = []
+    for g in others:
+        short = [f"{side} has {len(x.values(metric))} finite value(s) of {metric} from {len(x.runs)} run(s)"
+                 for side, x in (("it", g), ("the baseline", base)) if len(x.values(metric)) < 2]  # fmt: skip
+        if short:
+            out.append((g.key, "; ".join(short) + "; Welch's test needs two or more on each side"))
+    return out
 
 
 def read_metrics(path: Path) -> dict[str, Any] | str:
@@ -400,12 +414,15 @@ def num(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
-def fmt(ms: tuple[float, float, int] | None) -> str:
-    """``mean ± half-width`` (the half-width of the 95 % CI for ``mean_ci``, the std for ``mean_std``)."""
+def fmt(ms: tuple[float, float, int] | None, runs: int | None = None) -> str:
+    """``mean ± half-width`` (the half-width of the 95 % CI for ``mean_ci``, the std for ``mean_std``), no
+    ± from fewer than two values; `` (n=k)`` where the k values in the mean are fewer than the row's
+    ``runs``."""
     if ms is None:
         return "–"
     mean, spread, n = ms
-    return num(mean) if n == 1 or math.isnan(spread) else f"{num(mean)} ± {num(spread)}"
+    text = num(mean) if n < 2 or math.isnan(spread) else f"{num(mean)} ± {num(spread)}"
+    return text if runs is None or n == runs else f"{text} (n={n})"
 
 
 def group_settings(group: Group, shared: set[str]) -> dict[str, str]:
@@ -436,7 +453,8 @@ def table(
         settings = [own.get(k) or (g.runs[0].default_value(k) if g.runs else None) or "–" for k in keys]
         scored = [", ".join(sorted({str(r.metrics.get(k, "–")) for r in g.runs})) for k in protocols]
         spread = g.mean_std if interval == "std" else g.mean_ci  # the same interval as the plots
-        rows.append([g.key, *settings, str(len(g.runs)), *(fmt(spread(m)) for m in metrics), *scored])
+        cells = [fmt(spread(m), len(g.runs)) for m in metrics]  # (n=k) where k < the row's runs
+        rows.append([g.key, *settings, str(len(g.runs)), *cells, *scored])
     return header, rows
 
 
@@ -488,7 +506,9 @@ def recipe_differences(groups: list[Group]) -> list[str]:
     return notes
 
 
-def comparison_markdown(base: Group, comparisons: list[Comparison], metric: str) -> list[str]:
+def comparison_markdown(
+    base: Group, comparisons: list[Comparison], metric: str, skipped: list[tuple[str, str]] = ()
+) -> list[str]:
     lines = [
         "",
         f"## Compared with `{base.key}` on {metric}",
@@ -504,7 +524,8 @@ def comparison_markdown(base: Group, comparisons: list[Comparison], metric: str)
             f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | "
             f"{'yes' if c.distinguishable else 'no'} |"
         )
-    if not comparisons:
+    lines += [f"| {key} | – | – | – | not compared: {why} |" for key, why in skipped]
+    if not comparisons and not skipped:
         lines.append("| (no configuration with two or more runs on both sides) | | | | |")
     return lines
 
@@ -575,16 +596,16 @@ def plot(
         return False
     counted = f"{len(pts)} configurations, {sum(n for *_, n in pts)} runs plotted"
     title = f"{title}\n{counted}" if title else f"{y} vs {x}: {counted}"
-    bar = lambda ms: (ms[0], 0.0 if math.isnan(ms[1]) else ms[1], ms[2])  # noqa: E731 - one run: no bar
-    pts = [(k, bar(a), bar(b)) for k, a, b, _ in pts]
+    bar = lambda ms: None if math.isnan(ms[1]) else ms[1]  # noqa: E731 - fewer than two values: no bar
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, (xm, xs, _), (ym, ys, _) in pts:
-        ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=3, label=key[:70])
+    for key, xms, yms, n in pts:
+        label = key[:70] + ("" if n > 1 else f" (n={n}, no bar)")
+        ax.errorbar(xms[0], yms[0], xerr=bar(xms), yerr=bar(yms), fmt="o", capsize=3, label=label)
     ax.set_xlabel(x + (" (log scale)" if logx else ""), fontsize=10)
     ax.set_ylabel(y, fontsize=10)
     ax.set_title(title, fontsize=10)
@@ -642,13 +663,16 @@ def build_report(
     compared: list[str] = []
     if baseline and main:
         base, comparisons = compare_to_baseline(groups, baseline, main)
-        compared = comparison_markdown(base, comparisons, main)
+        others = [g for g in groups if g is not base]
+        compared = comparison_markdown(base, comparisons, main, not_compared(others, base, main))
         if paired:
-            compared += paired_markdown(base, [g for g in groups if g is not base], main)
+            compared += paired_markdown(base, others, main)
     csv_path = files.path("report.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        columns = [c for m in metrics for c in (f"{m} mean", f"{m} std", f"{m} ci95")]
+        # n: the finite values in that metric's mean (a run without it, or with NaN/inf, is not counted);
+        # std and ci95 are blank where n < 2
+        columns = [c for m in metrics for c in (f"{m} mean", f"{m} std", f"{m} ci95", f"{m} n")]
         writer.writerow(["configuration", *keys, "runs", *columns])
         for g in groups:
             own = group_settings(g, shared)
@@ -656,7 +680,8 @@ def build_report(
             row: list[Any] = [g.key, *filled, len(g.runs)]
             for m in metrics:
                 ms, ci = g.mean_std(m), g.mean_ci(m)
-                row += [ms[0], ms[1], "" if math.isnan(ci[1]) else ci[1]] if ms and ci else ["", "", ""]
+                blank = lambda x: "" if math.isnan(x) else x  # noqa: E731 - n < 2: no spread
+                row += [ms[0], blank(ms[1]), blank(ci[1]), ms[2]] if ms and ci else ["", "", "", 0]
             writer.writerow(row)
     files.wrote(csv_path)
     runs_path = files.path("report_runs.csv")
@@ -696,6 +721,10 @@ def build_report(
         "",
         markdown(header, rows) if rows else "_no successful runs yet_",
     ]
+    if any(0 < len(g.values(m)) < len(g.runs) for g in groups for m in metrics):
+        text += ["", "`(n=k)` after a value: only k of the row's runs recorded a finite value of that "
+                 "metric (runs with NaN/inf are named under *Non-finite metrics*); the mean is of those k, "
+                 "with no ± from fewer than two values."]  # fmt: skip
     for key in mixed_protocols(groups):
         values = sorted({str(r.metrics[key]) for g in groups for r in g.runs if key in r.metrics})
         text += ["", f"**Not comparable across rows:** the runs were scored with different `{key}` "
@@ -816,15 +845,7 @@ def paired_test(other: Group, base: Group, metric: str, level: float = 0.95) -> 
     (``scipy.stats.ttest_rel``); None with fewer than two matched seeds."""
     from scipy import stats
 
-    def by_seed(g: Group) -> dict[str, float]:
-        out = {}
-        for r in g.runs:
-            v = r.metrics.get(metric)
-            if r.metrics.get("run/seed") is not None and isinstance(v, (int, float)) and math.isfinite(v):
-                out[str(r.metrics["run/seed"])] = float(v)
-        return out
-
-    a, b = by_seed(other), by_seed(base)
+    a, b = finite_by_seed(other, metric), finite_by_seed(base, metric)
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return None
@@ -838,6 +859,17 @@ def paired_test(other: Group, base: Group, metric: str, level: float = 0.95) -> 
     return Comparison(f"{other.key} ({len(seeds)} seeds)", mean, mean - half, mean + half, p, p < 1 - level)
 
 
+def finite_by_seed(g: Group, metric: str) -> dict[str, float]:
+    """``{seed: value}`` of the runs of ``g`` that recorded ``run/seed`` and a finite ``metric``."""
+    out = {}
+    for r in g.runs:
+        v = r.metrics.get(metric)
+        finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if r.metrics.get("run/seed") is not None and finite:
+            out[str(r.metrics["run/seed"])] = float(v)
+    return out
+
+
 def paired_markdown(base: Group, others: list[Group], metric: str) -> list[str]:
     lines = [
         "",
@@ -849,13 +881,22 @@ def paired_markdown(base: Group, others: list[Group], metric: str) -> list[str]:
         "| configuration | difference | 95 % CI | p | distinguishable |",
         "|---|---|---|---|---|",
     ]
-    tests = [c for c in (paired_test(g, base, metric) for g in others) if c is not None]
+    tests, skipped = [], []
+    for g in others:
+        c = paired_test(g, base, metric)
+        if c is not None:
+            tests.append(c)
+            continue
+        shared = len(set(finite_by_seed(g, metric)) & set(finite_by_seed(base, metric)))
+        skipped.append(f"| {g.key} | – | – | – | not compared: {shared} seed(s) with a finite {metric} on "
+                       "both sides; the paired test needs two or more |")  # fmt: skip
     for c in tests:
         lines.append(
             f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | "
             f"{'yes' if c.distinguishable else 'no'} |"
         )
-    if not tests:
+    lines += skipped
+    if not tests and not skipped:
         lines.append("| (no configuration shares two or more seeds with the baseline) | | | | |")
     return lines
 

@@ -378,6 +378,8 @@ def report_run(folder: Path, metrics: dict, overrides: list[str] | None = None) 
 
 
 def test_report_names_non_finite_metrics_and_refuses_unknown_ones(tmp_path):
+    import csv
+
     from attnbench.report import build_report, main
 
     report_run(tmp_path / "a", {"test/acc": 0.8, "seed": 0})
@@ -391,6 +393,15 @@ def test_report_names_non_finite_metrics_and_refuses_unknown_ones(tmp_path):
     assert (
         f"`{tmp_path / 'b' / 'r'}`: `test/acc` = nan" in md and f"`{tmp_path / 'c'}`: `test/acc` = inf" in md
     )
+    # the count is per metric: 3 runs, 1 finite test/acc; no spread from one value (blank, never 0.0)
+    with open(tmp_path / "report.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["runs"], row["test/acc mean"], row["test/acc n"]) == ("3", "0.8", "1")
+    assert row["test/acc std"] == "" and row["test/acc ci95"] == ""
+    for interval in ("ci", "std"):
+        md = build_report(tmp_path, interval=interval)
+        (line,) = [x for x in md.splitlines() if x.startswith("| ") and "configuration" not in x]
+        assert line.endswith("| 3 | 0.8 (n=1) |") and "±" not in line and "`(n=k)` after a value" in md
     (tmp_path / "report.md").unlink()
     with pytest.raises(ConfigError, match="--metric test/acc_top9: no run .* recorded metrics: .*test/acc"):
         build_report(tmp_path, metric="test/acc_top9")
@@ -398,6 +409,38 @@ def test_report_names_non_finite_metrics_and_refuses_unknown_ones(tmp_path):
     (tmp_path / "file").write_text("x")
     assert main([str(tmp_path), "--out", str(tmp_path / "file")]) == 2
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_report_compares_and_plots_only_metrics_with_two_finite_values(tmp_path, monkeypatch):
+    import statistics
+
+    import matplotlib.axes
+
+    from attnbench.report import build_report, t_half_width
+
+    bars = {}
+    real = matplotlib.axes.Axes.errorbar
+
+    def errorbar(self, *args, **kw):
+        bars[kw["label"]] = kw["yerr"]
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    values = {"x": [0.8, "NaN"], "y": [0.7, 0.75]}
+    for mixer, accs in values.items():
+        for seed, acc in enumerate(accs):
+            folder = report_run(tmp_path / f"{mixer}{seed}", {}, [f"model.mixer={mixer}", f"seed={seed}"])
+            record = f'"test/acc": {acc}, "params": 10, "run/variant": "{mixer}", "run/seed": {seed}'
+            (folder / "metrics.json").write_text('{"status": "ok", ' + record + "}")
+    md = build_report(tmp_path, baseline="mixer=y", paired=True)
+    rows = [x for x in md.splitlines() if x.startswith("| model.mixer=x")]
+    assert rows[0].endswith("| 2 | 0.8 (n=1) | 10 ± 0 |")  # params: two equal values, a true 0
+    assert rows[1] == ("| model.mixer=x | – | – | – | not compared: it has 1 finite value(s) of test/acc "
+                       "from 2 run(s); Welch's test needs two or more on each side |")  # fmt: skip
+    assert rows[2].startswith("| model.mixer=x | – | – | – | not compared: 1 seed(s) with a finite test/acc")
+    assert not any("nan" in x.lower() for x in md.splitlines() if x.startswith("|"))
+    half = t_half_width(statistics.stdev(values["y"]), 2)
+    assert bars["model.mixer=x (n=1, no bar)"] is None and bars["model.mixer=y"] == pytest.approx(half)
 
 
 def test_report_never_writes_through_symlinks_and_resolves_interpolations(tmp_path):
