@@ -444,7 +444,8 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     ckpt = resume_checkpoint(cfg, out)
     checkpoint = read_checkpoint(ckpt, ident, cfg) if ckpt else None
     if resuming:
-        check_resume_progress(cfg, out, checkpoint)  # a complete run: nothing is written, not even a log line
+        # a complete run: nothing is written, not even a log line
+        check_resume_progress(cfg, out, checkpoint, ckpt)
     if requeued:
         log.info(
             "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
@@ -671,6 +672,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         clock = _find(callbacks, "RunRecord")  # the whole run's fit time, earlier segments included
         results["time/fit_s"] = clock.fit_s if clock is not None else time.perf_counter() - t0
+        # where the run ended (what a later resume must not train again: run_folder.check_resume_progress)
+        results["trainer/global_step"], results["trainer/epochs"] = trainer.global_step, trainer.current_epoch
         results.update(trainer.callback_metrics)
         flag.check()
     if cfg.get("test", True):

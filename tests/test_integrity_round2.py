@@ -117,26 +117,49 @@ def test_resume_with_fewer_epochs_than_done_is_refused_untouched(tmp_path, two_e
     assert tree_digest(folder) == before
 
 
-def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_epochs):
+def recorded_epochs(folder: Path) -> tuple[list[int], list[int]]:
+    """The epochs of ``history.csv``'s rows and of the CSV log's validation rows (each epoch once)."""
+    from attnbench.callbacks.history import read_history
+
+    history = [int(r["epoch"]) for r in read_history(folder / "history.csv")]
+    rows = read_history(folder / "csv" / "metrics.csv")  # the last row, the final numbers, has no epoch
+    logged = [int(r["epoch"]) for r in rows if r.get("val/acc") and r["epoch"]]
+    return history, logged
+
+
+def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_epochs, capsys):
+    # the checkpoint of the recorded end kept (under another name), last.ckpt lost: continued from it
     folder = copy_run(two_epochs[0], tmp_path / "run")
-    (folder / "checkpoints" / "last.ckpt").unlink()
-    kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
-    assert kept  # the best epoch's checkpoint
-    stored = torch.load(folder / "checkpoints" / kept[0], weights_only=True)["global_step"]
-    rows_before = (folder / "csv" / "metrics.csv").read_text().splitlines()
+    (folder / "checkpoints" / "last.ckpt").rename(folder / "checkpoints" / "epoch001.ckpt")
     metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], folder))
     assert metrics["status"] == "ok"
-    rows = (folder / "csv" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    steps = [int(r.split(",")[header.index("step")]) for r in rows[len(rows_before) :] if r]
-    assert steps and min(steps) >= stored  # continued from the stored step, no second history from 0
+    assert (metrics["trainer/global_step"], metrics["trainer/epochs"]) == (9, 3)  # 3 epochs x 3 batches
+    assert recorded_epochs(folder) == ([0, 1, 2], [0, 1, 2])  # continued at epoch 2: nothing trained twice
     last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 9  # 3 epochs x 3 batches
-    # a finished run without any checkpoint cannot be continued: refused, not restarted in place
+    # only a checkpoint behind the recorded end is left: the best epoch (epoch000: val/acc 0.133 > 0.086)
+    behind = copy_run(two_epochs[0], tmp_path / "behind")
+    for name in ("last.ckpt", "epoch001.ckpt"):
+        (behind / "checkpoints" / name).unlink(missing_ok=True)
+    assert [p.name for p in (behind / "checkpoints").glob("*.ckpt")] == ["epoch000.ckpt"]
+    before, record = tree_digest(behind), (behind / "metrics.json").read_bytes()
+    capsys.readouterr()
+    done = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "resume=true"], behind))  # nothing more asked
+    assert done["status"] == "ok" and "is complete (2 epochs, 6 steps" in capsys.readouterr().err
+    refused = r"epoch000\.ckpt, holds 1 epochs \(3 steps\), but the run recorded 2 epochs \(6 steps\)"
+    with pytest.raises(ConfigError, match=refused):
+        run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], behind))  # more asked: refused
+    assert (behind / "metrics.json").read_bytes() == record and tree_digest(behind) == before
+    assert recorded_epochs(behind) == ([0, 1], [0, 1])
+    # a finished run without any checkpoint: complete when nothing more is asked (its end read from
+    # history.csv for a record without trainer/*), else refused, never restarted in place
     bare = copy_run(two_epochs[0], tmp_path / "bare")
     shutil.rmtree(bare / "checkpoints")
     (bare / "checkpoints").mkdir()
+    old = {k: v for k, v in json.loads((bare / "metrics.json").read_text()).items() if "trainer/" not in k}
+    (bare / "metrics.json").write_text(json.dumps(old))
     before = tree_digest(bare)
+    assert run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "resume=true"], bare))["status"] == "ok"
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], bare))
     assert tree_digest(bare) == before
