@@ -558,10 +558,11 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
     task.run_label = " · ".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
     callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
     callbacks.append(FlushLogsOnCheckpoint())
-    if checkpoint is not None:  # a new folder chooses its own best checkpoint: warn when the test differs
-        from attnbench.callbacks.source_best import SourceBestCheck
+    if checkpoint is not None:  # a resume keeps the run's best (its folder moved or not); a new folder
+        from attnbench.callbacks.source_best import SourceBestCheck  # chooses its own: warn when that differs
 
-        callbacks.append(SourceBestCheck(ckpt, checkpoint.get("callbacks") or {}))
+        same_run = bool(cfg.get("resume"))
+        callbacks.append(SourceBestCheck(ckpt, checkpoint.get("callbacks") or {}, same_run=same_run))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
     )

@@ -165,15 +165,37 @@ def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_e
     assert tree_digest(bare) == before
 
 
-def test_a_moved_run_tests_its_own_checkpoints(tmp_path, two_epochs):
-    from attnbench.train import own_copy
+def best_recorded(folder: Path) -> tuple[Path, float]:
+    """The checkpoint an uninterrupted run tests: the first epoch of the highest val/acc (the monitored
+    metric, maximised) in ``history.csv``, and that score."""
+    from attnbench.callbacks.history import read_history
+
+    scores = [(float(r["val/acc"]), -int(r["epoch"])) for r in read_history(folder / "history.csv")]
+    score, epoch = max(scores)
+    return folder / "checkpoints" / f"epoch{-epoch:03d}.ckpt", score
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_run_tests_its_own_checkpoints(tmp_path, two_epochs, how, caplog):
+    import logging
 
     src = copy_run(two_epochs[0], tmp_path / "src")
     dst = tmp_path / "dst"
-    shutil.move(src, dst)  # the checkpoints still name src/... inside
-    metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], dst))
+    (shutil.move if how == "moved" else shutil.copytree)(src, dst)  # the checkpoints still name src/...
+    left = tree_digest(src) if how == "copied" else None
+    with caplog.at_level(logging.WARNING):
+        metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], dst))
     assert metrics["status"] == "ok" and metrics["test/ckpt"].startswith(str(dst / "checkpoints"))
+    # the run's best score survived the move: the later, worse epoch 2 is not taken as the best
+    best, score = best_recorded(dst)
+    assert best.name == "epoch000.ckpt" and (metrics["test/ckpt"], metrics["val/acc"]) == (str(best), score)
+    assert "not an exact resume" not in caplog.text  # the same run, not a continuation elsewhere
+    assert how == "moved" or tree_digest(src) == left  # the source folder is not touched
+    if how == "copied":
+        return
     # a path restored from the checkpoint maps to the same file in this run's folder, or is refused
+    from attnbench.train import own_copy
+
     (dst / "checkpoints" / "epoch000.ckpt").write_bytes(b"x")
     assert own_copy(str(src / "checkpoints" / "epoch000.ckpt"), str(dst / "checkpoints")) == str(
         dst / "checkpoints" / "epoch000.ckpt"
