@@ -459,7 +459,8 @@ except ImportError:  # pragma: no cover
 class RunFolderGuard(_HydraCallback):
     """Hydra callback: checks that must happen before Hydra touches the output folder.
 
-    - ``hydra.run.dir`` that is a file: one clear error (Hydra's mkdir would raise FileExistsError).
+    - ``hydra.run.dir`` that is a file, or a folder that cannot be made (read-only, no permission, a file
+      system such as /proc that refuses it): one clear error (Hydra's mkdir would raise a traceback).
     - A sweep folder's earlier ``multirun.yaml`` / ``optimization_results.yaml`` are kept under a dated name
       before the sweeper writes its own (each job folder then follows the run-folder rules).
     """
@@ -493,3 +494,10 @@ class RunFolderGuard(_HydraCallback):
                         "permission); expected a writable location"
                     )
                 break
+        try:  # os.access can pass where nothing can be made (e.g. /proc for root): Hydra's mkdir would raise
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            _fail(
+                f"{key}={str(path)!r}: the folder cannot be made ({err.strerror or err}: {err.filename}); "
+                "expected a writable location"
+            )

@@ -285,6 +285,19 @@ def test_a_lock_directory_and_an_unwritable_location_are_clear_errors(tmp_path, 
         FolderLock(tmp_path / "b").acquire()
 
 
+@pytest.mark.parametrize("where", ["/proc/attnbench_x/run", "under a file"])
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, where, capsys):
+    from attnbench.run_folder import RunFolderGuard
+
+    (tmp_path / "file").write_text("x")
+    path = str(tmp_path / "file" / "run") if where == "under a file" else where
+    # /proc passes os.access for root, yet nothing can be made in it: the guard tries and names the path
+    with pytest.raises(SystemExit) as exited:
+        RunFolderGuard._check_dir(path, "hydra.run.dir")
+    assert exited.value.code == 2 and f"hydra.run.dir={path!r}" in capsys.readouterr().err
+    assert not Path(path).exists()
+
+
 def test_a_deeply_nested_metrics_file_is_no_run_and_no_crash(tmp_path):
     from attnbench.run_folder import run_markers, saved_record
 
