@@ -374,26 +374,44 @@ def checkpoint_progress(checkpoint: dict) -> tuple[int, int]:
     return int(epochs), int(step) if isinstance(step, int) else 0
 
 
+def recorded_progress(folder: Path, record: dict[str, Any]) -> tuple[int, int] | None:
+    """``(epochs, optimizer steps)`` a run recorded at its end: ``metrics.json``'s ``trainer/epochs`` and
+    ``trainer/global_step``, else the last row of ``history.csv`` (epoch + 1, step); None when neither
+    says. Both are files from elsewhere: only whole numbers are taken."""
+    epochs, steps = record.get("trainer/epochs"), record.get("trainer/global_step")
+    if _limit(epochs) is not None and _limit(steps) is not None:
+        return int(epochs), int(steps)
+    import csv
+
+    try:
+        with open(folder / "history.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if all(str(r.get(k)).isdigit() for k in ("epoch", "step"))]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not rows:
+        return None
+    last = max(rows, key=lambda r: (int(r["step"]), int(r["epoch"])))
+    return int(last["epoch"]) + 1, int(last["step"])
+
+
 def _limit(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def check_resume_progress(cfg: DictConfig, folder: Path, checkpoint: dict | None) -> None:
+def check_resume_progress(
+    cfg: DictConfig, folder: Path, checkpoint: dict | None, ckpt: str | None = None
+) -> None:
     """Before a resumed run touches anything: refuse limits below what was done, raise ``RunComplete`` for a
-    finished run with nothing more asked, and refuse to restart a finished run that holds no checkpoint."""
+    finished run with nothing more asked, and refuse to continue a finished run from a checkpoint behind its
+    recorded end (or from none): that would train recorded epochs again in place."""
     record = saved_record(folder)
     finished = record.get("status") == "ok"
     if not cfg.get("train", True):
         return
-    if checkpoint is None:
-        if finished:
-            raise ConfigError(
-                f"resume=true: the run in {folder} finished (status ok) but holds no checkpoint to continue "
-                "from (checkpoints/*.ckpt); restarting it would replace its record. Start a new run in a new "
-                "folder instead"
-            )
-        return
-    epochs, steps = checkpoint_progress(checkpoint)
+    stored = checkpoint_progress(checkpoint) if checkpoint is not None else None
+    recorded = recorded_progress(folder, record) if finished else None
+    known = [p for p in (stored, recorded) if p is not None]  # what was done: the furthest of the two
+    epochs, steps = max((p[0] for p in known), default=0), max((p[1] for p in known), default=0)
     max_epochs, max_steps = _limit(cfg.trainer.get("max_epochs")), _limit(cfg.trainer.get("max_steps"))
     if max_epochs is not None and max_epochs < epochs:
         raise ConfigError(
@@ -408,8 +426,22 @@ def check_resume_progress(cfg: DictConfig, folder: Path, checkpoint: dict | None
     reached = (max_epochs is not None and epochs >= max_epochs) or (
         max_steps is not None and steps >= max_steps
     )
-    if finished and reached:
+    if finished and reached and known:
         raise RunComplete(folder, record, f"{epochs} epochs, {steps} steps")
+    if finished and stored is None:
+        raise ConfigError(
+            f"resume=true: the run in {folder} finished (status ok) but holds no checkpoint to continue "
+            "from (checkpoints/*.ckpt); restarting it would replace its record. Start a new run in a new "
+            "folder instead"
+        )
+    if recorded is not None and stored is not None and (stored[0] < recorded[0] or stored[1] < recorded[1]):
+        raise ConfigError(
+            f"resume=true: the newest checkpoint of the run in {folder}, {ckpt or 'the checkpoint'}, holds "
+            f"{stored[0]} epochs ({stored[1]} steps), but the run recorded {recorded[0]} epochs "
+            f"({recorded[1]} steps) (metrics.json / history.csv: checkpoints/last.ckpt is missing or older); "
+            "continuing from it would train recorded epochs again over the record. Restore last.ckpt, or "
+            "start a new run in a new folder (ckpt_path=FILE starts from that checkpoint's weights)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ hydra
@@ -427,7 +459,8 @@ except ImportError:  # pragma: no cover
 class RunFolderGuard(_HydraCallback):
     """Hydra callback: checks that must happen before Hydra touches the output folder.
 
-    - ``hydra.run.dir`` that is a file: one clear error (Hydra's mkdir would raise FileExistsError).
+    - ``hydra.run.dir`` that is a file, or a folder that cannot be made (read-only, no permission, a file
+      system such as /proc that refuses it): one clear error (Hydra's mkdir would raise a traceback).
     - A sweep folder's earlier ``multirun.yaml`` / ``optimization_results.yaml`` are kept under a dated name
       before the sweeper writes its own (each job folder then follows the run-folder rules).
     """
@@ -461,3 +494,10 @@ class RunFolderGuard(_HydraCallback):
                         "permission); expected a writable location"
                     )
                 break
+        try:  # os.access can pass where nothing can be made (e.g. /proc for root): Hydra's mkdir would raise
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            _fail(
+                f"{key}={str(path)!r}: the folder cannot be made ({err.strerror or err}: {err.filename}); "
+                "expected a writable location"
+            )

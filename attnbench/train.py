@@ -444,7 +444,8 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     ckpt = resume_checkpoint(cfg, out)
     checkpoint = read_checkpoint(ckpt, ident, cfg) if ckpt else None
     if resuming:
-        check_resume_progress(cfg, out, checkpoint)  # a complete run: nothing is written, not even a log line
+        # a complete run: nothing is written, not even a log line
+        check_resume_progress(cfg, out, checkpoint, ckpt)
     if requeued:
         log.info(
             "SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming the run in %s",
@@ -557,10 +558,11 @@ def _build(cfg, out: Path, ident, ckpt, checkpoint, flag) -> _Built:
     task.run_label = " · ".join(str(v) for v in (ident["model"], ident["variant"], ident["data"]) if v)
     callbacks.append(GracefulInterrupt(flag, out / "checkpoints" / "last.ckpt"))
     callbacks.append(FlushLogsOnCheckpoint())
-    if checkpoint is not None:  # a new folder chooses its own best checkpoint: warn when the test differs
-        from attnbench.callbacks.source_best import SourceBestCheck
+    if checkpoint is not None:  # a resume keeps the run's best (its folder moved or not); a new folder
+        from attnbench.callbacks.source_best import SourceBestCheck  # chooses its own: warn when that differs
 
-        callbacks.append(SourceBestCheck(ckpt, checkpoint.get("callbacks") or {}))
+        same_run = bool(cfg.get("resume"))
+        callbacks.append(SourceBestCheck(ckpt, checkpoint.get("callbacks") or {}, same_run=same_run))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=checkpoint_plugins(cfg)
     )
@@ -671,6 +673,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, ckpt: str | None, built: _Built, f
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         clock = _find(callbacks, "RunRecord")  # the whole run's fit time, earlier segments included
         results["time/fit_s"] = clock.fit_s if clock is not None else time.perf_counter() - t0
+        # where the run ended (what a later resume must not train again: run_folder.check_resume_progress)
+        results["trainer/global_step"], results["trainer/epochs"] = trainer.global_step, trainer.current_epoch
         results.update(trainer.callback_metrics)
         flag.check()
     if cfg.get("test", True):

@@ -117,40 +117,85 @@ def test_resume_with_fewer_epochs_than_done_is_refused_untouched(tmp_path, two_e
     assert tree_digest(folder) == before
 
 
-def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_epochs):
+def recorded_epochs(folder: Path) -> tuple[list[int], list[int]]:
+    """The epochs of ``history.csv``'s rows and of the CSV log's validation rows (each epoch once)."""
+    from attnbench.callbacks.history import read_history
+
+    history = [int(r["epoch"]) for r in read_history(folder / "history.csv")]
+    rows = read_history(folder / "csv" / "metrics.csv")  # the last row, the final numbers, has no epoch
+    logged = [int(r["epoch"]) for r in rows if r.get("val/acc") and r["epoch"]]
+    return history, logged
+
+
+def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_epochs, capsys):
+    # the checkpoint of the recorded end kept (under another name), last.ckpt lost: continued from it
     folder = copy_run(two_epochs[0], tmp_path / "run")
-    (folder / "checkpoints" / "last.ckpt").unlink()
-    kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
-    assert kept  # the best epoch's checkpoint
-    stored = torch.load(folder / "checkpoints" / kept[0], weights_only=True)["global_step"]
-    rows_before = (folder / "csv" / "metrics.csv").read_text().splitlines()
+    (folder / "checkpoints" / "last.ckpt").rename(folder / "checkpoints" / "epoch001.ckpt")
     metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], folder))
     assert metrics["status"] == "ok"
-    rows = (folder / "csv" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    steps = [int(r.split(",")[header.index("step")]) for r in rows[len(rows_before) :] if r]
-    assert steps and min(steps) >= stored  # continued from the stored step, no second history from 0
+    assert (metrics["trainer/global_step"], metrics["trainer/epochs"]) == (9, 3)  # 3 epochs x 3 batches
+    assert recorded_epochs(folder) == ([0, 1, 2], [0, 1, 2])  # continued at epoch 2: nothing trained twice
     last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 9  # 3 epochs x 3 batches
-    # a finished run without any checkpoint cannot be continued: refused, not restarted in place
+    # only a checkpoint behind the recorded end is left: the best epoch (epoch000: val/acc 0.133 > 0.086)
+    behind = copy_run(two_epochs[0], tmp_path / "behind")
+    for name in ("last.ckpt", "epoch001.ckpt"):
+        (behind / "checkpoints" / name).unlink(missing_ok=True)
+    assert [p.name for p in (behind / "checkpoints").glob("*.ckpt")] == ["epoch000.ckpt"]
+    before, record = tree_digest(behind), (behind / "metrics.json").read_bytes()
+    capsys.readouterr()
+    done = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "resume=true"], behind))  # nothing more asked
+    assert done["status"] == "ok" and "is complete (2 epochs, 6 steps" in capsys.readouterr().err
+    refused = r"epoch000\.ckpt, holds 1 epochs \(3 steps\), but the run recorded 2 epochs \(6 steps\)"
+    with pytest.raises(ConfigError, match=refused):
+        run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], behind))  # more asked: refused
+    assert (behind / "metrics.json").read_bytes() == record and tree_digest(behind) == before
+    assert recorded_epochs(behind) == ([0, 1], [0, 1])
+    # a finished run without any checkpoint: complete when nothing more is asked (its end read from
+    # history.csv for a record without trainer/*), else refused, never restarted in place
     bare = copy_run(two_epochs[0], tmp_path / "bare")
     shutil.rmtree(bare / "checkpoints")
     (bare / "checkpoints").mkdir()
+    old = {k: v for k, v in json.loads((bare / "metrics.json").read_text()).items() if "trainer/" not in k}
+    (bare / "metrics.json").write_text(json.dumps(old))
     before = tree_digest(bare)
+    assert run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "resume=true"], bare))["status"] == "ok"
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], bare))
     assert tree_digest(bare) == before
 
 
-def test_a_moved_run_tests_its_own_checkpoints(tmp_path, two_epochs):
-    from attnbench.train import own_copy
+def best_recorded(folder: Path) -> tuple[Path, float]:
+    """The checkpoint an uninterrupted run tests: the first epoch of the highest val/acc (the monitored
+    metric, maximised) in ``history.csv``, and that score."""
+    from attnbench.callbacks.history import read_history
+
+    scores = [(float(r["val/acc"]), -int(r["epoch"])) for r in read_history(folder / "history.csv")]
+    score, epoch = max(scores)
+    return folder / "checkpoints" / f"epoch{-epoch:03d}.ckpt", score
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_run_tests_its_own_checkpoints(tmp_path, two_epochs, how, caplog):
+    import logging
 
     src = copy_run(two_epochs[0], tmp_path / "src")
     dst = tmp_path / "dst"
-    shutil.move(src, dst)  # the checkpoints still name src/... inside
-    metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], dst))
+    (shutil.move if how == "moved" else shutil.copytree)(src, dst)  # the checkpoints still name src/...
+    left = tree_digest(src) if how == "copied" else None
+    with caplog.at_level(logging.WARNING):
+        metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=3", "resume=true"], dst))
     assert metrics["status"] == "ok" and metrics["test/ckpt"].startswith(str(dst / "checkpoints"))
+    # the run's best score survived the move: the later, worse epoch 2 is not taken as the best
+    best, score = best_recorded(dst)
+    assert best.name == "epoch000.ckpt" and (metrics["test/ckpt"], metrics["val/acc"]) == (str(best), score)
+    assert "not an exact resume" not in caplog.text  # the same run, not a continuation elsewhere
+    assert how == "moved" or tree_digest(src) == left  # the source folder is not touched
+    if how == "copied":
+        return
     # a path restored from the checkpoint maps to the same file in this run's folder, or is refused
+    from attnbench.train import own_copy
+
     (dst / "checkpoints" / "epoch000.ckpt").write_bytes(b"x")
     assert own_copy(str(src / "checkpoints" / "epoch000.ckpt"), str(dst / "checkpoints")) == str(
         dst / "checkpoints" / "epoch000.ckpt"
@@ -238,6 +283,19 @@ def test_a_lock_directory_and_an_unwritable_location_are_clear_errors(tmp_path, 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(ConfigError, match="cannot be written .*Read-only file system"):
         FolderLock(tmp_path / "b").acquire()
+
+
+@pytest.mark.parametrize("where", ["/proc/attnbench_x/run", "under a file"])
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, where, capsys):
+    from attnbench.run_folder import RunFolderGuard
+
+    (tmp_path / "file").write_text("x")
+    path = str(tmp_path / "file" / "run") if where == "under a file" else where
+    # /proc passes os.access for root, yet nothing can be made in it: the guard tries and names the path
+    with pytest.raises(SystemExit) as exited:
+        RunFolderGuard._check_dir(path, "hydra.run.dir")
+    assert exited.value.code == 2 and f"hydra.run.dir={path!r}" in capsys.readouterr().err
+    assert not Path(path).exists()
 
 
 def test_a_deeply_nested_metrics_file_is_no_run_and_no_crash(tmp_path):

@@ -1,18 +1,25 @@
 """A run continued from a checkpoint in another folder chooses its own best checkpoint: say so when that makes
-its test metrics differ from an uninterrupted run's.
+its test metrics differ from an uninterrupted run's. A resumed run whose folder was moved or copied keeps its
+best.
 
 Lightning's ``ModelCheckpoint`` reloads its best score only when the checkpoint was saved into the same
-``dirpath`` (``resume=true`` in the run's own folder). From ``ckpt_path=`` (a new folder), or from a copied
-folder, it starts its choice afresh: the first validation here becomes the best. An uninterrupted run keeps
-the earlier of two equal scores (``ModelCheckpoint`` replaces its best only on a strictly better one), so the
-two runs test different checkpoints exactly when the source run's best score is at least as good as every
-score reached here. :class:`SourceBestCheck` then warns once, before the test, naming both checkpoints.
+``dirpath``. From ``ckpt_path=`` (a new run in a new folder) it starts its choice afresh: the first
+validation here becomes the best. An uninterrupted run keeps the earlier of two equal scores
+(``ModelCheckpoint`` replaces its best only on a strictly better one), so the two runs test different
+checkpoints exactly when the source run's best score is at least as good as every score reached here.
+:class:`SourceBestCheck` then warns once, before the test, naming both checkpoints.
+
+``resume=true`` continues the run saved in its folder, wherever the folder now is: the saved state's paths
+(absolute, of the folder where it was saved) are mapped by file name to the run's checkpoint folder before
+Lightning restores it (:func:`own_folder_state`), so the best score, the top-k and the files they name carry
+over; no warning then.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -42,13 +49,39 @@ def source_best_differs(source: dict, checkpointer: ModelCheckpoint) -> tuple[fl
     return (theirs, mine) if at_least_as_good else None
 
 
+def own_folder_state(state: dict, dirpath: str) -> dict | None:
+    """A ``ModelCheckpoint``'s saved ``state`` with ``dirpath`` and every checkpoint path it names
+    (``best_model_path``, ``kth_best_model_path``, ``last_model_path``, the ``best_k_models`` keys) moved
+    to the same file name in ``dirpath``; None when one of those files is not there (a folder moved or
+    copied without it)."""
+
+    def mine(path: Any) -> str | None:
+        if path == "":
+            return path
+        if not isinstance(path, str):
+            return None
+        moved = Path(dirpath) / Path(path).name
+        return str(moved) if moved.is_file() else None
+
+    keys = ("best_model_path", "kth_best_model_path", "last_model_path")
+    best_k = state.get("best_k_models", {})
+    if not isinstance(best_k, dict):
+        return None
+    paths = {k: mine(state.get(k, "")) for k in keys}
+    models = {mine(p): score for p, score in best_k.items()}
+    if None in paths.values() or None in models:
+        return None
+    return {**state, **paths, "best_k_models": models, "dirpath": dirpath}
+
+
 class SourceBestCheck(pl.Callback):
     """Warns once, at the start of testing after a fit, when a monitored ``ModelCheckpoint`` of this run tests
     another checkpoint than an uninterrupted run would (see the module docstring). ``states`` is the source
-    checkpoint's ``"callbacks"`` entry (callback state key -> saved state)."""
+    checkpoint's ``"callbacks"`` entry (callback state key -> saved state). ``same_run``: a resume of the run
+    saved in this folder (moved or copied perhaps): its saved states are mapped to this folder on load."""
 
-    def __init__(self, source: str, states: dict[str, Any]):
-        self.source = str(source)
+    def __init__(self, source: str, states: dict[str, Any], same_run: bool = False):
+        self.source, self.same_run = str(source), same_run
         states = states if isinstance(states, dict) else {}  # a checkpoint's data: checked, not trusted
         self.states = {
             k: dict(v)
@@ -57,8 +90,33 @@ class SourceBestCheck(pl.Callback):
         }
         self.warned = False
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        """Runs before the callbacks' states are restored: a resumed run's folder that was moved or copied
+        gets its saved checkpoint paths mapped to where it is now, so Lightning keeps its best score."""
+        states = checkpoint.get("callbacks")
+        if not self.same_run or not isinstance(states, dict):
+            return
+        for cb in trainer.checkpoint_callbacks:
+            state = states.get(cb.state_key) if isinstance(cb, ModelCheckpoint) else None
+            if not isinstance(state, dict) or state.get("dirpath", cb.dirpath) == cb.dirpath:
+                continue
+            mapped = own_folder_state(state, str(cb.dirpath))
+            if mapped is not None:
+                states[cb.state_key] = mapped
+            elif cb.monitor and trainer.is_global_zero:
+                log.warning(
+                    "not an exact resume: the checkpoints recorded by this run's %s (best %s) are not all in "
+                    "its checkpoint folder %s (the run folder was moved or copied without them); the best "
+                    "checkpoint is chosen afresh among the epochs trained from here",
+                    cb.monitor,
+                    state.get("best_model_path"),
+                    cb.dirpath,
+                )
+
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.warned or not trainer.is_global_zero:
+        if self.warned or self.same_run or not trainer.is_global_zero:
             return
         for cb in trainer.checkpoint_callbacks:
             if not isinstance(cb, ModelCheckpoint) or not cb.monitor or cb.state_key not in self.states:
