@@ -83,7 +83,7 @@ def commit_note() -> str:
     return f" at commit `{sha[:12]}`" + (" (uncommitted changes)" if dirty else "")
 
 
-def render(section: str, command: list[str], stdout: str, load: float | None) -> str:
+def render(section: str, command: list[str], stdout: str, load: float | None, commit: str = "") -> str:
     body = stdout.strip("\n")
     is_table = body.lstrip().startswith(("|", "#")) or "\n|" in body
     quoted = body if is_table else f"```\n{body}\n```"
@@ -94,7 +94,7 @@ def render(section: str, command: list[str], stdout: str, load: float | None) ->
             f"### {section}",
             "",
             f"Command: `{env_prefix()}{shlex.join(command)}`  ",
-            f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}{commit_note()} on {machine()}"
+            f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}{commit} on {machine()}"
             f"{load_note}.",
             "",
             quoted,
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if not command or not all(c.isalnum() or c in "-_" for c in args.section):
         raise SystemExit(f"expected a section name of letters, digits, - or _ and a command; got {argv!r}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    commit = commit_note()  # the code the command starts with (edits made while it runs are not its)
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return proc.returncode
-    update(args.results, args.section, render(args.section, command, proc.stdout, load))
+    update(args.results, args.section, render(args.section, command, proc.stdout, load, commit))
     print(f"record.py: section {args.section!r} written to {args.results}", file=sys.stderr)
     return 0
 
