@@ -151,6 +151,27 @@ def changed_since(
     return None if log is None else [line for line in log.splitlines() if line]
 
 
+def code_differences(
+    commits: list[str], paths: tuple[str, ...] = CODE_PATHS, root: Path | None = None
+) -> list[str] | None:
+    """The files under ``paths`` whose content differs between any two of ``commits`` (``git diff
+    --name-only`` from the first to each other); None when that cannot be told (no checkout, a commit unknown
+    to it). Tells whether runs recorded at several commits ran the same code."""
+    root = root or source_root()
+    if git_commit(root) is None or not commits:
+        return None
+    for commit in commits:
+        if not commit or _git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
+            return None
+    files: set[str] = set()
+    for other in commits[1:]:
+        out = _git(root, "diff", "--name-only", commits[0], other, "--", *paths)
+        if out is None:
+            return None
+        files |= {line for line in out.splitlines() if line}
+    return sorted(files)
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, list[str]]:
     """The distinct values of each provenance key over ``records`` (metrics.json dicts); records made
     before provenance was recorded count as ``unrecorded``."""

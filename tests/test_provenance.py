@@ -241,3 +241,18 @@ def test_the_config_a_checkpoint_carries_never_decides_what_code_runs(csv_run, t
     with pytest.raises(ConfigError, match=r"callbacks\.evil\._target_"):
         with_saved_run_config(cfg)
     assert not marker.exists()
+
+
+def test_code_differences_name_the_files_that_differ_between_commits():
+    from attnbench.provenance import code_differences, git_commit
+
+    head = git_commit()
+    if head is None:
+        pytest.skip("not run from a git checkout")
+    assert code_differences([head, head]) == []
+    assert code_differences([head, "0" * 40]) is None  # a commit the checkout does not know
+    # the mixer study's first runs (947904c) and its later ones (ed7c64d): only the time guard changed
+    known = ["947904cff6f8dd63584fe51a9b78b62df905ebc3", "ed7c64d"]
+    if code_differences(known) is None:
+        pytest.skip("a shallow clone without these commits")
+    assert code_differences(known) == ["conf/experiment/mixer_study_focalnet.yaml"]

@@ -211,7 +211,17 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         "",
     ]
     if len(commits) > 1:
-        lines += ["**Mixed:** the runs were made at more than one commit.", ""]
+        from attnbench.provenance import CODE_PATHS, code_differences
+
+        files = code_differences(sorted(commits))
+        where = ", ".join(f"`{p}/`" for p in CODE_PATHS)
+        if files is None:
+            same = "whether their code differs cannot be told from this checkout"
+        elif files:
+            same = f"files under {where} that differ between them: " + ", ".join(f"`{f}`" for f in files)
+        else:
+            same = f"no file under {where} differs between them (the same code and configs)"
+        lines += [f"**Mixed:** the runs were made at more than one commit; {same}.", ""]
     summaries = {}
     for key in sorted(cells):
         family, task = key
