@@ -11,6 +11,7 @@ from attnbench.mechanisms.registry import list_mixers
 
 TINY = ["trainer.max_epochs=1", "probe.num_images=16", "probe.erf_images=2", "trainer.max_time=null"]
 TINY_DATA = ["data.num_train=64", "data.num_val=32", "data.num_test=32"]
+CAPTION_DATA = ["data.train_size=64", "data.val_size=32", "data.test_size=32"]
 STUDY_CONFIGS = sorted(
     p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem.startswith(("calibrate_", "mixer_study_"))
 )
@@ -20,9 +21,17 @@ def sweep_params(name: str) -> dict:
     return dict(OmegaConf.load(CONF / "experiment" / f"{name}.yaml").hydra.sweeper.params)
 
 
-def test_the_mixer_study_sweeps_every_spatial_mixer_over_five_seeds():
-    params = sweep_params("mixer_study_focalnet")
-    assert sorted(str(params["model.mixer"]).split(",")) == list_mixers("spatial")
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [
+        ("mixer_study_focalnet", "spatial"),
+        ("mixer_study_image_transformer", "causal"),
+        ("mixer_study_show_attend_tell", "context"),
+    ],
+)
+def test_the_mixer_study_sweeps_every_mixer_of_the_role_over_five_seeds(name, role):
+    params = sweep_params(name)
+    assert sorted(str(params["model.mixer"]).split(",")) == list_mixers(role)
     assert str(params["seed"]).split(",") == ["0", "1", "2", "3", "4"]
     assert list(params)[0] == "seed"  # seed-major: an interrupted study holds whole seeds
 
@@ -31,10 +40,13 @@ def test_the_mixer_study_sweeps_every_spatial_mixer_over_five_seeds():
 @pytest.mark.parametrize("name", STUDY_CONFIGS)
 def test_study_config_trains_a_tiny_job(name, tmp_path):
     mixer = str(sweep_params(name)["model.mixer"]).split(",")[-1]
-    cfg = compose_cfg([f"experiment={name}", f"model.mixer={mixer}", *TINY, *TINY_DATA], tmp_path)
+    captions = "show_attend_tell" in name
+    data = CAPTION_DATA if captions else TINY_DATA
+    cfg = compose_cfg([f"experiment={name}", f"model.mixer={mixer}", *TINY, *data], tmp_path)
     metrics = run_cfg(cfg)
     assert metrics["status"] == "ok" and metrics["run/variant"] == mixer
-    key = "test/bpd_second" if "twin" in name else "test/acc"
+    twin = "twin" in name or "image_transformer" in name
+    key = "test/bleu4" if captions else "test/bpd_second" if twin else "test/acc"
     assert key in metrics
     if cfg.get("probes"):
         assert "probe/shift_consistency/circular" in metrics
