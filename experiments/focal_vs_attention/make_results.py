@@ -2,8 +2,9 @@
 
     python experiments/focal_vs_attention/make_results.py [RUNS_DIR] [--allow-mixed]
 
-RUNS_DIR defaults to experiments/focal_vs_attention/runs-2026-12-05 (the runs of today's code; the first
-study's runs, made before provenance was recorded, are in experiments/focal_vs_attention/runs).
+RUNS_DIR defaults to experiments/focal_vs_attention/runs-2026-12-06 (all nine runs at one commit, with their
+provenance); ``runs-2026-12-05`` holds the seed-0 re-runs of the day before (two commits), and ``runs`` the first
+study's runs, made before provenance was recorded.
 
 Groups the runs by token mixer (``run/variant`` in metrics.json) and reports mean ± std over seeds, with the
 provenance (commit, versions, device) of the runs; runs of different commits are refused unless
@@ -179,7 +180,7 @@ def reproducibility_lines() -> list[str]:
 def main(argv: list[str]) -> int:
     allow_mixed = "--allow-mixed" in argv
     argv = [a for a in argv if a != "--allow-mixed"]
-    runs_dir = Path(argv[0]) if argv else HERE / "runs-2026-12-05"
+    runs_dir = Path(argv[0]) if argv else HERE / "runs-2026-12-06"
     groups, problems = load(runs_dir)
     if not groups:
         print(f"no finished runs under {runs_dir}", file=sys.stderr)
