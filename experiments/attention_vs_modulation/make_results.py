@@ -3,7 +3,8 @@
     python experiments/attention_vs_modulation/make_results.py [--no-speed]
 
 Reads the run folders of each family (FocalNet and SAGAN: the runs of their own studies, which used the same
-settings and seeds; Image Transformer and Show-Attend-Tell: ``runs/<family>/``), and writes one table:
+settings and seeds; Image Transformer and Show-Attend-Tell: ``runs-2026-12-06/<family>/``; the runs of
+2026-12-01, made before runs recorded their provenance, stay in ``runs/``), and writes one table:
 family x mixer with the quality metric as mean ± half-width of the 95 % t confidence interval over seeds,
 parameters, forward FLOPs per sample, training samples/s, and (``--speed``, default) sampling or decoding
 time measured now from each configuration's best checkpoint of seed 0; then focal modulation against the
@@ -33,32 +34,36 @@ from attnbench.reproduce import recount_flops  # noqa: E402
 # family → (runs folder, mixers, reference attention mixer, [(metric, label, lower is better)], command)
 FAMILIES = {
     "focalnet": (
-        REPO / "experiments/focal_vs_attention/runs",
+        REPO / "experiments/focal_vs_attention/runs-2026-12-06",
         ("focal_modulation", "window_attention", "global_attention"),
         "window_attention",
         [("test/acc", "test/acc", False)],
-        "python -m attnbench experiment=focal_vs_attention",
+        "python -m attnbench experiment=focal_vs_attention "
+        "hydra.sweep.dir=experiments/focal_vs_attention/runs-2026-12-06",
     ),
     "sagan": (
-        REPO / "experiments/sagan_attention/runs",
+        REPO / "experiments/sagan_attention/runs-2026-12-06",
         ("self_attention", "focal_modulation", "none"),
         "self_attention",
         [("test/is", "test/is", False), ("test/fid", "test/fid", True)],
-        "python -m attnbench experiment=sagan_attention",
+        "python -m attnbench experiment=sagan_attention "
+        "hydra.sweep.dir=experiments/sagan_attention/runs-2026-12-06",
     ),
     "image_transformer": (
-        HERE / "runs/image_transformer",
+        HERE / "runs-2026-12-06/image_transformer",
         ("full", "local_1d", "local_2d", "focal_modulation"),
         "full",
         [("test/bpd", "test/bpd", True)],
-        "python -m attnbench experiment=avm_image_transformer",
+        "python -m attnbench experiment=avm_image_transformer "
+        "hydra.sweep.dir=experiments/attention_vs_modulation/runs-2026-12-06/image_transformer",
     ),
     "show_attend_tell": (
-        HERE / "runs/show_attend_tell",
+        HERE / "runs-2026-12-06/show_attend_tell",
         ("soft", "hard", "none", "focal_modulation"),
         "soft",
         [("test/bleu4", "test/bleu4", False), ("test/attn_grounding", "grounding", False)],  # see GROUNDING
-        "python -m attnbench experiment=avm_show_attend_tell",
+        "python -m attnbench experiment=avm_show_attend_tell "
+        "hydra.sweep.dir=experiments/attention_vs_modulation/runs-2026-12-06/show_attend_tell",
     ),
 }
 
@@ -296,9 +301,8 @@ Training samples/s are measured during each run, on a shared 2-core machine (ind
 median of 3, one thread, seed 0's best checkpoint, measured when this file was written (Image Transformer:
 16 images with the cached decoder — KV cache for attention, the constant-size state for focal modulation;
 Show-Attend-Tell: batched beam search over 32 test canvases). The FocalNet and SAGAN rows reuse the runs of
-their own studies (same settings and seeds); SAGAN's were scored before the Inception Score followed the
-reference TF code (torchmetrics' shuffled splits, std with ddof 1), which leaves the means comparable. IS/FID
-are labelled with the scorer the runs recorded (`test/scorer`): "domain" is a digit classifier, not Inception.
+their own studies (same settings and seeds). IS/FID are labelled with the scorer the runs recorded
+(`test/scorer`): "domain" is a digit classifier, not Inception.
 
 {chr(10).join(rows)}
 
