@@ -1,6 +1,9 @@
 """Write RESULTS.md of the SAGAN attention ablation from the runs' metrics.json files.
 
-    python experiments/sagan_attention/make_results.py [RUNS_DIR]  (default: experiments/sagan_attention/runs)
+    python experiments/sagan_attention/make_results.py [RUNS_DIR]
+
+RUNS_DIR defaults to experiments/sagan_attention/runs-2026-12-06 (the runs with provenance, one commit);
+``runs`` holds the first runs (2026-12-01), made before provenance and the current domain scorer.
 
 Groups finished runs by mixer (``run/variant``) and reports mean ± std over seeds; lists every run.
 """
@@ -156,7 +159,7 @@ def render(groups: dict[str, list[dict]], left_out: list[str], runs_dir: Path) -
 
 
 def main(argv: list[str]) -> int:
-    runs_dir = Path(argv[0]) if argv else HERE / "runs"
+    runs_dir = Path(argv[0]) if argv else HERE / "runs-2026-12-06"
     groups, left_out = load(runs_dir)
     if not groups:
         print(f"no finished runs under {runs_dir}", file=sys.stderr)
