@@ -434,7 +434,11 @@ def check_resume_progress(
             "from (checkpoints/*.ckpt); restarting it would replace its record. Start a new run in a new "
             "folder instead"
         )
-    if recorded is not None and stored is not None and (stored[0] < recorded[0] or stored[1] < recorded[1]):
+    # behind on optimizer steps (a checkpoint saved at a validation inside an epoch counts that epoch as not
+    # yet processed while the record counts it: epochs decide only when no step was made)
+    if recorded is not None and stored is not None and (
+        stored[1] < recorded[1] if (stored[1] or recorded[1]) else stored[0] < recorded[0]
+    ):
         raise ConfigError(
             f"resume=true: the newest checkpoint of the run in {folder}, {ckpt or 'the checkpoint'}, holds "
             f"{stored[0]} epochs ({stored[1]} steps), but the run recorded {recorded[0]} epochs "

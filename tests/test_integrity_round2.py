@@ -558,3 +558,25 @@ def test_report_skips_a_deeply_nested_record(tmp_path):
     (tmp_path / "deep" / "metrics.json").write_text("[" * 200_000 + "]" * 200_000)
     md = build_report(tmp_path)
     assert "1 finished runs" in md and "## Skipped records (1)" in md and "RecursionError" in md
+
+
+def test_a_checkpoint_saved_inside_its_last_epoch_is_not_behind_the_record(tmp_path):
+    """``val_check_interval`` saves last.ckpt at a validation inside an epoch: Lightning's processed-epoch
+    count is one lower than the record's, the steps agree, and the run continues (it is not behind)."""
+    from omegaconf import OmegaConf
+
+    from attnbench.errors import ConfigError
+    from attnbench.run_folder import check_resume_progress
+
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"status": "ok", "trainer/epochs": 2, "trainer/global_step": 8})
+    )
+    def progress(steps: int, epochs: int) -> dict:
+        return {"global_step": steps, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": epochs}}}}}
+
+    at_validation = progress(8, 1)
+    cfg = OmegaConf.create({"train": True, "trainer": {"max_epochs": -1, "max_steps": 12}})
+    check_resume_progress(cfg, tmp_path, at_validation, "last.ckpt")  # continues: no error
+    behind = progress(4, 1)
+    with pytest.raises(ConfigError, match="holds 1 epochs \\(4 steps\\)"):
+        check_resume_progress(cfg, tmp_path, behind, "epoch000.ckpt")
