@@ -571,8 +571,10 @@ def test_a_checkpoint_saved_inside_its_last_epoch_is_not_behind_the_record(tmp_p
     (tmp_path / "metrics.json").write_text(
         json.dumps({"status": "ok", "trainer/epochs": 2, "trainer/global_step": 8})
     )
+
     def progress(steps: int, epochs: int) -> dict:
-        return {"global_step": steps, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": epochs}}}}}
+        loops = {"fit_loop": {"epoch_progress": {"current": {"processed": epochs}}}}
+        return {"global_step": steps, "loops": loops}
 
     at_validation = progress(8, 1)
     cfg = OmegaConf.create({"train": True, "trainer": {"max_epochs": -1, "max_steps": 12}})
