@@ -18,7 +18,13 @@ STUDY_CONFIGS = sorted(
 
 
 def sweep_params(name: str) -> dict:
-    return dict(OmegaConf.load(CONF / "experiment" / f"{name}.yaml").hydra.sweeper.params)
+    """The sweep of experiment ``name`` as Hydra composes it (defaults merged: their key order is the
+    sweep's order, the first key varying slowest)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params)
 
 
 @pytest.mark.parametrize(
