@@ -51,12 +51,17 @@ def git_commit(root: Path | None = None) -> str | None:
     return _git(root, "rev-parse", "HEAD")
 
 
+DIRTY_PATHS = (*CODE_PATHS, "pyproject.toml")  # what decides the numbers a run gives
+
+
 def git_dirty(root: Path | None = None) -> bool | None:
-    """True when tracked files of the checkout differ from its commit; None outside a checkout."""
+    """True when tracked files of the code (:data:`DIRTY_PATHS`: the package, its configs, the project file)
+    differ from the checkout's commit; None outside a checkout. Records are not code: a study's sweep rewrites
+    its tracked ``multirun.yaml`` and adds run folders, which must not make its own runs "dirty"."""
     root = root or source_root()
     if git_commit(root) is None:
         return None
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *DIRTY_PATHS)
     return None if status is None else bool(status)
 
 

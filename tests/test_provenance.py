@@ -50,13 +50,19 @@ def test_commit_is_head_and_dirty_flips_with_a_change_to_a_tracked_file(tmp_path
     assert git_dirty(root) is False
     (root / "notes.txt").write_text("untracked files do not change the code\n")
     assert git_dirty(root) is False
+    (root / "experiments").mkdir()  # a tracked record (a sweep's multirun.yaml) is not code
+    (root / "experiments" / "multirun.yaml").write_text("a: 1\n")
+    git(root, "add", "experiments")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "record")
+    (root / "experiments" / "multirun.yaml").write_text("a: 2\n")
+    assert git_dirty(root) is False
     (root / "attnbench" / "__init__.py").write_text("x = 2\n")
     assert git_dirty(root) is True
     git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
     assert git_dirty(root) is False
     second = git(root, "rev-parse", "HEAD").strip()
     assert git_commit(root) == second
-    first = git(root, "rev-parse", "HEAD~1").strip()
+    first = git(root, "rev-parse", "HEAD~1").strip()  # the record's commit
     assert [line.split()[0] for line in changed_since(first, ("attnbench",), root)] == [second[:7]]
     assert changed_since(second, ("attnbench",), root) == []
 
@@ -75,7 +81,9 @@ def test_this_checkout_records_its_own_head():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     record = json.loads(out.stdout)
     assert record["provenance/commit"] == git(REPO, "rev-parse", "HEAD").strip()
-    status = git(REPO, "status", "--porcelain", "--untracked-files=no")
+    status = git(
+        REPO, "status", "--porcelain", "--untracked-files=no", "--", "attnbench", "conf", "pyproject.toml"
+    )
     assert record["provenance/dirty"] is bool(status.strip())
     assert record["provenance/torch"] == str(torch.__version__)
     assert record["provenance/python"] == ".".join(map(str, sys.version_info[:3]))
