@@ -103,3 +103,23 @@ def test_the_matched_flops_table_ranks_widened_mixers_with_the_main_runs_of_the_
     p2 = stats.ttest_ind(main["window_attention"], main["focal_modulation"], equal_var=False).pvalue
     assert f"{holm([p, p2])[0]:.3g}" in rows["`identity`"]  # its own Holm family of two contrasts
     assert "probe/" in matched  # a classifier table: probes shown as in the main table
+
+
+def test_the_matched_table_never_takes_an_unwidened_run_of_a_widened_mixer(tmp_path):
+    main = {"focal_modulation": ([0.9, 0.91], 14e6), "window_attention": ([0.8, 0.82], 13.9e6),
+            "pooling": ([0.5, 0.52], 9.3e6), "identity": ([0.6, 0.61], 9.2e6)}  # fmt: skip
+    wide = {"identity": ([0.7, 0.72], 14.4e6)}
+    for folder, runs in (("focalnet", main), ("focalnet_matched_flops", wide)):
+        for mixer, (values, flops) in runs.items():
+            for seed, acc in enumerate(values):
+                run = tmp_path / "runs" / folder / "cluttered_digits" / f"{mixer}_s{seed}"
+                run.mkdir(parents=True)
+                record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "flops_per_sample": flops,
+                          "provenance/commit": "abc", "provenance/dirty": seed == 1}  # fmt: skip
+                (run / "metrics.json").write_text(json.dumps(record))
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    _, matched = text.split("### focalnet_matched_flops · cluttered_digits")
+    table = matched.split("**Incomplete")[0]
+    assert "`pooling`" not in table and "`window_attention`" in table  # pooling has no widened run yet
+    assert "**Not in this table:** `pooling`" in text
+    assert "**Uncommitted changes:** 5 run(s)" in text and "focalnet/cluttered_digits/pooling_s1" in text

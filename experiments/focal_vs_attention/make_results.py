@@ -2,9 +2,9 @@
 
     python experiments/focal_vs_attention/make_results.py [RUNS_DIR] [--allow-mixed]
 
-RUNS_DIR defaults to experiments/focal_vs_attention/runs-2026-12-06 (all nine runs at one commit, with their
-provenance); ``runs-2026-12-05`` holds the seed-0 re-runs of the day before (two commits), and ``runs`` the first
-study's runs, made before provenance was recorded.
+RUNS_DIR defaults to experiments/focal_vs_attention/runs-2026-12-06 (all nine runs at one commit, with
+their provenance); ``runs-2026-12-05`` holds the seed-0 re-runs of the day before (two commits), and ``runs``
+the first study's runs, made before provenance was recorded.
 
 Groups the runs by token mixer (``run/variant`` in metrics.json) and reports mean ± std over seeds, with the
 provenance (commit, versions, device) of the runs; runs of different commits are refused unless

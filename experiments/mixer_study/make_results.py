@@ -45,6 +45,7 @@ PROBES = [
     "probe/corruption/mean",
 ]  # the probes' keys (attnbench.probe)
 MATCHED = "_matched_flops"  # suffix of a family folder holding the matched-FLOPs runs
+MATCH_TOLERANCE = 0.10  # FLOPs within 10 % of the reference's count as matched (PROTOCOL.md, cost)
 HEADLINE_P = 0.01
 SEEDS = 5  # per cell (PROTOCOL.md)
 
@@ -190,6 +191,22 @@ def write_cards(out: Path, summaries: dict) -> None:
         (out / "cards" / f"{mixer}.md").write_text("\n".join(lines) + "\n")
 
 
+def within_flops(mixers: dict) -> set[str]:
+    """Mixers whose mean ``flops_per_sample`` is within :data:`MATCH_TOLERANCE` of the reference's."""
+
+    def mean_flops(runs: list[dict]) -> float | None:
+        vals = [v for r in runs if (v := _number(r.get("flops_per_sample"))) is not None]
+        return statistics.fmean(vals) if vals else None
+
+    ref = mean_flops(mixers.get(REFERENCE, []))
+    if ref is None:
+        return {REFERENCE} & set(mixers)
+    return {
+        m for m, runs in mixers.items()
+        if (f := mean_flops(runs)) is not None and abs(f - ref) <= MATCH_TOLERANCE * ref
+    }  # fmt: skip
+
+
 def shown_path(path: Path) -> str:
     """``path`` relative to the repository when inside it (the page is the same from any clone)."""
     root = HERE.parents[1]
@@ -210,6 +227,15 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         "[PROTOCOL.md](PROTOCOL.md). Bold: Holm-corrected p < 0.01 against focal modulation.",
         "",
     ]
+    dirty = sorted(f"{f}/{t}/{r['_job']}" for (f, t), c in cells.items() for rs in c.values() for r in rs
+                   if r.get("provenance/dirty") is True)  # fmt: skip
+    if dirty:
+        lines += [
+            f"**Uncommitted changes:** {len(dirty)} run(s) recorded `provenance/dirty: true` (until "
+            "2026-12-06 a change to any tracked file counted, a sweep's own rewrite of its `multirun.yaml` "
+            "included; since then only code does): " + ", ".join(f"`{d}`" for d in dirty) + ".",
+            "",
+        ]
     if len(commits) > 1:
         from attnbench.provenance import CODE_PATHS, code_differences
 
@@ -229,13 +255,23 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         if family.endswith(MATCHED):
             widened = sorted(mixers)
             main = cells.get((family.removesuffix(MATCHED), task), {})
-            mixers = {**{m: runs for m, runs in main.items() if m not in mixers}, **mixers}
+            near = within_flops(main)  # the reference and the mixers whose default width is already matched
+            missing = sorted(m for m in main if m not in near and m not in mixers)
+            mixers = {**{m: runs for m, runs in main.items() if m in near and m not in mixers}, **mixers}
             lines += [
                 f"Matched FLOPs (PROTOCOL.md amendments 3 and 5): {', '.join(f'`{m}`' for m in widened)} "
                 f"widened to the reference's FLOPs per sample (runs in `{family}/{task}/`); the other mixers "
-                f"are the main study's runs of `{family.removesuffix(MATCHED)}/{task}/`.",
+                f"are the main study's runs of `{family.removesuffix(MATCHED)}/{task}/` within "
+                f"{MATCH_TOLERANCE:.0%} of the reference's FLOPs.",
                 "",
             ]
+            if missing:
+                lines += [
+                    "**Not in this table:** " + ", ".join(f"`{m}`" for m in missing) + " (more than "
+                    f"{MATCH_TOLERANCE:.0%} from the reference's FLOPs at the default width, and no widened "
+                    "run counted yet).",
+                    "",
+                ]
         table, summary = cell_table(family, task, mixers)
         lines += table
         summaries[key] = summary
