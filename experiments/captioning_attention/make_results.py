@@ -41,7 +41,10 @@ def main(runs_dir: Path = HERE / "runs-2026-12-06") -> str:
             m = {**m, "val/bleu4_last": m.get("val/bleu4")}
         runs.setdefault(path.parent.name.rsplit("_s", 1)[0], []).append(m)
     if not runs:
-        print(f"error: no finished run under {runs_dir} (expected <variant>_s<seed>/metrics.json)", file=sys.stderr)
+        print(
+            f"error: no finished run under {runs_dir} (expected <variant>_s<seed>/metrics.json)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     order = [a for a in ("soft", "hard", "none") if a in runs] + sorted(set(runs) - {"soft", "hard", "none"})
     lines = [
