@@ -131,8 +131,11 @@ def main() -> None:
             f"Model: {knobs}; trainer.max_epochs={cfg.trainer.max_epochs}, "
             f"data.batch_size={cfg.data.batch_size}.",
             "",
-            "val/bpd is the value logged at the last validation (the test uses the best checkpoint).",
+            "val/bpd is the tested (best) checkpoint's, as the runs record it.",
         ]
+    from attnbench.provenance import provenance_lines
+
+    lines += ["", "## Provenance", ""] + provenance_lines([r["m"] for rs in rows.values() for r in rs])
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
