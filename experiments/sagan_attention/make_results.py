@@ -150,6 +150,14 @@ def render(groups: dict[str, list[dict]], left_out: list[str], runs_dir: Path) -
             ]
             ckpt = Path(str(r.get("test/ckpt", ""))).stem
             lines.append(f"| {r['_run']} | {r.get('run/seed')} | " + " | ".join(cells) + f" | {ckpt} |")
+    seeds = 3  # the study's sweep (conf/experiment/sagan_attention.yaml: seed 0,1,2)
+    short = [f"`{m}` has {len(groups.get(m, []))}" for m in MIXERS if len(groups.get(m, [])) < seeds]
+    if short:
+        lines += [
+            "",
+            f"**Incomplete:** the study has {seeds} seeds per mixer; " + ", ".join(short) + " (the remaining "
+            "jobs: the study's command with `model.mixer=... seed=...` into the same folder).",
+        ]
     if left_out:
         lines += ["", "Runs left out:", ""] + [f"- {p}" for p in left_out]
     from attnbench.provenance import provenance_lines
