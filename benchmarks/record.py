@@ -64,23 +64,16 @@ def env_prefix() -> str:
 
 
 def commit_note() -> str:
-    """`` at commit <sha>`` of the checkout this script lives in (`` (uncommitted changes)`` when tracked
-    files differ from it), or nothing outside a git checkout."""
+    """`` at commit <sha>`` of the checkout this script lives in (`` (uncommitted changes)`` when its code
+    differs from it: :func:`attnbench.provenance.git_dirty`), or nothing outside a git checkout."""
     root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    sys.path.insert(0, str(root))
+    from attnbench.provenance import git_commit, git_dirty
+
+    sha = git_commit(root)
+    if sha is None:
         return ""
-    return f" at commit `{sha[:12]}`" + (" (uncommitted changes)" if dirty else "")
+    return f" at commit `{sha[:12]}`" + (" (uncommitted changes)" if git_dirty(root) else "")
 
 
 def render(section: str, command: list[str], stdout: str, load: float | None, commit: str = "") -> str:
