@@ -345,12 +345,31 @@ class RunComplete(Exception):
     """``resume=true`` on a run that finished (``status: ok``) with nothing more asked: nothing is done,
     nothing is written; the app prints this and exits 0 with the saved record."""
 
-    def __init__(self, folder: Path, record: dict[str, Any], done: str):
+    def __init__(self, folder: Path, record: dict[str, Any], done: str, hint: str | None = None):
         super().__init__(
             f"the run in {folder} is complete ({done}, status ok): nothing to continue, nothing was written. "
-            "To train it further, resume with a higher trainer.max_epochs (or trainer.max_steps)"
+            + (hint or "To train it further, resume with a higher trainer.max_epochs (or trainer.max_steps)")
         )
         self.record = record
+
+
+def stopped_early(checkpoint: dict) -> str | None:
+    """The early-stopping callback that ended the run saved in ``checkpoint`` (Lightning stores each
+    callback's state under its ``state_key``, e.g. ``"EarlyStopping{'monitor': 'val/loss', 'mode': 'min'}"``;
+    ``EarlyStopping`` records the epoch it stopped at as ``stopped_epoch`` > 0), or None."""
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict):
+        return None
+    for key, state in states.items():
+        if (
+            isinstance(key, str)
+            and key.startswith("EarlyStopping")
+            and isinstance(state, dict)
+            and isinstance(state.get("stopped_epoch"), int)
+            and state["stopped_epoch"] > 0
+        ):
+            return key
+    return None
 
 
 def saved_record(folder: Path) -> dict[str, Any]:
@@ -428,6 +447,16 @@ def check_resume_progress(
     )
     if finished and reached and known:
         raise RunComplete(folder, record, f"{epochs} epochs, {steps} steps")
+    stopped = stopped_early(checkpoint) if checkpoint is not None else None
+    if finished and stopped is not None and known:
+        # Lightning's EarlyStopping ended the run before its limits: continuing would train one more epoch,
+        # see no improvement again and stop, over the record. That run is complete.
+        raise RunComplete(
+            folder,
+            record,
+            f"{epochs} epochs, {steps} steps, stopped early by {stopped}",
+            hint="It ended by early stopping, so a higher limit would not train it further either",
+        )
     if finished and stored is None:
         raise ConfigError(
             f"resume=true: the run in {folder} finished (status ok) but holds no checkpoint to continue "

@@ -107,6 +107,26 @@ def test_resume_of_a_complete_run_changes_nothing(tmp_path, two_epochs, monkeypa
     assert tree_digest(folder) == before
 
 
+def test_resume_of_a_run_ended_by_early_stopping_changes_nothing(tmp_path, capsys):
+    # min_delta 10 on val/acc: epoch 0 improves on -inf, epoch 1 cannot improve by 10, patience 1 -> stop
+    stop = [
+        "+callbacks.early_stopping._target_=pytorch_lightning.callbacks.EarlyStopping",
+        "+callbacks.early_stopping.monitor=val/acc",
+        "+callbacks.early_stopping.mode=max",
+        "+callbacks.early_stopping.min_delta=10",
+        "+callbacks.early_stopping.patience=1",
+    ]
+    folder = tmp_path / "run"
+    first = run_cfg(compose_cfg([*CSV, *stop, "trainer.max_epochs=5"], folder))
+    assert first["status"] == "ok" and first["trainer/epochs"] == 2  # stopped before its limit of 5
+    before = tree_digest(folder)
+    for limit in (5, 8):  # the same command, and a higher limit: early stopping would end it again at once
+        record = run_cfg(compose_cfg([*CSV, *stop, f"trainer.max_epochs={limit}", "resume=true"], folder))
+        assert record == first
+        assert "stopped early by EarlyStopping" in capsys.readouterr().err
+        assert tree_digest(folder) == before
+
+
 def test_resume_with_fewer_epochs_than_done_is_refused_untouched(tmp_path, two_epochs):
     folder = copy_run(two_epochs[0], tmp_path / "run")
     before = tree_digest(folder)
