@@ -2,7 +2,8 @@
 
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it starts in a folder that has one, so a resumed run
 would lose every row logged before the stop. ``CSVLogger`` here appends instead: the rows before the stop
-stay, the resumed run's rows follow (with the same columns, widened if new metrics appear).
+stay, the resumed run's rows follow (with the same columns, widened if new metrics appear). A resume from a
+checkpoint behind the log first drops the rows logged after the checkpoint's step (they are trained again).
 TensorBoard needs nothing: each start writes a new event file beside the earlier ones.
 """
 
@@ -26,6 +27,26 @@ class AppendingExperimentWriter(ExperimentWriter):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 header = next(csv.reader(f), [])
             self.metrics_keys = sorted(header)
+
+
+    def drop_rows_after(self, step: int) -> int:
+        """Remove the rows logged after optimizer step ``step`` (a resume from a checkpoint behind the log
+        trains those steps again, and their rows would otherwise appear twice); the number removed. Rows
+        whose step is not a whole number are kept."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return 0
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            columns, rows = reader.fieldnames or [], list(reader)
+        kept = [r for r in rows if not (str(r.get("step", "")).isdigit() and int(r["step"]) > step)]
+        if len(kept) < len(rows):
+            tmp = f"{self.metrics_file_path}.tmp"
+            with self._fs.open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(kept)
+            self._fs.mv(tmp, self.metrics_file_path)
+        return len(rows) - len(kept)
 
 
 class CSVLogger(_LightningCSVLogger):

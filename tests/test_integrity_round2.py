@@ -185,6 +185,23 @@ def test_lost_last_checkpoint_continues_from_the_newest_kept_one(tmp_path, two_e
     assert tree_digest(bare) == before
 
 
+def test_an_interrupted_run_resumed_behind_its_logs_records_each_epoch_once(tmp_path, two_epochs):
+    # stopped after epoch 1 was logged but before last.ckpt caught up (only epoch 0's checkpoint left):
+    # epoch 1 is trained again, and both history.csv and the CSV log hold it once, not twice
+    folder = copy_run(two_epochs[0], tmp_path / "run")
+    (folder / "metrics.json").unlink()  # not finished
+    (folder / "checkpoints" / "last.ckpt").unlink()
+    assert (folder / "checkpoints" / "epoch000.ckpt").is_file()
+    assert recorded_epochs(folder) == ([0, 1], [0, 1])
+    metrics = run_cfg(compose_cfg([*CSV, "trainer.max_epochs=2", "resume=true"], folder))
+    assert metrics["status"] == "ok" and metrics["trainer/global_step"] == 6
+    assert recorded_epochs(folder) == ([0, 1], [0, 1])
+    from attnbench.callbacks.history import read_history
+
+    steps = [int(r["step"]) for r in read_history(folder / "csv" / "metrics.csv") if r.get("step")]
+    assert steps == sorted(steps)  # no step logged twice out of order
+
+
 def best_recorded(folder: Path) -> tuple[Path, float]:
     """The checkpoint an uninterrupted run tests: the first epoch of the highest val/acc (the monitored
     metric, maximised) in ``history.csv``, and that score."""

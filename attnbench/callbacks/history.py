@@ -4,7 +4,8 @@ scalar epoch-level metric (``train/*`` epoch means, ``val/*`` of the epochs that
 the others, e.g. with ``trainer.check_val_every_n_epoch=2``).
 
 A resumed run keeps the rows of the epochs before its checkpoint and rewrites those after it (they are
-trained again). The file is rewritten atomically each epoch, so it is always a complete CSV.
+trained again); the CSV logger's ``metrics.csv`` drops its rows after the checkpoint's step likewise.
+The file is rewritten atomically each epoch, so it is always a complete CSV.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class EpochHistory(pl.Callback):
         start = trainer.current_epoch  # restored from the checkpoint on resume
         rows = read_history(self.path)
         self.rows = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < start]
+        from attnbench.loggers import CSVLogger
+
+        for logger in trainer.loggers:  # the CSV log, too, forgets what is trained again
+            if isinstance(logger, CSVLogger):
+                logger.experiment.drop_rows_after(trainer.global_step)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
