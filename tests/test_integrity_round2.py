@@ -241,6 +241,39 @@ def test_a_moved_run_tests_its_own_checkpoints(tmp_path, two_epochs, how, caplog
         own_copy(str(src / "checkpoints" / "epoch009.ckpt"), str(dst / "checkpoints"))
 
 
+def test_a_moved_folder_missing_some_top_k_files_keeps_the_rest_of_its_choice(tmp_path):
+    from attnbench.callbacks.source_best import own_folder_state
+
+    old, new = "/elsewhere/run/checkpoints", tmp_path
+    for name in ("e3.ckpt", "e5.ckpt"):  # e1.ckpt (the k-th best) and last.ckpt were not copied
+        (new / name).write_bytes(b"x")
+    state = {
+        "monitor": "val/acc",
+        "best_model_score": torch.tensor(0.9),
+        "best_model_path": f"{old}/e5.ckpt",
+        "best_k_models": {
+            f"{old}/e5.ckpt": torch.tensor(0.9),
+            f"{old}/e3.ckpt": torch.tensor(0.8),
+            f"{old}/e1.ckpt": torch.tensor(0.7),
+        },
+        "kth_best_model_path": f"{old}/e1.ckpt",
+        "kth_value": torch.tensor(0.7),
+        "last_model_path": f"{old}/last.ckpt",
+        "dirpath": old,
+    }
+    mapped = own_folder_state(state, str(new), "max")
+    assert mapped["best_model_path"] == str(new / "e5.ckpt") and mapped["dirpath"] == str(new)
+    assert set(mapped["best_k_models"]) == {str(new / "e5.ckpt"), str(new / "e3.ckpt")}
+    assert mapped["kth_best_model_path"] == str(new / "e3.ckpt") and float(
+        mapped["kth_value"]
+    ) == pytest.approx(0.8)
+    assert mapped["last_model_path"] == ""
+    # minimised: the worst left is the highest score
+    assert own_folder_state(state, str(new), "min")["kth_best_model_path"] == str(new / "e5.ckpt")
+    (new / "e5.ckpt").unlink()  # the best itself is gone: nothing of the choice can be kept
+    assert own_folder_state(state, str(new), "max") is None
+
+
 def test_a_requeue_appends_its_repeated_overrides_once(tmp_path, monkeypatch):
     import attnbench.run_folder as rf
 

@@ -12,7 +12,8 @@ checkpoints exactly when the source run's best score is at least as good as ever
 ``resume=true`` continues the run saved in its folder, wherever the folder now is: the saved state's paths
 (absolute, of the folder where it was saved) are mapped by file name to the run's checkpoint folder before
 Lightning restores it (:func:`own_folder_state`), so the best score, the top-k and the files they name carry
-over; no warning then.
+over; no warning then (top-k files left behind are dropped from the top-k with a warning; a best checkpoint
+left behind makes the choice start afresh, with a warning).
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ def source_best_differs(source: dict, checkpointer: ModelCheckpoint) -> tuple[fl
     return (theirs, mine) if at_least_as_good else None
 
 
-def own_folder_state(state: dict, dirpath: str) -> dict | None:
+def own_folder_state(state: dict, dirpath: str, mode: str = "min") -> dict | None:
     """A ``ModelCheckpoint``'s saved ``state`` with ``dirpath`` and every checkpoint path it names
     (``best_model_path``, ``kth_best_model_path``, ``last_model_path``, the ``best_k_models`` keys) moved
-    to the same file name in ``dirpath``; None when one of those files is not there (a folder moved or
-    copied without it)."""
+    to the same file name in ``dirpath``. A top-k file that is not there (a folder moved or copied without
+    it) leaves the top-k (the k-th best then recomputed in ``mode`` among those left), a missing
+    ``last_model_path`` is forgotten (the next save writes it); None when the best checkpoint itself is not
+    there: then nothing of the saved choice can be kept."""
 
     def mine(path: Any) -> str | None:
         if path == "":
@@ -63,15 +66,27 @@ def own_folder_state(state: dict, dirpath: str) -> dict | None:
         moved = Path(dirpath) / Path(path).name
         return str(moved) if moved.is_file() else None
 
-    keys = ("best_model_path", "kth_best_model_path", "last_model_path")
     best_k = state.get("best_k_models", {})
     if not isinstance(best_k, dict):
         return None
-    paths = {k: mine(state.get(k, "")) for k in keys}
-    models = {mine(p): score for p, score in best_k.items()}
-    if None in paths.values() or None in models:
+    best = mine(state.get("best_model_path", ""))
+    if best is None:
         return None
-    return {**state, **paths, "best_k_models": models, "dirpath": dirpath}
+    models = {moved: score for moved, score in ((mine(p), v) for p, v in best_k.items()) if moved}
+    kth = mine(state.get("kth_best_model_path", ""))
+    out = {**state, "best_model_path": best, "best_k_models": models, "dirpath": dirpath}
+    out["last_model_path"] = mine(state.get("last_model_path", "")) or ""
+    out["kth_best_model_path"] = kth
+    if kth is None or (kth and kth not in models):
+        scored = [(p, _score(v)) for p, v in models.items()]
+        scored = [(p, v) for p, v in scored if v is not None]
+        if scored:  # the worst of those left is the k-th best now
+            kth, _ = max(scored, key=lambda pv: pv[1]) if mode == "min" else min(scored, key=lambda pv: pv[1])
+            out["kth_value"] = models[kth]
+        else:
+            kth = ""
+        out["kth_best_model_path"] = kth
+    return out
 
 
 class SourceBestCheck(pl.Callback):
@@ -102,13 +117,24 @@ class SourceBestCheck(pl.Callback):
             state = states.get(cb.state_key) if isinstance(cb, ModelCheckpoint) else None
             if not isinstance(state, dict) or state.get("dirpath", cb.dirpath) == cb.dirpath:
                 continue
-            mapped = own_folder_state(state, str(cb.dirpath))
+            mapped = own_folder_state(state, str(cb.dirpath), cb.mode)
             if mapped is not None:
                 states[cb.state_key] = mapped
+                lost = len(state.get("best_k_models", {})) - len(mapped["best_k_models"])
+                if lost and trainer.is_global_zero:
+                    log.warning(
+                        "%d of the top-%d checkpoints recorded by this run's %s are not in its checkpoint "
+                        "folder %s (moved or copied without them): the best is kept, the top-k goes on with "
+                        "those left",
+                        lost,
+                        len(state["best_k_models"]),
+                        cb.monitor,
+                        cb.dirpath,
+                    )
             elif cb.monitor and trainer.is_global_zero:
                 log.warning(
-                    "not an exact resume: the checkpoints recorded by this run's %s (best %s) are not all in "
-                    "its checkpoint folder %s (the run folder was moved or copied without them); the best "
+                    "not an exact resume: the best checkpoint recorded by this run's %s (%s) is not in "
+                    "its checkpoint folder %s (the run folder was moved or copied without it); the best "
                     "checkpoint is chosen afresh among the epochs trained from here",
                     cb.monitor,
                     state.get("best_model_path"),
