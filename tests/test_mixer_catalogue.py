@@ -32,6 +32,16 @@ def test_each_role_lists_the_issues_mixers():
 
 
 @pytest.mark.parametrize("role", ["spatial", "causal", "context"])
+def test_every_mixer_names_its_paper_and_equation_for_its_card(role):
+    import re
+
+    for name in list_mixers(role):
+        info = mixer_info(role, name)
+        assert re.search(r"(19|20)\d\d", info.paper), (role, name, info.paper)  # a dated source
+        assert "=" in info.equation and "\n" not in info.equation, (role, name, info.equation)  # one line
+
+
+@pytest.mark.parametrize("role", ["spatial", "causal", "context"])
 def test_unknown_name_is_one_config_error_listing_the_role(role):
     with pytest.raises(ConfigError, match="is not a .* mixer; expected one of") as err:
         create_mixer(role, "nope", dim=8)

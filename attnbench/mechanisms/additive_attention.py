@@ -186,10 +186,27 @@ def _additive_builder(mode: str):
 # the weights of its expected context (eq. 13), hard attention samples a location from them in training
 # (eq. 8-9) and reads soft attention's expected context when evaluated with hard_eval=expected; ``none`` never
 # reads the grid through W_a and its uniform alpha attend to nothing.
+XU = "Xu et al.: Show, Attend and Tell, ICML 2015"
+ALPHA = "α_t = softmax_i(vᵀ tanh(W_a a_i + W_h h_{t-1}))"
 MODE_INFO = {
-    "soft": {"attention_weights": True},
-    "hard": {"attention_weights": True, "stochastic": True, "expected_form": "soft"},
-    "none": {"reads_grid": False},
+    "soft": {
+        "attention_weights": True,
+        "paper": f"{XU}, Sec. 4.2 (eq. 4-5, 13)",
+        "equation": f"{ALPHA},  z_t = β_t Σ_i α_{{t,i}} a_i",
+    },
+    "hard": {
+        "attention_weights": True,
+        "stochastic": True,
+        "expected_form": "soft",
+        "paper": f"{XU}, Sec. 4.1 (eq. 8-12)",
+        "equation": f"{ALPHA},  s_t ~ Multinoulli(α_t),  z_t = β_t a_(s_t)  "
+        "(REINFORCE, moving-average baseline)",
+    },
+    "none": {
+        "reads_grid": False,
+        "paper": f"{XU}: the no-attention baseline",
+        "equation": "z_t = β_t mean_i a_i (uniform weights: the same image summary at every step)",
+    },
 }
 
 for _mode in MODES:  # one module for the three modes; the decoder passes the mode to each read

@@ -110,7 +110,14 @@ class CausalFocalModulation(nn.Module):
         return self.proj(q * self.h(aggregate[:, :, 0]))
 
 
-@register_mixer("causal", "focal_modulation", attr="attn")
+@register_mixer(
+    "causal",
+    "focal_modulation",
+    attr="attn",
+    paper="Yang et al.: Focal Modulation Networks, NeurIPS 2022, Sec. 3.2 (eq. 8-10), made causal here",
+    equation="y_i = proj(q_i ⊙ h(Σ_l g_i^l z_i^l)),  z^l causal depthwise convs in raster order,  "
+    "z^(L+1)_i = GELU(mean_{j≤i} z_j^L)",
+)
 def build_causal_focal_modulation(dim: int, focal_levels: int = 2, focal_window: int = 3, **_):
     """Causal focal modulation in raster order (its decoding state is constant-size)."""
     return CausalFocalModulation(dim, focal_levels=focal_levels, focal_window=focal_window)

@@ -49,7 +49,13 @@ class SepConv(nn.Module):
         return self.pwconv2(self.dwconv(self.act(self.pwconv1(x))))
 
 
-@register_mixer("spatial", "dwconv", attr="token_mixer")
+@register_mixer(
+    "spatial",
+    "dwconv",
+    attr="token_mixer",
+    paper="Yu et al.: MetaFormer Baselines for Vision, TPAMI 2023, Sec. 3.2 (ConvFormer, eq. 7)",
+    equation="y = PW_2(DW_7×7(StarReLU(PW_1 x))),  PW_1: C → 2C",
+)
 def build_dwconv(dim: int, expansion_ratio: int = 2, conv_kernel: int = 7, **_) -> SepConv:
     """ConvFormer's separable convolution (7x7 depthwise between two pointwise maps)."""
     return SepConv(dim, expansion_ratio=expansion_ratio, kernel_size=conv_kernel)

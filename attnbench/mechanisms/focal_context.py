@@ -141,7 +141,14 @@ class FocalModulationContext(nn.Module):
 
 
 # alpha is its normalised gate mass, for display only: no doubly stochastic term (and no sampling)
-@register_mixer("context", "focal_modulation", attr="attention", attention_weights=False)
+@register_mixer(
+    "context",
+    "focal_modulation",
+    attr="attention",
+    attention_weights=False,
+    paper="Yang et al.: Focal Modulation Networks, NeurIPS 2022, Sec. 3.2, as a captioning context here",
+    equation="z_t = q(h_{t-1}) ⊙ h(mean_i Σ_l G_{t,i}^l Z_i^l),  G_{t,i} = W_o tanh(W_h h_{t-1} + W_a Z_i^0)",
+)
 def build_focal_context(
     dim: int, hidden_dim: int = 512, attn_dim: int = 128, focal_levels: int = 2, focal_window: int = 3, **_
 ) -> FocalModulationContext:

@@ -150,7 +150,14 @@ class FocalModulation(nn.Module):
         return f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, normalize={self.normalize_modulator}"
 
 
-@register_mixer("spatial", "focal_modulation", attr="modulation")
+@register_mixer(
+    "spatial",
+    "focal_modulation",
+    attr="modulation",
+    paper="Yang, Li, Dai, Gao: Focal Modulation Networks, NeurIPS 2022, Sec. 3.2 (eq. 8-10)",
+    equation="y_i = q(x_i) ⊙ h(Σ_{l=1..L+1} g_i^l · z_i^l),  z^l = GELU(DWConv_l(z^(l-1))),  "
+    "z^(L+1) = GELU(mean_j z_j^L)",
+)
 def build_focal_modulation(
     dim: int,
     focal_window: int = 3,

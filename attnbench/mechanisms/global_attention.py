@@ -82,7 +82,14 @@ class GlobalAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}"
 
 
-@register_mixer("spatial", "global_attention", attr="attn", position_blind=True)
+@register_mixer(
+    "spatial",
+    "global_attention",
+    attr="attn",
+    position_blind=True,
+    paper="Vaswani et al., NeurIPS 2017, Sec. 3.2.2; Dosovitskiy et al.: ViT, ICLR 2021, eq. 2-3",
+    equation="y = softmax(Q Kᵀ/√d) V over all N positions (no position term)",
+)
 def build_global_attention(
     dim: int,
     num_heads: int | None = None,

@@ -43,13 +43,25 @@ class CausalIdentity(nn.Module):
         return x
 
 
-@register_mixer("spatial", "identity", attr="token_mixer")
+@register_mixer(
+    "spatial",
+    "identity",
+    attr="token_mixer",
+    paper="Yu et al.: MetaFormer Baselines for Vision, TPAMI 2023, Sec. 3.1 (IdentityFormer)",
+    equation="y = x (no mixing: only the downsampling layers mix neighbours)",
+)
 def build_identity(dim: int, **_) -> IdentityMixer:
     """IdentityFormer's mixer: the map unchanged."""
     return IdentityMixer()
 
 
-@register_mixer("causal", "identity", attr="attn")
+@register_mixer(
+    "causal",
+    "identity",
+    attr="attn",
+    paper="Yu et al.: MetaFormer Baselines for Vision, TPAMI 2023, Sec. 3.1 (IdentityFormer), causal form",
+    equation="y_i = x_i (each position sees only its own, already shifted, input)",
+)
 def build_causal_identity(dim: int, **_) -> CausalIdentity:
     """No context: each position sees only its own (shifted) input."""
     return CausalIdentity()

@@ -351,5 +351,22 @@ def _grid_attention_builder(kind: str):
     return build
 
 
+_PARMAR = "Parmar et al.: Image Transformer, ICML 2018, Sec. 3.2"
+CARD = {  # the mechanism card's source and one-line equation of each variant (registry MixerInfo)
+    "full": {
+        "paper": f"{_PARMAR} (the quadratic baseline: masked self-attention)",
+        "equation": "y_i = softmax(q_i K_Mᵀ/√d) V_M,  M = every position up to i in raster order",
+    },
+    "local_1d": {
+        "paper": f"{_PARMAR} and Fig. 2 (local 1D)",
+        "equation": "y_i = softmax(q_i K_Mᵀ/√d) V_M,  M = i's query block (up to i) and the block before it",
+    },
+    "local_2d": {
+        "paper": f"{_PARMAR} and Fig. 2 (local 2D)",
+        "equation": "y_i = softmax(q_i K_Mᵀ/√d) V_M,  M = i's q_h×q_w block with f_h rows above and f_w "
+        "columns each side, minus positions generated after i",
+    },
+}
+
 for _kind in ATTENTION_KINDS:
-    register_mixer("causal", _kind, attr="attn")(_grid_attention_builder(_kind))
+    register_mixer("causal", _kind, attr="attn", **CARD[_kind])(_grid_attention_builder(_kind))

@@ -172,7 +172,13 @@ class NeighborhoodAttention(nn.Module):
         return backends.flex(q, k, v, mask, score_mod=bias)
 
 
-@register_mixer("spatial", "neighborhood_attention", attr="attn")
+@register_mixer(
+    "spatial",
+    "neighborhood_attention",
+    attr="attn",
+    paper="Hassani, Walton, Li, Li, Shi: Neighborhood Attention Transformer, CVPR 2023, Sec. 3.1 (eq. 2-3)",
+    equation="y_i = softmax(Q_i K_ρ(i)ᵀ/√d + B_ρ(i)) V_ρ(i),  ρ(i) = the k×k nearest neighbours of i",
+)
 def build_neighborhood_attention(
     dim: int,
     num_heads: int | None = None,

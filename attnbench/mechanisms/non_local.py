@@ -88,7 +88,14 @@ class SelfAttention2d(nn.Module):
         return f"channels={self.channels}, pooled={self.pooled}"
 
 
-@register_mixer("spatial", "self_attention", attr="attn", position_blind=True)
+@register_mixer(
+    "spatial",
+    "self_attention",
+    attr="attn",
+    position_blind=True,
+    paper="Zhang, Goodfellow, Metaxas, Odena: Self-Attention GANs, ICML 2019, Sec. 3 (eq. 1-2)",
+    equation="o_j = W_v Σ_i softmax_i(f(x_j)ᵀ g(x_i)) h(x_i)  (f, g: C/8 channels; no 1/√d)",
+)
 def build_self_attention(
     dim: int, attn_variant: str = "paper", gated_residual: bool = False, **_
 ) -> SelfAttention2d:

@@ -33,7 +33,13 @@ class Pooling(nn.Module):
         return f"pool_size={self.pool_size}"
 
 
-@register_mixer("spatial", "pooling", attr="token_mixer")
+@register_mixer(
+    "spatial",
+    "pooling",
+    attr="token_mixer",
+    paper="Yu et al.: MetaFormer Is Actually What You Need for Vision, CVPR 2022, Sec. 3.1 (eq. 4)",
+    equation="y = AvgPool_3×3(x) − x (stride 1, zero padding not counted)",
+)
 def build_pooling(dim: int, pool_size: int = 3, **_) -> Pooling:
     """PoolFormer's 3x3 average pooling minus the input."""
     return Pooling(pool_size)

@@ -44,7 +44,13 @@ class RandomMixing(nn.Module):
         return f"input_size={self.input_size}"
 
 
-@register_mixer("spatial", "random", attr="token_mixer")
+@register_mixer(
+    "spatial",
+    "random",
+    attr="token_mixer",
+    paper="Yu et al.: MetaFormer Baselines for Vision, TPAMI 2023, Sec. 3.1 (RandFormer, eq. 3)",
+    equation="y = W_R x,  W_R = row-softmax(U), U uniform random N×N, drawn once and frozen",
+)
 def build_random(dim: int, input_size: tuple[int, int] | None = None, **_) -> RandomMixing:
     """RandFormer's frozen random mixing over the positions of the map size the family states."""
     if input_size is None:

@@ -78,6 +78,8 @@ class MixerInfo:
     name: str
     attr: str = "mixer"
     position_blind: bool = False
+    paper: str = ""  # the source: authors, title, venue, section (what a mechanism card cites)
+    equation: str = ""  # the mechanism in one line (the card's equation; the module docstring has the rest)
     # context mixers only
     reads_grid: bool = True
     attention_weights: bool = False
@@ -121,8 +123,8 @@ def register_mixer(
     role: str, name: str, **info: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``builder(dim, **context) -> nn.Module`` as mixer ``name`` of ``role``; ``info``
-    (``attr``, ``position_blind``; for ``context`` mixers also ``reads_grid``, ``attention_weights``,
-    ``stochastic``, ``expected_form``) is its :class:`MixerInfo`."""
+    (``attr``, ``position_blind``, ``paper``, ``equation``; for ``context`` mixers also ``reads_grid``,
+    ``attention_weights``, ``stochastic``, ``expected_form``) is its :class:`MixerInfo`."""
     _check_role(role)
     meta = MixerInfo(role, name, **info)  # an unknown key: TypeError when the mechanism is imported
     plain = MixerInfo(role, name)

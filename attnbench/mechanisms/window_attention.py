@@ -216,7 +216,13 @@ class WindowAttention(nn.Module):
         )
 
 
-@register_mixer("spatial", "window_attention", attr="attn")
+@register_mixer(
+    "spatial",
+    "window_attention",
+    attr="attn",
+    paper="Liu et al.: Swin Transformer, ICCV 2021, Sec. 3.2 (eq. 4)",
+    equation="y = softmax(Q Kᵀ/√d + B) V inside each w×w window; windows shifted by w/2 every other block",
+)
 def build_window_attention(
     dim: int,
     num_heads: int | None = None,
