@@ -44,7 +44,21 @@ def test_results_rank_and_correct_a_made_up_study(tmp_path):
     assert f"**{p_holm[0]:.3g}**" in identity  # p < 0.01 after correction: bold
     assert "random_s0: status failed" in text and "commit(s) abc" in text
     assert (tmp_path / "out" / "RESULTS.md").read_text() == text
-    assert (tmp_path / "out" / "cards" / "identity.md").is_file()
+    # a card per mixer of the whole catalogue, each with its source, equation, results and cost
+    from attnbench.mechanisms import ROLES, list_mixers, mixer_info
+
+    cards = tmp_path / "out" / "cards"
+    assert {p.stem for p in cards.glob("*.md")} == {m for role in ROLES for m in list_mixers(role)}
+    card = (cards / "identity.md").read_text()
+    assert mixer_info("spatial", "identity").equation in card
+    assert mixer_info("causal", "identity").paper in card
+    row = next(line for line in card.splitlines() if line.startswith("| focalnet | pathfinder |"))
+    assert row.startswith("| focalnet | pathfinder | 3 | 5 |") and row.endswith(f"| {p_holm[0]:.3g} |")
+    assert "image_transformer · twin_digits: planned" in card  # its causal cell, not run yet
+    assert "| 56 | 3136 |" in (cards / "global_attention.md").read_text()  # cost rows of the benchmark
+    soft = (cards / "soft.md").read_text()
+    assert "No run counted yet" in soft and "show_attend_tell · digit_captions" in soft
+    assert "## Decoding state" in (cards / "local_2d.md").read_text() and "## Decoding state" not in soft
 
 
 def test_an_incomplete_cell_says_so_and_compares_no_single_run(tmp_path):

@@ -1,4 +1,4 @@
-"""Build the mixer study's RESULTS.md and one card per mixer from its run folders alone.
+"""Build the mixer study's RESULTS.md from its run folders alone, and one card per mixer (``make_cards.py``).
 
     python experiments/mixer_study/make_results.py [RUNS_DIR] [--out DIR]
 
@@ -148,7 +148,16 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         p_cells = [fmt(c.p_value, 3), f"{bold}{fmt(c.p_holm, 3)}{bold}"] if c else ["", ""]
         row = [ranks[mixer], f"`{mixer}`", str(len(values[mixer])), ci, diff, *p_cells, *extra]
         lines.append("| " + " | ".join(row) + " |")
-        summary[mixer] = {"mean": mean, "low": low, "high": high, "rank": ranks[mixer], "contrast": c}
+        means = {}
+        for key in COST + PROBES:
+            vals = [v for r in mixers[mixer] if (v := _number(r.get(key))) is not None]
+            means[key] = statistics.fmean(vals) if vals else None
+        summary[mixer] = {
+            "mean": mean, "low": low, "high": high, "rank": ranks[mixer], "contrast": c,
+            "n": len(values[mixer]),
+            "cost": {k: means[k] for k in COST},
+            "probes": {k: means[k] for k in PROBES if means[k] is not None},
+        }  # fmt: skip
     short = {m: len(v) for m, v in values.items() if len(v) < SEEDS}
     if short:
         lines += [""]
@@ -159,36 +168,6 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         )
     lines.append("")
     return lines, summary
-
-
-def write_cards(out: Path, summaries: dict) -> None:
-    """``cards/<mixer>.md``: the mixer's paper (its mechanism's docstring), its results on every task."""
-    from attnbench.mechanisms.registry import ROLES, get_builder
-
-    by_mixer: dict = defaultdict(list)
-    for (family, task), rows in summaries.items():
-        for mixer, s in rows.items():
-            by_mixer[mixer].append((family, task, s))
-    (out / "cards").mkdir(parents=True, exist_ok=True)
-    for mixer, rows in sorted(by_mixer.items()):
-        doc = ""
-        for role in ROLES:
-            try:
-                builder = get_builder(role, mixer)
-            except Exception:  # noqa: BLE001 - not a mixer of this role
-                continue
-            module = sys.modules.get(builder.__module__)
-            doc = ((module.__doc__ or "") if module else "").strip().split("\n\n")[0]
-            break
-        lines = [f"# `{mixer}`", "", doc or "(no mechanism docstring found)", "", "## Results", "",
-                 "| family | task | rank | mean [95 % CI] | − focal modulation | p (Holm) |",
-                 "|---|---|---|---|---|---|"]  # fmt: skip
-        for family, task, s in sorted(rows):
-            c = s["contrast"]
-            ci = f"{fmt(s['mean'])} [{fmt(s['low'])}, {fmt(s['high'])}]"
-            lines.append(f"| {family} | {task} | {s['rank']} | {ci} | {f'{c.diff:+.4g}' if c else '–'} | "
-                         f"{fmt(c.p_holm, 3) if c else '–'} |")  # fmt: skip
-        (out / "cards" / f"{mixer}.md").write_text("\n".join(lines) + "\n")
 
 
 def within_flops(mixers: dict) -> set[str]:
@@ -280,6 +259,9 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.md").write_text(text)
+    sys.path.insert(0, str(HERE))
+    from make_cards import write_cards
+
     write_cards(out, summaries)
     return text
 
