@@ -14,14 +14,28 @@ import torch
 def equivariance_errors(
     stage_maps: Callable[[torch.Tensor], list[torch.Tensor]], x: torch.Tensor, seed: int = 0
 ) -> list[float]:
-    """One error per stage (mean over images of the relative norm), maps ``[B, C, h, w]``; the stride of a
-    stage is ``H // h``. Each image gets its own shift ``m`` in ``[1, h - 1]^2`` per stage."""
+    """One error per stage (mean over images of the relative norm), maps channels-first ``[B, C, h, w]``
+    (attnbench/probes/adapter.py makes them so for every classifier family); the stride of a stage is
+    ``H // h``. Each image gets its own shift ``m`` in ``[1, h - 1]^2`` per stage. A map that cannot be a
+    channels-first map of ``x`` (not 4-d, larger than the image, or with different strides along the two
+    axes: e.g. channels-last ``[B, h, w, C]``) is an error, not a silently wrong roll."""
     g = torch.Generator().manual_seed(seed)
     base = stage_maps(x)
-    H = x.shape[-2]
+    H, W = x.shape[-2:]
     errors = []
     for k, fx in enumerate(base):
         h, w = fx.shape[-2:]
+        if (
+            fx.dim() != 4
+            or len(fx) != len(x)
+            or h > H
+            or w > W
+            or max(H / h, W / w) > 1.3 * min(H / h, W / w)
+        ):
+            raise ValueError(
+                f"stage {k + 1}: map {tuple(fx.shape)} is not a channels-first map [B, C, h, w] of images "
+                f"{tuple(x.shape)}"
+            )
         s = H // h
         ms = torch.randint(1, max(2, h), (len(x), 2), generator=g).tolist()
         err = 0.0

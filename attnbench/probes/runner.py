@@ -1,7 +1,8 @@
 """Run every probe that applies to a task and write ``probes.json`` (flat ``probe/...`` keys) and figures.
 
 Classifiers: ``probe/shift_consistency/{zero,circular}`` (±``max_shift`` px, default image_size / 8),
-``probe/equivariance_error/stage{i}``, ``probe/erf/area{20,30,50,99}`` (+ ``figures/erf.png``),
+``probe/equivariance_error/stage{i}``, ``probe/erf/area{20,30,50,99}`` (+ ``figures/erf.png``) of stage
+``probe/erf/stage`` (``probe.erf_stage``), ``probe/spatial_maps`` (0: no spatial map, those two skipped),
 ``probe/corruption/{clean,mean,<corruption>/mean,<corruption>/s<k>}`` and, with a baseline's probes.json,
 ``probe/corruption/mce``. Autoregressive models on twin_digits: ``probe/twin/bpd_d<d>`` (+ ``figures/
 twin_bpd_by_distance.png``). ``probe/n_images`` records how many test images were used.
@@ -10,6 +11,7 @@ twin_bpd_by_distance.png``). ``probe/n_images`` records how many test images wer
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 from attnbench.errors import ConfigError
 
 PROBES_FILE = "probes.json"
+log = logging.getLogger(__name__)
 
 
 def _test_tensors(datamodule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +56,7 @@ def read_baseline(path: str | os.PathLike) -> dict[str, float]:
 
 
 def classifier_probes(task, datamodule, cfg, fig_dir: Path | None) -> dict[str, float]:
-    from attnbench.probes import corruption, equivariance, erf, shift
+    from attnbench.probes import corruption, shift
     from attnbench.probes.adapter import classifier_target
 
     target = classifier_target(task)
@@ -64,19 +67,46 @@ def classifier_probes(task, datamodule, cfg, fig_dir: Path | None) -> dict[str, 
         out[f"probe/shift_consistency/{mode}"] = shift.shift_consistency(target.predict, x, k, mode, cfg.seed)
     out["probe/shift_consistency/max_shift"] = float(k)
     n_small = min(len(x), int(cfg.erf_images))
-    if target.stage_maps is not None:
-        for i, e in enumerate(equivariance.equivariance_errors(target.stage_maps, x[:n_small], cfg.seed)):
-            out[f"probe/equivariance_error/stage{i + 1}"] = e
-    if target.last_map is not None:
-        m = erf.erf_map(target.last_map, x[:n_small])
-        for t, r in erf.area_ratios(m).items():
-            out[f"probe/erf/area{round(t * 100)}"] = r
-        if fig_dir is not None:
-            _erf_figure(m, fig_dir / "erf.png")
+    out.update(spatial_probes(target, x[:n_small], cfg, fig_dir))
     acc = corruption.corruption_accuracy(target.predict, x, y, seed=cfg.seed)
     out.update({f"probe/corruption/{k}": v for k, v in acc.items()})
     if cfg.get("baseline"):
         out["probe/corruption/mce"] = corruption.mean_corruption_error(acc, read_baseline(cfg.baseline))
+    return out
+
+
+def spatial_probes(target, x: torch.Tensor, cfg, fig_dir: Path | None) -> dict[str, float]:
+    """Equivariance error per stage and the ERF of stage ``probe.erf_stage`` (attnbench/probes/erf.py), on
+    the channels-first stage maps of attnbench/probes/adapter.py. ``probe/spatial_maps`` is 1, or 0 when the
+    model has no spatial map (both probes skipped, with one logged note); ``probe/erf/stage`` is the stage
+    the ERF was taken on (1-based; absent when no stage's map is at least 3x3 under ``auto``)."""
+    from attnbench.probes import equivariance, erf
+    from attnbench.probes.adapter import check_maps
+
+    reason = target.no_maps if target.stage_maps is None else check_maps(target.stage_maps, x[:1])
+    if reason is not None:
+        log.warning("probes: ERF and equivariance skipped, the model has no spatial map: %s", reason)
+        return {"probe/spatial_maps": 0.0}
+    out = {"probe/spatial_maps": 1.0}
+    for i, e in enumerate(equivariance.equivariance_errors(target.stage_maps, x, cfg.seed)):
+        out[f"probe/equivariance_error/stage{i + 1}"] = e
+    with torch.no_grad():
+        sizes = [tuple(m.shape[-2:]) for m in target.stage_maps(x[:1])]
+    k = erf.pick_stage(sizes, cfg.get("erf_stage", "auto"))
+    if k is None:
+        log.warning(
+            "probes: ERF skipped, no stage's map is at least 3x3 (maps %s): a 1x1 map cannot tell "
+            "mixers apart; probe larger images or set probe.erf_stage",
+            sizes,
+        )
+        return out
+    m, centre = erf.erf_map(lambda v: target.stage_maps(v)[k], x, return_centre=True)
+    for t, r in erf.area_ratios(m, centre=centre).items():
+        out[f"probe/erf/area{round(t * 100)}"] = r
+    out["probe/erf/stage"] = float(k + 1)
+    out["probe/erf/map_size"] = float(sizes[k][0])
+    if fig_dir is not None:
+        _erf_figure(m, fig_dir / "erf.png")
     return out
 
 
