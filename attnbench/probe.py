@@ -28,7 +28,9 @@ def probe_checkpoint(cfg: DictConfig) -> dict:
     from attnbench.probes.runner import run_probes, write_probes
     from attnbench.safe_files import load_torch_file
     from attnbench.train import build_loggers, build_task, instantiate, run_identity, saved_choices
+    from attnbench.validate import validate_probe
 
+    validate_probe(cfg)
     ckpt = Path(str(cfg.ckpt_path)).expanduser()
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path={str(cfg.ckpt_path)!r} is not a file; expected a checkpoint (.ckpt)")
