@@ -88,7 +88,8 @@ def test_image_transformer_twin_curve(cfg_factory, tmp_path):
     )
     metrics = run_cfg(cfg)
     curve = {k: v for k, v in metrics.items() if k.startswith("probe/twin/bpd_d")}
-    assert set(curve) <= {f"probe/twin/bpd_d{d}" for d in range(12, 17)} and len(curve) >= 2
+    offsets = range(cfg.data.distance, cfg.data.distance + cfg.data.distance_jitter + 1)
+    assert set(curve) <= {f"probe/twin/bpd_d{d}" for d in offsets} and len(curve) >= 2
     counts = sum(v for k, v in metrics.items() if k.startswith("probe/twin/n_d"))
     assert counts == 24
     assert metrics["test/bpd_second"] > 0 and (tmp_path / "figures" / "twin_bpd_by_distance.png").is_file()

@@ -68,8 +68,8 @@ def test_generated_canvas_second_copy_is_read_where_the_ink_is():
     """A generated canvas with a noisy copy: no exact match, the box with the most ink is read."""
     layout, x, _ = _canvases(4)
     noisy = x.clone()
-    r = layout.top + 15
-    noisy[:, :, layout.top + 12 :, :] = 0
+    r = layout.top + layout.distance + 1  # an offset inside the range, not the first
+    noisy[:, :, layout.top + layout.distance :, :] = 0
     noisy[:, :, r : r + 8, layout.left : layout.left + 8] = (layout.first(x) * 0.9).clamp(0, 1)
     _, second = twin_crops(noisy, layout, exact=False)
     assert torch.allclose(second, layout.first(x) * 0.9)

@@ -4,11 +4,30 @@ the first (a long-range dependency for generative models; no published source: a
 The first copy (the embedded 8x8 digit replicated ``digit_scale`` times, D px) sits at rows
 ``[top, top + D)``, centred horizontally; the second, pixel-identical copy at rows
 ``[top + d, top + d + D)`` in the same columns, with ``d`` drawn per canvas uniformly from
-``[distance, distance + distance_jitter]``. Default canvas 32 x 32,
-``d`` in 12..16 rows: in raster order the pixel a second-copy pixel repeats lies ``d * 32 >= 384`` positions
-back, beyond the Image Transformer's ``local_1d`` memory (2 blocks of 32 positions) and ``local_2d``'s (query
-4 rows + flange 4 rows: at most 7 rows up), so local attention cannot read the first copy: only ``full``
-attention (or a mixer whose context reaches that far) can predict the second copy.
+``[distance, distance + distance_jitter]``. Default canvas 32 x 32, ``top`` 1, ``d`` in 21..23 rows
+(1 + 23 + 8 = 32: the largest distance the canvas holds with 3 offsets).
+
+Why so far: the pixel a second-copy pixel repeats must lie beyond what the Image Transformer's local mixers
+can read *through the whole stack*, not only through one layer (the logits at a position depend on the
+tokens before it in generation order through the shifted input and ``depth`` attention layers, each relaying
+what its memory holds). :func:`stacked_reach_rows` bounds how many rows up, in the same column, a token
+can influence the logits; at the default model (``conf/model/image_transformer.yaml``: depth 4, grid
+32 x 32 sub-pixels, ``block_length`` 32, ``query_shape`` [4, 8], ``memory_flange`` [4, 4]):
+
+* ``local_1d``: one layer sees 2 blocks (64 positions); stacked: ``(depth + 1) * block_length`` = 160
+  positions = **5 rows**;
+* ``local_2d``: one layer sees at most 7 rows up (up to 3 rows of its own query block + the 4-row flange);
+  stacked: ``f_h + (depth - 1) * q_h * ceil(f_h / q_h) + q_h`` = 4 + 12 + 4 = **20 rows** (19 in the
+  digit's columns 12..19; 20 only at column 31, where the shifted input wraps to the next block row).
+
+So with ``d >= 21`` neither local mixer's logits at a second-copy pixel depend on its copied pixel: only
+``full`` attention (or a mixer whose context reaches that far) can read the first copy.
+``tests/test_twin_reach.py`` checks this by perturbation (changing first-copy pixels leaves the local
+mixers' logits at the copied pixels bit-identical and moves full attention's), and that the bound is
+reached (20 rows for ``local_2d``, 5 for ``local_1d``). The former defaults (``top`` 2, ``d`` 12..16) were
+within ``local_2d``'s stacked reach. A deeper model or another ``local_2d`` shape needs
+``distance > stacked_reach_rows(...)`` (e.g. depth 5: 24 rows, which a 32 px canvas cannot hold with an
+8 px digit; use a larger ``image_size``).
 
 Labels are the digit's class (for the domain scorer; GANs train on it unconditionally). Integers 0..16.
 ``TwinLayout`` says where the copies are; ``second_copy_offset`` reads ``d`` back from a real canvas.
@@ -87,6 +106,40 @@ def second_copy_offset(x: torch.Tensor, layout: TwinLayout, exact: bool = True) 
     return best
 
 
+def stacked_reach_rows(
+    mixer: str,
+    depth: int,
+    cols: int,
+    block_length: int = 32,
+    query_shape: tuple[int, int] = (4, 8),
+    memory_flange: tuple[int, int] = (4, 4),
+) -> int:
+    """Rows up, in the same grid column, from which a token can change the Image Transformer's logits
+    through ``depth`` causal ``local_1d`` / ``local_2d`` layers (an upper bound; exact at the defaults).
+
+    The grid is the model's (``cols`` = W·C sub-pixels per row; W for ``dmol_pixel``), the masks those of
+    :func:`attnbench.mechanisms.local_attention.block_plan`; the input is shifted right by one position in
+    generation order. A copy ``d`` rows below its source is out of reach when ``d > stacked_reach_rows``.
+
+    * ``local_1d``: a layer reaches back to the start of the previous block (at most ``2 · block_length - 1``
+      positions for the first layer, ``block_length`` more for each further one), the shifted input one
+      more: ``(depth + 1) · block_length`` positions, i.e. ``floor((depth + 1) · block_length / cols)`` rows.
+    * ``local_2d`` (Parmar et al. 2018, Sec. 3.2): a query in a block of ``q_h`` rows sees rows from the
+      block's top row minus ``f_h``; the next layer starts from that row's block top, ``q_h · ceil(f_h /
+      q_h)`` rows higher per layer; the query's own row is at most ``q_h - 1`` below its block's top, and the
+      shifted input can carry a token from the last row of a block row into the next one (+1):
+      ``f_h + (depth - 1) · q_h · ceil(f_h / q_h) + q_h``.
+    """
+    if depth < 1:
+        raise ValueError(f"depth={depth}: expected >= 1")
+    if mixer == "local_1d":
+        return (depth + 1) * block_length // cols
+    if mixer == "local_2d":
+        qh, fh = int(query_shape[0]), int(memory_flange[0])
+        return fh + (depth - 1) * qh * (-(-fh // qh)) + qh
+    raise ValueError(f"mixer={mixer!r}: expected local_1d or local_2d (full attention reaches every row)")
+
+
 class TwinDigitsDataModule(GeneratedDataModule):
     """``data=twin_digits``: ``x float[B, 1, S, S]`` (multiples of 1/16), ``y`` the digit's class."""
 
@@ -95,7 +148,7 @@ class TwinDigitsDataModule(GeneratedDataModule):
     max_value = 16
 
     def __init__(
-        self, digit_scale: int = 1, top: int = 2, distance: int = 12, distance_jitter: int = 4, **kwargs
+        self, digit_scale: int = 1, top: int = 1, distance: int = 21, distance_jitter: int = 2, **kwargs
     ):
         super().__init__(**kwargs)
         self.check_facts("twin_digits", num_classes=10, channels=1)
