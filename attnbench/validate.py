@@ -83,13 +83,14 @@ def validate_probe(cfg: DictConfig) -> None:
     """The ``probe.*`` settings, checked before training when ``probes=true`` (and by ``attnbench.probe``
     before loading anything), so that a typo does not surface only after the run has trained."""
     probe = cfg.get("probe") or {}
-    for key in ("num_images", "max_shift"):
+    for key in ("num_images", "max_shift", "corruption_images"):
         value = probe.get(key)
         if value is not None and (not _is_int(value) or value < 1):
             raise ConfigError(f"probe.{key}={value!r}: expected a positive integer (or null)")
-    value = probe.get("erf_images", 1)
-    if not _is_int(value) or value < 1:
-        raise ConfigError(f"probe.erf_images={value!r}: expected a positive integer")
+    for key in ("erf_images", "twin_images"):
+        value = probe.get(key, 1)
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"probe.{key}={value!r}: expected a positive integer")
     stage = probe.get("erf_stage", "auto")
     if not (stage is None or stage == "auto" or (_is_int(stage) and stage != 0)):
         raise ConfigError(

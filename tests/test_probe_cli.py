@@ -84,12 +84,15 @@ def test_image_transformer_twin_curve(cfg_factory, tmp_path):
         "data.num_test=24",
         "trainer.max_epochs=1",
         "probes=true",
-        "probe.num_images=24",
+        "probe.twin_images=24",
     )
     metrics = run_cfg(cfg)
+    # every distance the canvas holds (digit size .. image_size - top - size), 24 generated canvases each
+    d_size = 8 * cfg.data.digit_scale
+    sweep = range(d_size, cfg.data.image_size - cfg.data.top - d_size + 1)
     curve = {k: v for k, v in metrics.items() if k.startswith("probe/twin/bpd_d")}
-    offsets = range(cfg.data.distance, cfg.data.distance + cfg.data.distance_jitter + 1)
-    assert set(curve) <= {f"probe/twin/bpd_d{d}" for d in offsets} and len(curve) >= 2
-    counts = sum(v for k, v in metrics.items() if k.startswith("probe/twin/n_d"))
-    assert counts == 24
+    assert set(curve) == {f"probe/twin/bpd_d{d}" for d in sweep} and len(curve) >= 2
+    assert all(metrics[f"probe/twin/n_d{d}"] == 24 for d in sweep)
+    assert metrics["probe/twin/trained_d_min"] == cfg.data.distance
+    assert all(0 < v < 4.1 for v in curve.values())  # at most about log2(17) bits for a barely trained net
     assert metrics["test/bpd_second"] > 0 and (tmp_path / "figures" / "twin_bpd_by_distance.png").is_file()

@@ -17,6 +17,8 @@ from attnbench.errors import ConfigError
         ("probe.num_images=0", "probe.num_images=0"),
         ("probe.erf_images=-2", "probe.erf_images=-2"),
         ("probe.max_shift=1.5", "probe.max_shift=1.5"),
+        ("probe.corruption_images=0", "probe.corruption_images=0"),
+        ("probe.twin_images=none", "probe.twin_images='none'"),
     ],
 )
 def test_a_bad_probe_setting_is_refused_before_training(tmp_path, override, named):

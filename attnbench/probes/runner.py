@@ -3,9 +3,12 @@
 Classifiers: ``probe/shift_consistency/{zero,circular}`` (±``max_shift`` px, default image_size / 8),
 ``probe/equivariance_error/stage{i}``, ``probe/erf/area{20,30,50,99}`` (+ ``figures/erf.png``) of stage
 ``probe/erf/stage`` (``probe.erf_stage``), ``probe/spatial_maps`` (0: no spatial map, those two skipped),
-``probe/corruption/{clean,mean,<corruption>/mean,<corruption>/s<k>}`` and, with a baseline's probes.json,
-``probe/corruption/mce``. Autoregressive models on twin_digits: ``probe/twin/bpd_d<d>`` (+ ``figures/
-twin_bpd_by_distance.png``). ``probe/n_images`` records how many test images were used.
+``probe/corruption/{clean,mean,<corruption>/mean,<corruption>/s<k>,n_images}`` (on
+``probe.corruption_images`` test images, null: the whole split) and, with a baseline's probes.json,
+``probe/corruption/mce``. Autoregressive models on twin_digits: ``probe/twin/bpd_d<d>`` at every distance
+``d`` the canvas holds (``probe.twin_images`` generated test canvases each, ``probe/twin/n_d<d>``; the data
+set's own range in ``probe/twin/trained_d_{min,max}``; + ``figures/twin_bpd_by_distance.png``).
+``probe/n_images`` records how many test images the shift consistency used.
 """
 
 from __future__ import annotations
@@ -38,6 +41,23 @@ def _test_tensors(datamodule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
+def _corruption_chunks(datamodule, cfg):
+    """The test split in chunks of 256 images for the corruption probe: ``probe.corruption_images`` of them
+    (null or absent: the whole split, streamed)."""
+    from attnbench.probes.corruption import chunks_of
+
+    n = cfg.get("corruption_images")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(
+            f"probe.corruption_images={n!r}: expected a positive integer or null (the whole test split)"
+        )
+    if getattr(datamodule, "test_set", None) is None:
+        datamodule.setup("test")
+    with datamodule.whole_splits():
+        loader = datamodule.test_dataloader()  # the whole split in every process (read when it is made)
+    return chunks_of(loader, 256, n)
+
+
 def read_baseline(path: str | os.PathLike) -> dict[str, float]:
     """A baseline's corruption accuracies from its ``probes.json`` (or its run folder holding one)."""
     p = Path(os.path.expanduser(str(path)))
@@ -68,7 +88,8 @@ def classifier_probes(task, datamodule, cfg, fig_dir: Path | None) -> dict[str, 
     out["probe/shift_consistency/max_shift"] = float(k)
     n_small = min(len(x), int(cfg.erf_images))
     out.update(spatial_probes(target, x[:n_small], cfg, fig_dir))
-    acc = corruption.corruption_accuracy(target.predict, x, y, seed=cfg.seed)
+    chunks = _corruption_chunks(datamodule, cfg)
+    acc = corruption.corruption_accuracy_chunks(target.predict, chunks, seed=cfg.seed)
     out.update({f"probe/corruption/{k}": v for k, v in acc.items()})
     if cfg.get("baseline"):
         out["probe/corruption/mce"] = corruption.mean_corruption_error(acc, read_baseline(cfg.baseline))
@@ -110,20 +131,29 @@ def spatial_probes(target, x: torch.Tensor, cfg, fig_dir: Path | None) -> dict[s
     return out
 
 
+def _twin_images(cfg) -> int:
+    n = cfg.get("twin_images", 64)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"probe.twin_images={n!r}: expected a positive integer (canvases per distance)")
+    return n
+
+
 def twin_probes(task, datamodule, cfg, fig_dir: Path | None) -> dict[str, float]:
     from attnbench.metrics.twin import twin_layout_of
-    from attnbench.probes.twin import bpd_by_distance
+    from attnbench.probes.twin import twin_curve
 
     layout = twin_layout_of(datamodule)
     if layout is None:
         return {}
-    x, _ = _test_tensors(datamodule, int(cfg.num_images))
-    ints = task.quantise(x.to(task.device))
-    curve = bpd_by_distance(lambda t: task(t), ints.split(32), layout)
+    curve = twin_curve(
+        lambda t, y: task(t, y), lambda x: task.quantise(x.to(task.device)), datamodule, _twin_images(cfg)
+    )
     out = {f"probe/twin/bpd_d{d}": v for d, (v, _) in curve.items()}
     out.update({f"probe/twin/n_d{d}": float(n) for d, (_, n) in curve.items()})
+    trained = (layout.distance, layout.distance + layout.jitter)
+    out.update({"probe/twin/trained_d_min": float(trained[0]), "probe/twin/trained_d_max": float(trained[1])})
     if fig_dir is not None:
-        _curve_figure(curve, x.shape[-1], fig_dir / "twin_bpd_by_distance.png")
+        _curve_figure(curve, trained, datamodule.image_size, fig_dir / "twin_bpd_by_distance.png")
     return out
 
 
@@ -176,7 +206,9 @@ def _erf_figure(m: torch.Tensor, path: Path) -> None:
     plt.close(fig)
 
 
-def _curve_figure(curve: dict[int, tuple[float, int]], width: int, path: Path) -> None:
+def _curve_figure(
+    curve: dict[int, tuple[float, int]], trained: tuple[int, int], width: int, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,9 +217,11 @@ def _curve_figure(curve: dict[int, tuple[float, int]], width: int, path: Path) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ds = list(curve)
-    ax.plot([d * width for d in ds], [curve[d][0] for d in ds], "o-")
-    ax.set_xlabel("distance to the copied pixel (positions in raster order)")
+    ax.plot(ds, [curve[d][0] for d in ds], "o-")
+    ax.axvspan(trained[0] - 0.5, trained[1] + 0.5, color="0.85", zorder=0, label="distances trained on")
+    ax.set_xlabel(f"distance to the copied pixel (rows; x {width} positions in raster order)")
     ax.set_ylabel("bits per sub-pixel (second copy)")
+    ax.legend(loc="best", fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
