@@ -121,7 +121,7 @@ def test_sagan_is_unconditional_on_twin_digits_and_conditional_elsewhere(cfg_fac
 @pytest.mark.parametrize(
     "overrides,named",
     [
-        (["model=sagan", "model.conditional=true"], r"model\.net\.num_classes=10 \(model\.conditional=true\)"),
+        (["model=sagan", "model.conditional=true"], r"num_classes=10 \(model\.conditional=true\)"),
         (["model=sagan", "model.net.num_classes=10"], r"model\.net\.num_classes=10"),
         (["model=sagan", "model.class_input=true"], r"model\.class_input=true"),
         (["model=image_transformer", "model.class_conditional=true"], r"model\.class_conditional=true"),
@@ -132,7 +132,8 @@ def test_class_conditional_generator_on_twin_digits_is_refused(cfg_factory, over
     from attnbench.validate import validate_config
 
     cfg = cfg_factory(*overrides, "data=twin_digits")
-    with pytest.raises(ConfigError, match=rf"{named}.*condition_generators=false.*tell both copies the digit"):
+    refusal = rf"{named}.*condition_generators=false.*tell both copies the digit"
+    with pytest.raises(ConfigError, match=refusal):
         validate_config(cfg)
 
 
@@ -141,7 +142,8 @@ def test_cli_conditional_sagan_on_twin_digits_exits_2_and_writes_nothing(tmp_pat
     from test_app import cli
 
     run = tmp_path / "run"
-    proc = cli("model=sagan", "data=twin_digits", "model.conditional=true", f"hydra.run.dir={run}", cwd=tmp_path)
+    args = ("model=sagan", "data=twin_digits", "model.conditional=true", f"hydra.run.dir={run}")
+    proc = cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "condition_generators=false" in proc.stderr and "Traceback" not in proc.stderr
     assert not run.exists() or not any(run.iterdir())  # (Hydra may make the empty folder)
