@@ -6,6 +6,10 @@ pretrained config (timm FocalNet and Swin: 0.9; ResNets 0.875/0.95 by weights), 
 
 ``${mixers:ROLE}``: the names of the mixer catalogue's ``ROLE`` (spatial | causal | context), comma-separated,
 from the registry (``python -m attnbench --help`` lists them).
+
+``${if_conditional:FLAG,N}``: ``N`` (a class count) when ``FLAG`` is true, else 0 (an unconditional model:
+``conf/model/sagan.yaml``'s ``num_classes`` from ``model.conditional``); a non-boolean ``FLAG`` is passed
+through unchanged for ``attnbench.validate`` to name.
 """
 
 from __future__ import annotations
@@ -35,8 +39,16 @@ def mixers(role: str) -> str:
     return ", ".join(list_mixers(str(role)))
 
 
+def if_conditional(flag, n):
+    if isinstance(flag, bool):
+        return n if flag else 0
+    return n  # not a boolean: validate_config refuses model.conditional=... before anything is built
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("model_crop_pct"):
         OmegaConf.register_new_resolver("model_crop_pct", model_crop_pct)
     if not OmegaConf.has_resolver("mixers"):
         OmegaConf.register_new_resolver("mixers", mixers)
+    if not OmegaConf.has_resolver("if_conditional"):
+        OmegaConf.register_new_resolver("if_conditional", if_conditional)

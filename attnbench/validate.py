@@ -74,6 +74,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     validate_trainer(cfg)
     validate_model_choice(cfg)
+    validate_generator_conditioning(cfg)
     _validate_gan_evaluation(cfg)
     if cfg.get("probes"):
         validate_probe(cfg)
@@ -223,4 +224,41 @@ def validate_model_choice(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.mixer={mixer!r} with model.name={name}: Swin's token mixer is window_attention (shifted "
             "windows), its only value; to compare mixers on one backbone use model=focalnet model.mixer=..."
+        )
+
+
+def validate_generator_conditioning(cfg: DictConfig) -> None:
+    """``data.condition_generators=false`` (data=twin_digits) declares that the labels must not condition a
+    generative model: SAGAN's default there is unconditional (``model.conditional`` follows the data
+    config; ``conf/model/sagan.yaml``); a class-conditional SAGAN (``model.conditional=true``,
+    ``model.net.num_classes>0`` or ``model.class_input=true``) or Image Transformer
+    (``model.class_conditional=true``) is refused, as the label would tell both copies the digit and no
+    long-range interaction would be measured."""
+    data = cfg.get("data") or {}
+    model = cfg.get("model") or {}
+    allowed = data.get("condition_generators", True)
+    if not isinstance(allowed, bool):
+        raise ConfigError(f"data.condition_generators={allowed!r}: expected true or false")
+    if "conditional" in model and not isinstance(model.get("conditional"), bool):
+        raise ConfigError(f"model.conditional={model.get('conditional')!r}: expected true or false")
+    if allowed:
+        return
+    net = model.get("net") or {}
+    yaml = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731 - as written on the command line
+    asked = []
+    if str(net.get("name", "")) == "sagan":
+        classes, class_input = net.get("num_classes", 0), net.get("class_input", False)
+        if classes:
+            conditional = yaml(model.get("conditional"))
+            asked.append(f"model.net.num_classes={classes} (model.conditional={conditional})")
+        if class_input:
+            asked.append(f"model.class_input={yaml(class_input)}")
+    if net.get("class_conditional", False):
+        asked.append(f"model.class_conditional={yaml(net.get('class_conditional'))}")
+    if asked:
+        name = str(data.get("_target_", "")).rsplit(".", 1)[-1] or "this data set"
+        raise ConfigError(
+            f"{' and '.join(asked)} with data.condition_generators=false ({name}): its labels must not "
+            "condition a generator (a class label would tell both copies the digit without any long-range "
+            "interaction); train it unconditionally: drop these overrides (unconditional is the default)"
         )

@@ -81,9 +81,7 @@ def test_unconditional_sagan_reports_twin_metrics(cfg_factory):
 
     cfg = cfg_factory(
         "model=sagan",
-        "data=twin_digits",
-        "model.net.num_classes=0",
-        "model.class_input=false",
+        "data=twin_digits",  # unconditional by default (data.condition_generators=false)
         "model.ch=8",
         "data.num_train=64",
         "data.num_val=32",
@@ -98,3 +96,54 @@ def test_unconditional_sagan_reports_twin_metrics(cfg_factory):
     assert m["test/twin_consistency_real"] == 1.0 and m["test/twin_distance_real"] < 1e-4
     assert 0.0 <= m["test/twin_consistency"] <= 1.0 and m["test/twin_distance"] >= 0.0
     assert m["test/twin_distance_independent"] > 0.1  # different digits are farther apart than copies
+
+
+def test_sagan_is_unconditional_on_twin_digits_and_conditional_elsewhere(cfg_factory):
+    """data=twin_digits declares condition_generators=false: SAGAN composes without class input (a label
+    would tell both copies the digit); on data=digits it stays class-conditional."""
+    from hydra.utils import instantiate
+
+    from attnbench.validate import validate_config
+
+    twin = cfg_factory("model=sagan", "data=twin_digits", "model.ch=8")
+    validate_config(twin)
+    assert twin.model.conditional is False and twin.model.net.num_classes == 0
+    assert twin.model.net.class_input is False
+    net = instantiate(twin.model.net)
+    assert net.num_classes == 0 and net.generator.shared is None and net.discriminator.embed is None
+    assert not net.generator.class_input
+    digits = cfg_factory("model=sagan", "data=digits", "model.ch=8")
+    validate_config(digits)
+    assert digits.model.net.num_classes == 10 and digits.model.net.class_input is True
+    assert instantiate(digits.model.net).discriminator.embed is not None
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["model=sagan", "model.conditional=true"], r"num_classes=10 \(model\.conditional=true\)"),
+        (["model=sagan", "model.net.num_classes=10"], r"model\.net\.num_classes=10"),
+        (["model=sagan", "model.class_input=true"], r"model\.class_input=true"),
+        (["model=image_transformer", "model.class_conditional=true"], r"model\.class_conditional=true"),
+    ],
+)
+def test_class_conditional_generator_on_twin_digits_is_refused(cfg_factory, overrides, named):
+    from attnbench.errors import ConfigError
+    from attnbench.validate import validate_config
+
+    cfg = cfg_factory(*overrides, "data=twin_digits")
+    refusal = rf"{named}.*condition_generators=false.*tell both copies the digit"
+    with pytest.raises(ConfigError, match=refusal):
+        validate_config(cfg)
+
+
+@pytest.mark.slow
+def test_cli_conditional_sagan_on_twin_digits_exits_2_and_writes_nothing(tmp_path):
+    from test_app import cli
+
+    run = tmp_path / "run"
+    args = ("model=sagan", "data=twin_digits", "model.conditional=true", f"hydra.run.dir={run}")
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "condition_generators=false" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run.exists() or not any(run.iterdir())  # (Hydra may make the empty folder)

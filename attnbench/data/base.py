@@ -91,9 +91,11 @@ class ImageDataModule(pl.LightningDataModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         fid_samples: int | None = None,
+        condition_generators: bool = True,
     ):
         """``fid_samples`` is a fact for the GAN config (its default ``model.task.test_samples``), not used
-        here."""
+        here; so is ``condition_generators`` (false: the labels must not condition a generative model, e.g.
+        twin_digits, whose label would tell both copies the digit; ``attnbench.validate`` enforces it)."""
         super().__init__()
         if int(image_size) <= 0:
             raise ConfigError(f"data.image_size={image_size} must be a positive integer")

@@ -4,13 +4,16 @@ Tay et al. ICLR 2021, Sec. 3.5), re-implemented as a deterministic numpy generat
 An image holds ``2 + num_distractors`` paths of the same kind, each ``contour_length`` segments long. A
 segment is a dash (``dash`` px of ink) followed by a gap; each segment turns by at most one step of 360/32
 degrees from the last, so paths curve smoothly and (their total turn staying below 180 degrees) never cross
-themselves. Paths keep one pixel of background between them (no two paths touch, even diagonally). Path 0 is
-drawn anywhere; then one of its ends ``a`` is drawn, and path 1 starts at a pixel exactly as far from ``a`` as
-path 0's other end ``b`` (drawn among the integer solutions of ``dy^2 + dx^2 = |a - b|^2``); then the
-distractors, anywhere. Two marker discs are drawn: on ``a`` and ``b`` (positive, label 1) or on ``a`` and the
-start of path 1 (negative, label 0). The canvas is drawn the same way (with the same draws) for both labels,
-so neither the amount of ink nor the distance between the markers tells the label. Classes alternate
-(exactly balanced).
+themselves. Paths keep one pixel of background between them (no two paths touch, even diagonally). A path's
+ends are its first and last inked centre-line pixels (a dash's ends, so a marker covers as much ink at either
+end); every start lies at least 2 px inside the border. Path 0 is drawn anywhere, but its end, too, lies at
+least 2 px inside (a last segment ending nearer is refused like a collision; the ends of the other paths carry
+no marker and are left free, which keeps generation fast); then one of its ends ``a`` is drawn, and path 1
+starts at a pixel exactly as far from ``a`` as path 0's other end ``b`` (drawn among the integer solutions of
+``dy^2 + dx^2 = |a - b|^2``); then the distractors, anywhere. Two marker discs are drawn: on ``a`` and ``b``
+(positive, label 1) or on ``a`` and the start of path 1 (negative, label 0). The canvas is drawn the same way
+(with the same draws) for both labels, so neither the amount of ink nor the distance between the markers tells
+the label. Classes alternate (exactly balanced).
 
 Geometry scales with ``image_size`` (32 / 64 / 128): dash = S/16 px, gap = S/32 px, line width = S/64 px
 (at least 1), marker radius = S/20 px (at least 1.5). Difficulty is the contour length: LRA's 6 / 9 / 14.
@@ -22,10 +25,20 @@ Linsley's rendered paddle sprites; collision is checked on a one-pixel margin; m
 distance between the markers is controlled (path 1 starts on the circle through ``b`` around ``a``): paths
 curve little, so the ends of one path lie at an almost fixed distance, and with path 1 anywhere (version 1)
 that distance alone read the label (32 px, length 6: 11.5 +- 0.5 px for positives, 15.3 +- 6.8 px for
-negatives, a threshold 86 % right on held-out images; now 11.5 +- 0.5 px for both and 51 %:
-``benchmarks/pathfinder_marker_distance.py``, recorded in ``benchmarks/RESULTS.md``). Not controlled: the
-heading cue (the path leaving marker 1 points at marker 2 in positives; a threshold on that cosine, read
-from the masks, is 89 % right at length 6, 68 % at 14, measured by the same script).
+negatives, a threshold 86 % right on held-out images; version 2: 11.5 +- 0.5 px for both and 51 %:
+``benchmarks/pathfinder_marker_distance.py``, recorded in ``benchmarks/RESULTS.md``). The markers' distance
+to the border is controlled since version 3: in version 2 path ends (not starts) could touch the border and
+a positive always marks one end, so a marker nearer than 2 px to the border hinted "positive" (32 px, 800
+images per class: 29 % of positives against 14 % of negatives at length 6, 55 % against 32 % at 14; a
+threshold on the markers' smallest border distance 58 % / 61 % right on held-out images). Now no marker is
+nearer than 2 px (0 % for both) and that threshold is 53 % / 54 % right (binomial standard error 1.8 %: a
+residue, path ends crowding against the margin more than starts). Version 3 also ends a path at its last
+dash, not its last gap: a marker on an end had covered less ink than on a start, so a positive had 0.18 +-
+0.04 px more ink than the negative of the same canvas at length 6; now -0.01 +- 0.02 px. Not controlled:
+the heading cue (the path leaving marker 1 points at marker 2 in positives; a threshold on that cosine,
+read from the masks, is 90 % right at length 6, 64 % at 14). Version 3 figures: ``python
+benchmarks/pathfinder_marker_distance.py --n 400`` (2026-12-06, 2-core CPU, version 2 from commit 4bfc1e7's
+``attnbench``; also length 6: marker distance 10.6 +- 0.5 px for positives, 10.6 +- 0.4 for negatives, 52 %).
 """
 
 from __future__ import annotations
@@ -84,16 +97,20 @@ class PathfinderGeometry:
 
 def _segment(g: PathfinderGeometry, x: int, y: int, k: int, forbidden: bytearray, own: set[int]):
     """Pixels (flat indices) of the segment from fixed-point ``(x, y)`` in direction ``k``: ``(ink, line,
-    end)``, or None if it leaves the image, touches ``forbidden`` (another path or its margin) or comes
-    within one pixel of ``own`` (the path's own segments before the previous one)."""
+    end, tip)`` (``end``: the fixed-point start of the next segment; ``tip``: the pixel of the dash's last
+    centre-line sample), or None if it leaves the image, touches ``forbidden`` (another path or its margin)
+    or comes within one pixel of ``own`` (the path's own segments before the previous one)."""
     S = g.size
     near = NEAR[S] if S in NEAR else NEAR.setdefault(S, _near(S))
     cx, cy = int(DIR[k, 0]), int(DIR[k, 1])
     line: list[int] = []
     ink: list[int] = []
+    tip = -1
     for i, t in enumerate(g.samples):
         px, py = (x + (cx * t) // FP) // FP, (y + (cy * t) // FP) // FP
         inked = i < g.n_ink
+        if i == g.n_ink - 1:
+            tip = py * S + px
         for dy, dx in g.pen if inked else ((0, 0),):
             qy, qx = py + dy, px + dx
             if not (0 <= qy < S and 0 <= qx < S):
@@ -108,7 +125,7 @@ def _segment(g: PathfinderGeometry, x: int, y: int, k: int, forbidden: bytearray
             if own and any(q + o in own for o in near):  # (neighbours wrap at the edges: conservative)
                 return None
             line.append(q)
-    return ink, line, (x + (cx * g.step) // FP, y + (cy * g.step) // FP)
+    return ink, line, (x + (cx * g.step) // FP, y + (cy * g.step) // FP), tip
 
 
 NEAR: dict[int, tuple[int, ...]] = {}
@@ -132,12 +149,21 @@ def _near(S: int) -> tuple[int, ...]:
     return tuple(dy * S + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
-def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: int = 400, start=None):
+def _grow_path(
+    g: PathfinderGeometry,
+    forbidden: bytearray,
+    rng: Draws,
+    budget: int = 400,
+    start=None,
+    end_margin: bool = False,
+):
     """One path avoiding ``forbidden``, grown depth first (a dead end backtracks one segment and tries the
     other turns): ``(ink flat indices, centre line flat indices, ends [(y, x), (y, x)])``, or None.
 
     ``start(rng)`` draws the start pixel ``(y, x)`` of each attempt, or None for a draw that cannot be used
-    (it costs one unit of ``budget``); by default a pixel uniform at least 2 px inside the image."""
+    (it costs one unit of ``budget``); by default a pixel uniform at least 2 px inside the image.
+    ``end_margin``: the end keeps the same 2 px margin (a last segment ending nearer the border is refused
+    like a collision)."""
     S = g.size
     spent = 0
     while spent < budget:
@@ -166,6 +192,10 @@ def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: 
             seg = _segment(g, x, y, k2, forbidden, own)
             if seg is None:
                 continue
+            if end_margin and len(stack) == g.length:  # the last segment: its end keeps the starts' margin
+                qy, qx = divmod(seg[3], S)
+                if not (2 <= qy <= S - 3 and 2 <= qx <= S - 3):
+                    continue
             ex, ey = seg[2]
             order = list(TURN_ORDERS[rng.below(len(TURN_ORDERS))])
             stack.append((ex, ey, k2, order, seg))
@@ -173,7 +203,7 @@ def _grow_path(g: PathfinderGeometry, forbidden: bytearray, rng: Draws, budget: 
             segs = [s[4] for s in stack[1:]]
             ink = [q for s in segs for q in s[0]]
             line = [q for s in segs for q in s[1]]
-            last = segs[-1][1][-1]
+            last = segs[-1][3]  # the end of the last dash: ink under the marker as at the start
             return ink, line, [(y0 // FP, x0 // FP), (last // S, last % S)]
     return None
 
@@ -228,7 +258,8 @@ def pathfinder_image(
                 a = rng.below(2)
                 (ay, ax), (by, bx) = paths[0][2][a], paths[0][2][1 - a]
                 start = _ring_start(g, ay, ax, (ay - by) ** 2 + (ax - bx) ** 2, forbidden)
-            p = _grow_path(g, forbidden, rng, start=start)
+            # path 0's ends carry the markers (path 1's marker is its start): they keep the starts' margin
+            p = _grow_path(g, forbidden, rng, start=start, end_margin=i == 0)
             if p is None:
                 break
             _forbid(g, forbidden, p[1])
@@ -263,7 +294,9 @@ class PathfinderDataModule(GeneratedDataModule):
     """``data=pathfinder``: binary images ``x float[B, 1, S, S]`` (0 or 1), ``y`` 1 = markers connected."""
 
     name = "pathfinder"
-    version = 2  # 2: path 1 starts on the ring around path 0's end (marker distance controlled)
+    # 2: path 1 starts on the ring around path 0's end (marker distance controlled); 3: path 0's ends keep the
+    # starts' 2 px margin from the border, and path ends lie on the last dash (no border or ink cue)
+    version = 3
     max_value = 255
 
     def __init__(self, contour_length: int = 6, num_distractors: int = 2, **kwargs):
