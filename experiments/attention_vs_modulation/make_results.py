@@ -132,7 +132,8 @@ def once(values: list[float], scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 
 # ------------------------------------------------------------------------------------------------ speed
 def load_run(folder: Path):
-    """The run's config and its task's network with the best checkpoint's weights (None if absent)."""
+    """The run's config and its task's network with the weights of the checkpoint it tested (looked up in the
+    run's own ``checkpoints/`` by file name, else at the recorded path; None if absent)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -140,7 +141,9 @@ def load_run(folder: Path):
     from attnbench.train import instantiate
 
     metrics = json.loads((folder / "metrics.json").read_text())
-    ckpt = Path(str(metrics.get("test/ckpt", "")))
+    recorded = Path(str(metrics.get("test/ckpt", "")))
+    own = folder / "checkpoints" / recorded.name  # the folder's own copy (runs made elsewhere, then copied)
+    ckpt = own if recorded.name and own.is_file() else recorded
     if not ckpt.is_file():
         return None, None, None
     from attnbench.saved_config import refuse_foreign_targets
