@@ -225,6 +225,7 @@ class Comparison:
     high: float
     p_value: float
     distinguishable: bool
+    p_holm: float = math.nan  # Holm-adjusted over the family of comparisons with one baseline
 
 
 def welch(other: list[float], base: list[float], key: str, level: float = 0.95) -> Comparison | None:
@@ -263,7 +264,55 @@ def compare_to_baseline(groups: list[Group], selector: str, metric: str) -> tupl
         c = welch(g.values(metric), base.values(metric), g.key)
         if c is not None:
             out.append(c)
-    return base, out
+    return base, holm_family(out)
+
+
+def holm_family(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
+    """The comparisons with one baseline as one family (attnbench/multiple_comparisons.py): each gets its
+    Holm-adjusted p-value, and ``distinguishable`` becomes ``p_holm < alpha`` (with one comparison the same
+    as Welch's own p)."""
+    from dataclasses import replace
+
+    from attnbench.multiple_comparisons import holm
+
+    adjusted = holm([c.p_value for c in comparisons])
+    return [replace(c, p_holm=ph, distinguishable=bool(ph < alpha)) for c, ph in zip(comparisons, adjusted)]
+
+
+def ranking_markdown(groups: list[Group], metric: str, higher_is_better: bool) -> list[str]:
+    """Configurations ranked by their mean of ``metric``, tied (``2=``) where their 95 % intervals overlap
+    (:func:`attnbench.multiple_comparisons.rank_with_ties`); a configuration with one run has no interval
+    and is listed unranked."""
+    from attnbench.multiple_comparisons import rank_with_ties
+
+    intervals, single = {}, []
+    for g in groups:
+        ci = g.mean_ci(metric)
+        if ci is None:
+            continue
+        mean, half, n = ci
+        if n < 2 or math.isnan(half):
+            single.append(g.key)
+        else:
+            intervals[g.key] = (mean, mean - half, mean + half)
+    if len(intervals) < 2:
+        return []  # nothing to rank
+    ranks = rank_with_ties(intervals, higher_is_better=higher_is_better)
+    lines = [
+        "",
+        f"## Ranking on {metric} ({'higher' if higher_is_better else 'lower'} is better)",
+        "",
+        "Ordered by mean; configurations whose 95 % confidence intervals overlap share a rank (`2=`): the "
+        "ranking claims no order the intervals do not support.",
+        "",
+        "| rank | configuration | mean [95 % CI] |",
+        "|---|---|---|",
+    ]
+    for key, rank in ranks.items():
+        mean, low, high = intervals[key]
+        lines.append(f"| {rank} | {key} | {mean:.4g} [{low:.4g}, {high:.4g}] |")
+    lines += [f"| – | {key} | one run: no interval, not ranked |" for key in single]
+    return lines
 
 
 def not_compared(others: list[Group], base: Group, metric: str) -> list[tuple[str, str]]:
@@ -514,19 +563,20 @@ def comparison_markdown(
         f"## Compared with `{base.key}` on {metric}",
         "",
         "Difference of means (other − baseline), its 95 % confidence interval (Welch–Satterthwaite) and "
-        "Welch's two-sided t-test; distinguishable from zero at p < 0.05.",
+        f"Welch's two-sided t-test; the {len(comparisons)} comparison(s) are one family: p (Holm) is Holm's "
+        "step-down adjustment over them, and a difference is distinguishable from zero when p (Holm) < 0.05.",
         "",
-        "| configuration | difference | 95 % CI | p | distinguishable |",
-        "|---|---|---|---|---|",
+        "| configuration | difference | 95 % CI | p | p (Holm) | distinguishable |",
+        "|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         lines.append(
-            f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | "
+            f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | {c.p_holm:.3g} | "
             f"{'yes' if c.distinguishable else 'no'} |"
         )
-    lines += [f"| {key} | – | – | – | not compared: {why} |" for key, why in skipped]
+    lines += [f"| {key} | – | – | – | – | not compared: {why} |" for key, why in skipped]
     if not comparisons and not skipped:
-        lines.append("| (no configuration with two or more runs on both sides) | | | | |")
+        lines.append("| (no configuration with two or more runs on both sides) | | | | | |")
     return lines
 
 
@@ -667,6 +717,8 @@ def build_report(
         compared = comparison_markdown(base, comparisons, main, not_compared(others, base, main))
         if paired:
             compared += paired_markdown(base, others, main)
+    if main and main in metrics:
+        compared += ranking_markdown(groups, main, higher_is_better=reverse)
     csv_path = files.path("report.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -876,10 +928,10 @@ def paired_markdown(base: Group, others: list[Group], metric: str) -> list[str]:
         f"### Paired over seeds (matched by seed value) with `{base.key}` on {metric}",
         "",
         "Mean of the per-seed differences (other − baseline), its 95 % t interval and the paired two-sided "
-        "t-test; only seeds present on both sides.",
+        "t-test; only seeds present on both sides; p (Holm) adjusts over this family of paired tests.",
         "",
-        "| configuration | difference | 95 % CI | p | distinguishable |",
-        "|---|---|---|---|---|",
+        "| configuration | difference | 95 % CI | p | p (Holm) | distinguishable |",
+        "|---|---|---|---|---|---|",
     ]
     tests, skipped = [], []
     for g in others:
@@ -888,16 +940,16 @@ def paired_markdown(base: Group, others: list[Group], metric: str) -> list[str]:
             tests.append(c)
             continue
         shared = len(set(finite_by_seed(g, metric)) & set(finite_by_seed(base, metric)))
-        skipped.append(f"| {g.key} | – | – | – | not compared: {shared} seed(s) with a finite {metric} on "
-                       "both sides; the paired test needs two or more |")  # fmt: skip
-    for c in tests:
+        skipped.append(f"| {g.key} | – | – | – | – | not compared: {shared} seed(s) with a finite {metric} "
+                       "on both sides; the paired test needs two or more |")  # fmt: skip
+    for c in holm_family(tests):
         lines.append(
-            f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | "
+            f"| {c.key} | {c.diff:+.4g} | [{c.low:+.4g}, {c.high:+.4g}] | {c.p_value:.3g} | {c.p_holm:.3g} | "
             f"{'yes' if c.distinguishable else 'no'} |"
         )
     lines += skipped
     if not tests and not skipped:
-        lines.append("| (no configuration shares two or more seeds with the baseline) | | | | |")
+        lines.append("| (no configuration shares two or more seeds with the baseline) | | | | | |")
     return lines
 
 

@@ -69,3 +69,39 @@ def test_report_fills_default_settings_and_flags_mixed_scoring_protocols(tmp_pat
     (tmp_path / "c" / "metrics.json").write_text(json.dumps({"status": "ok", "test/bleu4": 0.5,
                                                              "test/caption_tokenizer": "ptb"}))  # fmt: skip
     assert "Not comparable" not in build_report(tmp_path)
+
+
+def test_report_corrects_a_family_of_comparisons_with_holm_and_ranks_with_ties(tmp_path):
+    from statsmodels.stats.multitest import multipletests
+
+    accs = {
+        "focal_modulation": [0.90, 0.91, 0.905, 0.915, 0.912],
+        "window_attention": [0.88, 0.895, 0.89, 0.9, 0.885],
+        "global_attention": [0.905, 0.92, 0.91, 0.915, 0.9],
+        "identity": [0.7, 0.72, 0.71, 0.69, 0.705],
+    }
+    for mixer, values in accs.items():
+        for seed, acc in enumerate(values):
+            folder = tmp_path / f"{mixer}-{seed}"
+            (folder / ".hydra").mkdir(parents=True)
+            (folder / ".hydra" / "overrides.yaml").write_text(f"- model.mixer={mixer}\n- seed={seed}\n")
+            record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "run/seed": seed}
+            (folder / "metrics.json").write_text(json.dumps(record))
+    md = build_report(tmp_path, baseline="mixer=focal_modulation")
+    others = ["window_attention", "global_attention", "identity"]
+    raw = [stats.ttest_ind(accs[m], accs["focal_modulation"], equal_var=False).pvalue for m in others]
+    reject, adjusted, _, _ = multipletests(raw, alpha=0.05, method="holm")
+    compared = md.split("## Compared with")[1].split("## Ranking")[0]
+    for mixer, p, ph, different in zip(others, raw, adjusted, reject):
+        row = next(line for line in compared.splitlines() if line.startswith(f"| model.mixer={mixer} | "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) == pytest.approx(p, rel=2e-3)
+        assert float(cells[4]) == pytest.approx(ph, rel=2e-3)
+        assert cells[5] == ("yes" if different else "no")
+    assert max(adjusted) > min(adjusted) and any(a != r for a, r in zip(adjusted, raw))  # a real correction
+    # ranking: focal and global overlap (tied first), window below both, identity last
+    ranking = md.split("## Ranking on test/acc (higher is better)")[1]
+    rank = {m: line.split("|")[1].strip() for m in accs for line in ranking.splitlines()
+            if line.startswith("| ") and f"model.mixer={m} |" in line}  # fmt: skip
+    assert rank["global_attention"] == rank["focal_modulation"] == "1="
+    assert rank["identity"] == "4"
