@@ -88,7 +88,7 @@ def load_run(folder: Path) -> LoadedRun:
 
     if not (folder / ".hydra" / "config.yaml").is_file():
         raise ConfigError(f"{folder} is not a run folder (no .hydra/config.yaml)")
-    cfg = checked_saved_config(folder)
+    cfg = checked_saved_config(folder, keys_added_since=True)  # read only: a run of an older attnbench too
     with open_dict(cfg):
         cfg.data.num_workers = 0
         cfg.paths.output_dir = str(folder)

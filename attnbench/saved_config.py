@@ -145,9 +145,16 @@ def rebuild(overrides: list[str], source: Path) -> DictConfig:
         ) from None
 
 
-def checked_saved_config(folder: Path, allowed_keys: tuple[str, ...] = ()) -> DictConfig:
+def checked_saved_config(
+    folder: Path, allowed_keys: tuple[str, ...] = (), keys_added_since: bool = False
+) -> DictConfig:
     """``folder/.hydra/config.yaml``, once it equals the configuration rebuilt from attnbench's own configs
-    and the saved overrides and names no foreign ``_target_``; ConfigError naming the key otherwise."""
+    and the saved overrides and names no foreign ``_target_``; ConfigError naming the key otherwise.
+
+    ``keys_added_since`` (read-only uses such as figures, never a resume): a leaf the rebuilt configuration
+    has and the saved one lacks is a setting added to attnbench after the run was made; it is accepted
+    (no ``_target_``) and filled in with today's default, while every leaf the run *did* save must still be
+    equal."""
     path = folder / RECORD_DIR / "config.yaml"
     saved = load_record(path)
     if not isinstance(saved, DictConfig):
@@ -164,6 +171,10 @@ def checked_saved_config(folder: Path, allowed_keys: tuple[str, ...] = ()) -> Di
             continue
         a, b = dict(config_leaves(new.get(top), str(top))), dict(config_leaves(old.get(top), str(top)))
         for leaf in sorted(set(a) | set(b)):
+            added = keys_added_since and leaf not in b and not leaf.endswith(TARGET_KEYS)
+            if added:
+                OmegaConf.update(saved, leaf, a[leaf], force_add=True)
+                continue
             if a.get(leaf, "<absent>") != b.get(leaf, "<absent>"):
                 differ.append(
                     f"{leaf}: saved {b.get(leaf, '<absent>')!r}, rebuilt {a.get(leaf, '<absent>')!r}"

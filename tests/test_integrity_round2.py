@@ -82,6 +82,31 @@ def test_a_saved_config_is_rebuilt_from_attnbenchs_configs_and_compared(tmp_path
         checked_saved_config(folder)
 
 
+def test_a_read_only_use_accepts_settings_added_since_the_run_but_nothing_else(tmp_path):
+    from attnbench.saved_config import checked_saved_config
+
+    folder = hydra_record(tmp_path / "run", ["model=focalnet", "trainer.max_epochs=3"])
+    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    older = saved.copy()
+    del older.probe["erf_stage"]  # a run made before probe.erf_stage existed
+    OmegaConf.save(older, folder / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="probe.erf_stage: saved '<absent>'"):
+        checked_saved_config(folder)  # a resume or an eval stays strict
+    cfg = checked_saved_config(folder, keys_added_since=True)
+    assert cfg.probe.erf_stage == saved.probe.erf_stage and cfg.trainer.max_epochs == 3  # today's default
+    for key, value in (("trainer.max_epochs", 4), ("model.task.lr", 0.5)):  # a saved value still must agree
+        edited = older.copy()
+        OmegaConf.update(edited, key, value)
+        OmegaConf.save(edited, folder / ".hydra" / "config.yaml")
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            checked_saved_config(folder, keys_added_since=True)
+    edited = older.copy()
+    del edited.model.net["_target_"]  # a missing _target_ is never filled in
+    OmegaConf.save(edited, folder / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"model\.net\._target_"):
+        checked_saved_config(folder, keys_added_since=True)
+
+
 def test_the_eval_door_checks_the_runs_config_before_using_it(tmp_path):
     from attnbench.eval import with_saved_run_config
 
