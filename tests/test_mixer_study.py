@@ -43,6 +43,13 @@ def test_results_rank_and_correct_a_made_up_study(tmp_path):
     p_holm = holm(raw)
     assert f"**{p_holm[0]:.3g}**" in identity  # p < 0.01 after correction: bold
     assert "random_s0: status failed" in text and "commit(s) abc" in text
+    # the headline criterion: identity clearly below the best, the identity contrast at Holm p < 0.01 is a
+    # finding, window attention (no difference) is not
+    found = text.split("## Findings")[1]
+    assert "the task needs mixing" in found
+    diff = sum(accs["identity"]) / 5 - sum(accs["focal_modulation"]) / 5
+    assert f"**`identity` − `focal_modulation` = {diff:+.4g}" in found and f"p = {p_holm[0]:.3g}" in found
+    assert "`window_attention` − `focal_modulation`" not in found
     assert (tmp_path / "out" / "RESULTS.md").read_text() == text
     # a card per mixer of the whole catalogue, each with its source, equation, results and cost
     from attnbench.mechanisms import ROLES, list_mixers, mixer_info

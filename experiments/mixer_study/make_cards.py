@@ -133,6 +133,16 @@ def maps_figures(out: Path, family: str, task: str, mixer: str) -> list[str]:
     return lines + [""]
 
 
+def has_map(role: str, mixer: str) -> bool:
+    """Whether the mechanism's module defines a class with a ``map_legend`` (what its figures show)."""
+    import sys
+
+    from attnbench.mechanisms.registry import get_builder
+
+    module = sys.modules.get(get_builder(role, mixer).__module__)
+    return any(isinstance(v, type) and hasattr(v, "map_legend") for v in vars(module or object).values())
+
+
 def card(mixer: str, summaries: dict, out: Path) -> str:
     from attnbench.mechanisms.registry import ROLES, get_builder, list_mixers, mixer_info
 
@@ -242,7 +252,15 @@ def card(mixer: str, summaries: dict, out: Path) -> str:
             lines += ["Not measured for this mixer (`benchmarks/sampling_state.py`).", ""]
     figures = [ln for (family, task) in sorted(mine) for ln in maps_figures(out, family, task, mixer)]
     lines += ["## Maps", ""]
-    lines += figures or ["No comparison figure yet (`python -m attnbench.compare_maps` on the study's runs)."]
+    if figures:
+        lines += figures
+    elif not any(has_map(role, mixer) for role in roles):
+        lines.append(
+            "This mechanism's module declares no map for the study's figures (no `map_legend`), so it has "
+            "no row in them."
+        )
+    else:
+        lines.append("No comparison figure yet (`python -m attnbench.compare_maps` on the study's runs).")
     text = "\n".join(lines)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")

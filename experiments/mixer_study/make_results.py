@@ -170,6 +170,85 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
     return lines, summary
 
 
+ATTENTION = ("global_attention", "window_attention", "self_attention", "neighborhood_attention")
+
+
+def _half(s: dict) -> float:
+    return (s["high"] - s["low"]) / 2
+
+
+def findings(summaries: dict) -> list[str]:
+    """The headline criterion of PROTOCOL.md applied to each complete cell (every mixer with SEEDS runs), and
+    the published orderings set against ours; every number read from the summaries."""
+    lines = ["## Findings (the protocol's headline criterion, applied by this script)", ""]
+    for (family, task), rows in sorted(summaries.items()):
+        if family.endswith(MATCHED) or not rows:
+            continue
+        higher = FAMILIES.get(family, ("test/loss", False, []))[1]
+        complete = {m: s for m, s in rows.items() if s.get("n", 0) >= SEEDS and not math.isnan(s["low"])}
+        where = f"{family} · {task}"
+        if REFERENCE not in complete or "identity" not in complete:
+            lines.append(f"- {where}: no finding yet (the reference or identity lacks {SEEDS} runs).")
+            continue
+        best = (max if higher else min)(complete, key=lambda m: complete[m]["mean"])
+        b, i = complete[best], complete["identity"]
+        gap, halves = abs(b["mean"] - i["mean"]), _half(b) + _half(i)
+        needs = best != "identity" and gap > halves
+        side = "above" if higher else "below"
+        lines.append(
+            f"- {where}: the best mixer, `{best}` ({fmt(b['mean'])}), is {side} the identity baseline "
+            f"({fmt(i['mean'])}) by {fmt(gap, 3)}, {'more' if needs else 'not more'} than the sum of their "
+            f"interval half-widths ({fmt(halves, 3)}): the task "
+            f"{'needs mixing' if needs else 'does not show that it needs mixing'}."
+        )
+        hits = sorted(
+            (m for m, s in complete.items() if s["contrast"] and s["contrast"].p_holm < HEADLINE_P),
+            key=lambda m: complete[m]["contrast"].p_holm,
+        )
+        for m in hits if needs else []:
+            c = complete[m]["contrast"]
+            lines.append(
+                f"  - **`{m}` − `{REFERENCE}` = {c.diff:+.4g} [{c.low:+.3g}, {c.high:+.3g}]**, "
+                f"Holm-corrected p = {fmt(c.p_holm, 3)} (n = {c.n} and {complete[REFERENCE]['n']})"
+            )
+        if needs and not hits:
+            lines.append(f"  - no contrast with `{REFERENCE}` reaches Holm-corrected p < {HEADLINE_P}.")
+        if family == "focalnet":
+            lines += published_orderings(complete, higher)
+    return lines + [""]
+
+
+def published_orderings(complete: dict, higher: bool) -> list[str]:
+    """MetaFormer (Yu et al., CVPR 2022; MetaFormer Baselines, TPAMI 2023; ImageNet-1k): identity below
+    random below pooling, and pooling competitive with attention (within a few points). Ours, by the means."""
+    attn = [m for m in ATTENTION if m in complete]
+    if not attn or not {"pooling", "identity"} <= set(complete):
+        return []
+    mean = {m: complete[m]["mean"] for m in complete}
+    better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
+    attn_means = [mean[m] for m in attn]
+    order = [m for m in sorted(mean, key=mean.get, reverse=higher) if m in ("identity", "random", "pooling")]
+    agrees = better(mean["pooling"], mean["identity"]) and (
+        "random" not in mean or better(mean["random"], mean["identity"])
+    )
+    verdict = (
+        "the same order of the baselines."
+        if agrees
+        else "the baselines' order disagrees with MetaFormer's (possible reasons, not tested: no LayerScale "
+        "in this macro-architecture, and 10,000 images of 32 px rather than ImageNet)."
+    )
+    lines = [
+        "  - MetaFormer's ImageNet ordering (identity < random < pooling, pooling within a few points of "
+        f"attention): here, best first, {', '.join(f'{m} {fmt(mean[m])}' for m in order)}; attention mixers "
+        f"{fmt(min(attn_means))} – {fmt(max(attn_means))}: {verdict}"
+    ]
+    lines.append(
+        "  - LRA's Pathfinder ordering (global above local attention) is not tested here: the Pathfinder "
+        "cells are deferred (PROTOCOL.md amendment 2)."
+    )
+    return lines
+
+
 def within_flops(mixers: dict) -> set[str]:
     """Mixers whose mean ``flops_per_sample`` is within :data:`MATCH_TOLERANCE` of the reference's."""
 
@@ -254,6 +333,7 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         table, summary = cell_table(family, task, mixers)
         lines += table
         summaries[key] = summary
+    lines += findings(summaries)
     if problems:
         lines += ["## Runs not counted", ""] + [f"- {p}" for p in problems] + [""]
     text = "\n".join(lines)
