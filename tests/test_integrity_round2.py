@@ -588,9 +588,9 @@ def test_report_compares_and_plots_only_metrics_with_two_finite_values(tmp_path,
     md = build_report(tmp_path, baseline="mixer=y", paired=True)
     rows = [x for x in md.splitlines() if x.startswith("| model.mixer=x")]
     assert rows[0].endswith("| 2 | 0.8 (n=1) | 10 ± 0 |")  # params: two equal values, a true 0
-    assert rows[1] == ("| model.mixer=x | – | – | – | not compared: it has 1 finite value(s) of test/acc "
+    assert rows[1] == ("| model.mixer=x | – | – | – | – | not compared: it has 1 finite value(s) of test/acc "
                        "from 2 run(s); Welch's test needs two or more on each side |")  # fmt: skip
-    assert rows[2].startswith("| model.mixer=x | – | – | – | not compared: 1 seed(s) with a finite test/acc")
+    assert rows[2].startswith("| model.mixer=x | – | – | – | – | not compared: 1 seed(s) with a finite")
     assert not any("nan" in x.lower() for x in md.splitlines() if x.startswith("|"))
     half = t_half_width(statistics.stdev(values["y"]), 2)
     assert bars["model.mixer=x (n=1, no bar)"] is None and bars["model.mixer=y"] == pytest.approx(half)
