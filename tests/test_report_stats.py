@@ -26,15 +26,20 @@ def test_t_interval_and_welch_match_scipy():
     assert not same.distinguishable and same.low < 0 < same.high
 
 
-def test_report_compares_with_the_chosen_baseline(tmp_path):
-    accs = {"focal_modulation": [0.98, 0.975, 0.985], "window_attention": [0.95, 0.955, 0.96]}
+def write_runs(root, accs: dict[str, list[float]]) -> None:
+    """One finished run folder per (mixer, seed) with its overrides and test/acc."""
     for mixer, values in accs.items():
         for seed, acc in enumerate(values):
-            folder = tmp_path / f"{mixer}-{seed}"
+            folder = root / f"{mixer}-{seed}"
             (folder / ".hydra").mkdir(parents=True)
             (folder / ".hydra" / "overrides.yaml").write_text(f"- model.mixer={mixer}\n- seed={seed}\n")
             record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "run/seed": seed}
             (folder / "metrics.json").write_text(json.dumps(record))
+
+
+def test_report_compares_with_the_chosen_baseline(tmp_path):
+    accs = {"focal_modulation": [0.98, 0.975, 0.985], "window_attention": [0.95, 0.955, 0.96]}
+    write_runs(tmp_path, accs)
     md = build_report(tmp_path, baseline="mixer=window_attention")
     assert "## Compared with `model.mixer=window_attention` on test/acc" in md
     row = next(line for line in md.splitlines() if line.startswith("| model.mixer=focal_modulation | +"))
@@ -80,13 +85,7 @@ def test_report_corrects_a_family_of_comparisons_with_holm_and_ranks_with_ties(t
         "global_attention": [0.905, 0.92, 0.91, 0.915, 0.9],
         "identity": [0.7, 0.72, 0.71, 0.69, 0.705],
     }
-    for mixer, values in accs.items():
-        for seed, acc in enumerate(values):
-            folder = tmp_path / f"{mixer}-{seed}"
-            (folder / ".hydra").mkdir(parents=True)
-            (folder / ".hydra" / "overrides.yaml").write_text(f"- model.mixer={mixer}\n- seed={seed}\n")
-            record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "run/seed": seed}
-            (folder / "metrics.json").write_text(json.dumps(record))
+    write_runs(tmp_path, accs)
     md = build_report(tmp_path, baseline="mixer=focal_modulation")
     others = ["window_attention", "global_attention", "identity"]
     raw = [stats.ttest_ind(accs[m], accs["focal_modulation"], equal_var=False).pvalue for m in others]
