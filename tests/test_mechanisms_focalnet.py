@@ -316,7 +316,11 @@ def test_bad_settings_raise_config_error(kwargs, match):
         create_model("focalnet_micro", **kw)
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
+# every spatial mixer with weights over positions draws a map (the study's figures and cards)
+MAP_MIXERS = [*MIXERS, "neighborhood_attention", "self_attention"]
+
+
+@pytest.mark.parametrize("mixer", MAP_MIXERS)
 def test_capture_maps_gives_maps_and_leaves_nothing_behind(mixer):
     m = micro(mixer).eval()
     x = torch.randn(3, 1, 32, 32)
@@ -334,8 +338,16 @@ def test_capture_maps_gives_maps_and_leaves_nothing_behind(mixer):
     assert not captured
     for mod in m.modules():
         assert not getattr(mod, "explicit_attn", False)
+        assert not getattr(mod, "store_attention", False) and getattr(mod, "last_attention", None) is None
         assert not mod._forward_hooks and not mod._forward_pre_hooks
     torch.testing.assert_close(m(x), before)
+    assert m.mixer_map_legends().keys() == {"stage1", "stage2", "stage3", "stage4"}
+
+
+@pytest.mark.parametrize("mixer", ["identity", "pooling", "dwconv", "random"])
+def test_mixers_without_weights_over_positions_draw_no_map(mixer):
+    m = micro(mixer).eval()
+    assert m.mixer_maps(torch.randn(2, 1, 32, 32)) == {} and m.mixer_map_legends() == {}
 
 
 @pytest.mark.parametrize(
@@ -344,6 +356,12 @@ def test_capture_maps_gives_maps_and_leaves_nothing_behind(mixer):
         ("focal_modulation", "modulator |h(ctx)|, last block", "|h(ctx)|, mean over channels"),
         ("window_attention", "attention received per token, last block", "attention received (1 = uniform)"),
         ("global_attention", "attention received per token, last block", "attention received (1 = uniform)"),
+        ("self_attention", "attention received per token, last block", "attention received (1 = uniform)"),
+        (
+            "neighborhood_attention",
+            "attention received per token, last block",
+            "attention received (1 = uniform)",
+        ),
     ],
 )
 def test_classifier_figures_are_titled_by_the_mechanism(mixer, what, unit):

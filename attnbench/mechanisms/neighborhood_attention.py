@@ -89,6 +89,8 @@ class NeighborhoodAttention(nn.Module):
         nn.init.trunc_normal_(self.rpb, std=0.02)
         self.proj = nn.Linear(dim, dim)
         self._masks: dict = {}
+        self.attn_map = nn.Identity()  # hook point: probabilities [B, heads, H·W, k_h·k_w] (direct path)
+        self.explicit_attn = False  # figures set it: compute directly (never flex), so the hook sees them
 
     def axes(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((k_h, δ_h), (k_w, δ_w)): the kernel and dilation used along each axis of an ``h × w`` map."""
@@ -118,24 +120,44 @@ class NeighborhoodAttention(nn.Module):
         backend = backends.resolve(self.attn_backend, x, self)
         qkv = self.qkv(tokens).view(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, H·W, d]
-        if backend == "flex":
+        if backend == "flex" and not self.explicit_attn:
             out = self._flex(q, k, v, h, w)
         else:
             out = self._direct(q, k, v, h, w)
         out = out.transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out).permute(0, 3, 1, 2)
 
+    def key_index(self, h: int, w: int, device=None) -> torch.Tensor:
+        """``[H·W, k_h·k_w]``: the raster index of each query's neighbours, in the order of the direct path's
+        probabilities (neighbour ``(a, b')`` of query ``(i, j)`` is ``rows[i, a] · W + cols[j, b']``)."""
+        rows, cols, _, _ = self.neighbours(h, w, device)
+        kh, kw = rows.shape[1], cols.shape[1]
+        return (rows[:, None, :, None] * w + cols[None, :, None, :]).reshape(h * w, kh * kw)
+
+    # what received_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("attention received per token", "attention received (1 = uniform)")
+
+    def received_map(self, probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention each position receives, head-averaged and summed over the queries whose neighbourhood
+        holds it: ``probs [B, heads, H·W, k_h·k_w]`` (the direct path's) -> ``[B, H, W]``, averaging to 1
+        (every query spends one unit over its neighbours), so 1 = attended as much as the average position.
+        Border positions lie in fewer neighbourhoods (windows shift inward), so even uniform attention gives
+        a map that is not flat: on a 4 × 4 map with k = 3 the corners receive 4/9 and the centre 16/9."""
+        idx = self.key_index(h, w, probs.device).flatten()  # [H·W · K]
+        mass = probs.mean(dim=1).flatten(1)  # [B, H·W · K]
+        out = mass.new_zeros(mass.shape[0], h * w).index_add_(1, idx, mass)
+        return out.view(-1, h, w)
+
     def _direct(self, q, k, v, h: int, w: int) -> torch.Tensor:
         """Gathered neighbourhoods: [B, heads, H·W, d] ×3 -> [B, heads, H·W, d]."""
         b, nh, _, d = q.shape
         rows, cols, brow, bcol = self.neighbours(h, w, q.device)
         kh, kw = rows.shape[1], cols.shape[1]
-        # key index of neighbour (a, b') of query (i, j): rows[i, a] · W + cols[j, b'] -> [H, W, kh·kw]
-        idx = (rows[:, None, :, None] * w + cols[None, :, None, :]).reshape(h * w, kh * kw)
+        idx = self.key_index(h, w, q.device)  # [H·W, kh·kw]
         bias = self.rpb[:, brow[:, None, :, None], bcol[None, :, None, :]].reshape(nh, h * w, kh * kw)
         kn, vn = k[:, :, idx], v[:, :, idx]  # [B, heads, H·W, kh·kw, d]
         scores = torch.einsum("bnqd,bnqkd->bnqk", q * self.head_dim**-0.5, kn) + bias
-        return torch.einsum("bnqk,bnqkd->bnqd", scores.softmax(dim=-1), vn)
+        return torch.einsum("bnqk,bnqkd->bnqd", self.attn_map(scores.softmax(dim=-1)), vn)
 
     def flex_mask(self, h: int, w: int, device=None):
         """``(BlockMask, score_mod)`` of the neighbourhoods on an ``h × w`` map in raster order (cached)."""

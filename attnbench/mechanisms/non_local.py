@@ -84,6 +84,20 @@ class SelfAttention2d(nn.Module):
             self.last_attention = beta.detach()
         return (y, beta) if return_attention else y
 
+    # what received_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("attention received per token", "attention received (1 = uniform)")
+
+    def received_map(self, beta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention each key position receives, summed over the queries (``beta [B, N, N_k]`` of an
+        ``h × w`` map, Eq. 1) in units of the uniform share ``N / N_k``: ``[B, h, w]``, averaging to 1. With
+        pooled keys (the official variant) each 2 × 2 pooled key's value fills its four positions."""
+        kh, kw = (h // 2, w // 2) if self.pooled else (h, w)
+        received = beta.sum(dim=1) * (beta.shape[-1] / beta.shape[1])  # [B, N_k]
+        grid = received.view(-1, kh, kw)
+        if self.pooled:
+            grid = grid.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        return grid
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pooled={self.pooled}"
 

@@ -33,6 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from attnbench.errors import ConfigError
 from attnbench.mechanisms.focal_modulation import FocalModulation, LayerNorm2d
 from attnbench.mechanisms.global_attention import GlobalAttention
+from attnbench.mechanisms.neighborhood_attention import NeighborhoodAttention
+from attnbench.mechanisms.non_local import SelfAttention2d
 from attnbench.mechanisms.registry import check_attn_backend, create_mixer, mixer_info
 from attnbench.mechanisms.window_attention import WindowAttention
 from attnbench.models.registry import register_model
@@ -431,12 +433,14 @@ def check_config(
 def capture_maps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """While active, every forward of ``model`` fills the yielded dict with one map [B, H, W] per token
     mixer (keyed by the mixer's module name): |h(ctx)| averaged over channels for focal modulation, the
-    attention each position receives (head- and query-averaged, 1 = uniform) for attention. Attention runs
-    explicitly (not through SDPA) inside the context; hooks and flags are removed on exit.
+    attention each position receives (head- and query-averaged, 1 = uniform) for the attention mixers
+    (window, global, neighborhood, SAGAN's self-attention). Attention runs explicitly (not through SDPA or
+    FlexAttention) inside the context; hooks and flags are removed on exit. Mixers without weights over
+    positions (identity, pooling, dwconv, random) give no map.
     """
     maps: dict[str, torch.Tensor] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    handles, flagged = [], []
+    handles, flagged, stored = [], [], []
 
     def size_hook(name):
         def hook(_mod, args):
@@ -456,14 +460,24 @@ def capture_maps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
         return hook
 
+    def stored_hook(name, mech):
+        def hook(_mod, args, _out):
+            maps[name] = mech.received_map(mech.last_attention, *args[0].shape[-2:])
+
+        return hook
+
     for name, mod in model.named_modules():
         if isinstance(mod, FocalModulation):
             handles.append(mod.modulator.register_forward_hook(modulator_hook(name)))
-        elif isinstance(mod, (WindowAttention, GlobalAttention)):
+        elif isinstance(mod, (WindowAttention, GlobalAttention, NeighborhoodAttention)):
             handles.append(mod.register_forward_pre_hook(size_hook(name)))
             handles.append(mod.attn_map.register_forward_hook(attn_hook(name, mod)))
             flagged.append((mod, mod.explicit_attn))
             mod.explicit_attn = True
+        elif isinstance(mod, SelfAttention2d):
+            handles.append(mod.register_forward_hook(stored_hook(name, mod)))
+            stored.append((mod, mod.store_attention))
+            mod.store_attention = True
     try:
         yield maps
     finally:
@@ -471,6 +485,8 @@ def capture_maps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
             h.remove()
         for mod, flag in flagged:
             mod.explicit_attn = flag
+        for mod, flag in stored:
+            mod.store_attention, mod.last_attention = flag, None
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
