@@ -125,7 +125,9 @@ def maps_figures(out: Path, family: str, task: str, mixer: str) -> list[str]:
         f"{family} · {task}: row {row} of each figure (row 1: the inputs; the rows below: "
         + ", ".join(labels)
         + f"), {info.get('images')} {info.get('split')} images, "
-        f"colour scale `{info.get('scale')}` shared by all runs:",
+        f"colour scale `{info.get('scale')}` shared by all runs (made by `python -m attnbench.compare_maps "
+        "<those runs' folders> --out "
+        f"experiments/mixer_study/maps/{family}_{task}`; the folders are listed in its `compare_maps.json`):",
         "",
     ]
     for name, fig in sorted(info.get("figures", {}).items()):
