@@ -120,29 +120,60 @@ def check_same_data(runs: list[LoadedRun]) -> None:
                 )
 
 
-def first_images(run: LoadedRun, split: str, n: int) -> torch.Tensor:
-    """The first ``n`` images ``[n, C, H, W]`` in [0, 1] of ``split`` (its loader does not shuffle)."""
+def first_images(run: LoadedRun, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` images ``[n, C, H, W]`` in [0, 1] of ``split`` (its loader does not shuffle) and their
+    labels ``[n]`` (None where the batches carry none)."""
     dm = run.datamodule
     if split == "val" and getattr(dm, "val_set", None) is None:
         dm.setup("fit")
     loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
-    chunks, have = [], 0
+    chunks, labels, have = [], [], 0
     for batch in loader:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        y = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
         chunks.append(x)
+        if isinstance(y, torch.Tensor) and y.dim() == 1:
+            labels.append(y)
         have += len(x)
         if have >= n:
             break
-    return torch.cat(chunks)[:n].float()
+    y = torch.cat(labels)[:n] if len(labels) == len(chunks) else None
+    return torch.cat(chunks)[:n].float(), y
+
+
+def takes_query(net) -> bool:
+    """Whether the model's maps are those of one query position (``mixer_maps(x, ..., query=...)``: the
+    Image Transformer's causal mixers) rather than one map per position (FocalNet's)."""
+    import inspect
+
+    maps_fn = getattr(net, "mixer_maps", None)
+    return maps_fn is not None and "query" in inspect.signature(maps_fn).parameters
 
 
 @torch.no_grad()
-def run_maps(run: LoadedRun, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
+def run_maps(
+    run: LoadedRun, x: torch.Tensor, y: torch.Tensor | None = None, query: tuple[int, int] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
+    """One run's maps ``{name: [B, h, w]}`` of images ``x`` in [0, 1] and their legends. The task prepares
+    the model's input (``map_input``: e.g. integer levels; else ``normalise``); ``query`` = the pixel whose
+    maps a query-based model draws."""
     net = run.task.net
     maps_fn = getattr(net, "mixer_maps", None)
     if maps_fn is None:
         raise ConfigError(f"{run.folder}: this model has no token-mixer maps (mixer_maps) to compare")
-    maps = {k: v.detach().float().cpu() for k, v in maps_fn(run.task.normalise(x)).items()}
+    prepare = getattr(run.task, "map_input", None) or run.task.normalise
+    kwargs = {}
+    if takes_query(net):
+        kwargs["query"] = query
+        if getattr(net, "class_conditional", False):
+            if y is None:
+                raise ConfigError(f"{run.folder}: a class-conditional model needs labels; the split has none")
+            kwargs["y"] = y.to(x.device)
+    elif query is not None:
+        raise ConfigError(
+            f"--query: {run.folder}'s model draws one map per position, not the maps of a query; drop --query"
+        )
+    maps = {k: v.detach().float().cpu() for k, v in maps_fn(prepare(x), **kwargs).items()}
     legends = getattr(net, "mixer_map_legends", dict)()
     return maps, legends
 
@@ -162,9 +193,16 @@ def shared_limits(maps: list[torch.Tensor]) -> tuple[float, float]:
     return lo, hi if hi - lo > 1e-8 else lo + 1e-8
 
 
-def comparison_figure(images: torch.Tensor, rows: list[tuple[str, torch.Tensor]], title: str, unit: str):
+def comparison_figure(
+    images: torch.Tensor,
+    rows: list[tuple[str, torch.Tensor]],
+    title: str,
+    unit: str,
+    marker: tuple[int, int] | None = None,
+):
     """Row 0: the images ``[B, C, H, W]``; then one row per run: its map ``[B, h, w]`` (nearest-upsampled)
-    over the greyscale image, every row on one colour scale and one colour bar."""
+    over the greyscale image, every row on one colour scale and one colour bar; ``marker`` = the query pixel
+    ``(row, col)``, outlined on every panel."""
     import torch.nn.functional as F
 
     from attnbench.callbacks.render import DPI, FONT, MIN_WIDTH_IN, _pyplot, _rgb_numpy, suptitle
@@ -192,6 +230,9 @@ def comparison_figure(images: torch.Tensor, rows: list[tuple[str, torch.Tensor]]
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+        if marker is not None:
+            r, c = marker
+            ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=1.2))
     axes[0, 0].set_ylabel("input", fontsize=FONT)
     for r, (label, _) in enumerate(ups, start=1):
         axes[r, 0].set_ylabel(label, fontsize=FONT - 2)
@@ -203,10 +244,16 @@ def comparison_figure(images: torch.Tensor, rows: list[tuple[str, torch.Tensor]]
 
 
 def compare(
-    folders: list[Path], out: Path, n_images: int = 6, split: str = "test", scale: str = "relative"
+    folders: list[Path],
+    out: Path,
+    n_images: int = 6,
+    split: str = "test",
+    scale: str = "relative",
+    query: tuple[int, int] | None = None,
 ) -> dict:
     """Write ``out/maps_<name>.png`` for every map name the runs share, and ``out/compare_maps.json`` (the
-    runs, their checkpoints, the scale and each figure's colour limits). Returns that record."""
+    runs, their checkpoints, the scale, the query pixel of query-based maps and each figure's colour
+    limits). Returns that record."""
     if len(folders) < 2:
         raise ConfigError(f"compare_maps needs at least two run folders, got {len(folders)}")
     if scale not in ("relative", "raw"):
@@ -226,8 +273,17 @@ def compare(
         if labels.count(r.label) > 1:
             r.label = f"{r.label}\n{r.folder.name}"
     check_same_data(runs)
-    x = first_images(runs[0], split, n_images)
-    computed = [(run, *run_maps(run, x)) for run in runs]
+    x, y = first_images(runs[0], split, n_images)
+    queried = [takes_query(r.task.net) for r in runs]
+    if any(queried) and not all(queried):
+        raise ConfigError("the runs mix query-based maps (Image Transformer) with per-position maps")
+    if query is not None and not (0 <= query[0] < x.shape[-2] and 0 <= query[1] < x.shape[-1]):
+        raise ConfigError(
+            f"--query {query[0]},{query[1]}: expected a pixel of the {x.shape[-2]}×{x.shape[-1]} images"
+        )
+    if all(queried) and query is None:
+        query = (x.shape[-2] // 2, x.shape[-1] // 2)  # the models' default, recorded
+    computed = [(run, *run_maps(run, x, y, query)) for run in runs]
     names = [k for k in computed[0][1] if all(k in maps for _, maps, _ in computed)]
     if not names:
         raise ConfigError("the runs have no token-mixer map in common (mixer_maps names differ)")
@@ -236,6 +292,7 @@ def compare(
         "scale": scale,
         "split": split,
         "images": int(len(x)),
+        "query": list(query) if query is not None else None,
         "runs": [
             {"folder": str(r.folder), "label": r.label.replace("\n", " "), "checkpoint": str(r.checkpoint)}
             for r in runs
@@ -256,13 +313,26 @@ def compare(
         unit = "value / the map's mean (1 = uniform)" if scale == "relative" else units.pop()
         h, w = rows[0][1].shape[-2:]
         title = f"{name} token-mixer maps ({h}×{w} tokens) of {len(runs)} runs, first {len(x)} {split} images"
-        fig, limits = comparison_figure(x, rows, title, unit)
+        if query is not None:
+            title += f"; query pixel (row {query[0]}, column {query[1]}) outlined"
+        fig, limits = comparison_figure(x, rows, title, unit, marker=query)
         path = out / f"maps_{name}.png"
         fig.savefig(path)
         _pyplot().close(fig)
         record["figures"][name] = {"file": path.name, "vmin": limits[0], "vmax": limits[1], "unit": unit}
     (out / "compare_maps.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def parse_query(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        row, col = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--query {text!r}: expected ROW,COL (two integers, e.g. 12,8)") from None
+    return row, col
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,9 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=6, help="how many images (default 6)")
     parser.add_argument("--split", default="test", help="test (default) or val")
     parser.add_argument("--scale", default="relative", help="relative (default: 1 = uniform) or raw")
+    parser.add_argument(
+        "--query",
+        default=None,
+        help="ROW,COL: the pixel whose maps query-based models draw (Image Transformer; default the centre)",
+    )
     args = parser.parse_args(argv)
     try:
-        record = compare(args.runs, args.out, args.images, args.split, args.scale)
+        query = parse_query(args.query)
+        record = compare(args.runs, args.out, args.images, args.split, args.scale, query)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ def test_two_mixers_share_one_colour_scale(two_runs, tmp_path):
     assert json.loads((out / "compare_maps.json").read_text()) == record
     # the colour limits span both runs' relative maps: recomputed here from the same images and checkpoints
     runs = [load_run(two_runs / m) for m in ("focal_modulation", "global_attention")]
-    x = first_images(runs[0], "test", 3)
+    x, _ = first_images(runs[0], "test", 3)
     stage1 = [relative(run_maps(r, x)[0]["stage1"]) for r in runs]
     fig = record["figures"]["stage1"]
     assert fig["vmin"] == pytest.approx(min(float(m.min()) for m in stage1))
@@ -85,3 +85,56 @@ def test_runs_on_different_data_are_refused(two_runs, tmp_path, capsys):
     )
     assert main([str(two_runs / "focal_modulation"), str(other), "--out", str(tmp_path / "o")]) == 2
     assert "data.image_size=32" in capsys.readouterr().err
+
+
+IT_TINY = [
+    "model=image_transformer",
+    "data=twin_digits",
+    "data.image_size=16",
+    "data.top=0",
+    "data.distance=8",
+    "data.distance_jitter=0",
+    "model.net.dim=16",
+    "model.net.depth=2",
+    "model.net.ffn_dim=32",
+    "model.task.score_samples=0",
+    "model.task.sample_n=0",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+
+def test_image_transformer_maps_of_one_query_pixel(two_runs, tmp_path, capsys):
+    """Causal mixers draw what one query pixel reads (the Image Transformer's ``mixer_maps``): the query is
+    recorded and outlined, nothing after it is lit, and per-position models refuse ``--query``."""
+    from attnbench.compare_maps import first_images, load_run, run_maps
+
+    root = tmp_path / "it"
+    for mixer in ("full", "local_1d"):
+        assert run_cfg(compose_cfg([*IT_TINY, f"model.mixer={mixer}"], root / mixer))["status"] == "ok"
+    runs = [str(root / "full"), str(root / "local_1d")]
+    assert main([*runs, "--query", "12,5", "--images", "2", "--out", str(tmp_path / "q")]) == 0
+    record = json.loads((tmp_path / "q" / "compare_maps.json").read_text())
+    assert record["query"] == [12, 5] and set(record["figures"]) == {"layer1", "layer2"}
+    full = load_run(root / "full")
+    x, _ = first_images(full, "test", 2)
+    maps, legends = run_maps(full, x, query=(12, 5))
+    flat = maps["layer1"].flatten(1)
+    torch.testing.assert_close(flat.sum(1), torch.ones(2))
+    assert (flat[:, 12 * 16 + 5 + 1 :] == 0).all() and legends["layer1"][1] == "attention probability"
+    # local_1d (blocks of 32 positions = 2 rows here) cannot read 4 rows up; full attention can
+    local = run_maps(load_run(root / "local_1d"), x, query=(12, 5))[0]["layer1"]
+    assert local[:, :9].sum() == 0 and maps["layer1"][:, :9].sum() > 0
+    # the default query is the centre, recorded
+    assert main([*runs, "--images", "1", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "compare_maps.json").read_text())["query"] == [8, 8]
+    capsys.readouterr()
+    assert main([*runs, "--query", "12", "--out", str(tmp_path / "bad")]) == 2
+    assert "expected ROW,COL" in capsys.readouterr().err
+    assert main([*runs, "--query", "16,0", "--out", str(tmp_path / "bad2")]) == 2
+    assert "expected a pixel of the 16×16 images" in capsys.readouterr().err
+    fn = [str(two_runs / "focal_modulation"), str(two_runs / "global_attention")]
+    assert main([*fn, "--query", "3,3", "--out", str(tmp_path / "bad3")]) == 2
+    assert "draws one map per position" in capsys.readouterr().err

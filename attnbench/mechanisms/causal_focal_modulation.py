@@ -78,6 +78,25 @@ class CausalFocalModulation(nn.Module):
         aggregate = aggregate + self.act(self.prefix_mean(z)) * gates[:, self.focal_levels :]
         return self.proj(q * self.h(aggregate.transpose(1, 2)))
 
+    # ---- maps (figures) ----------------------------------------------------------------------------------
+    # what query_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("dependence of the query's output on each position, ‖∂y_q/∂x_j‖", "‖∂y_q/∂x_j‖ (Frobenius)")
+
+    def query_map(self, x: torch.Tensor, grid: tuple[int, int], index: int) -> torch.Tensor:
+        """How much the mixer's output at raster ``index`` depends on each input position: the Frobenius
+        norm of the Jacobian block ``∂y_index/∂x_j`` (``D × D``) for every ``j``: ``x [B, N, D]`` ->
+        ``[B, N]`` (zero after ``index``: causal). Modulation has no weights over positions to show; this is
+        what the query reads through the convolution levels (nearby) and the prefix mean (every earlier
+        position)."""
+        with torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            y = self.forward(xg, grid)[:, index]  # [B, D]
+            sq = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
+            for c in range(y.shape[-1]):
+                (g,) = torch.autograd.grad(y[:, c].sum(), xg, retain_graph=c < y.shape[-1] - 1)
+                sq += g.pow(2).sum(-1)  # images do not interact: the sum's gradient is each image's own
+        return sq.sqrt().detach()
+
     # ---- incremental decoding ----------------------------------------------------------------------------
     def init_cache(self, batch: int, grid: tuple[int, int], device=None, dtype=None) -> dict:
         """The constant-size decoding state: each level's last ``k_l - 1`` inputs, the running sum of the

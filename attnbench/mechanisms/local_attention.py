@@ -234,6 +234,33 @@ class GridSelfAttention(nn.Module):
             out = ob.reshape(b, self.heads, nb * qn, -1)[:, :, plan.slot]
         return self.proj(out.transpose(1, 2).reshape(b, n, self.dim))
 
+    # ---- maps (figures) ----------------------------------------------------------------------------------
+    # what query_map shows and the unit of its colour bar (figures ask the mechanism, not its name)
+    map_legend = ("attention of the query position over the positions before it", "attention probability")
+
+    @torch.no_grad()
+    def query_map(self, x: torch.Tensor, grid: tuple[int, int], index: int) -> torch.Tensor:
+        """The head-averaged attention probabilities of the query at raster ``index`` over the grid's
+        positions, with exactly the keys and mask the forward uses (zero outside its memory): ``x [B, N, D]``
+        (the layer's input) -> ``[B, N]`` in raster order, summing to 1 per image. Sec. 3.2 / Fig. 2 of the
+        paper in one picture: full attention spreads over every earlier position, ``local_1d`` over its query
+        block and the one before, ``local_2d`` over its block and flanges."""
+        b, n, _ = x.shape
+        q, k, _ = self._split(x)  # [B, h, N, dh]
+        qi = q[:, :, index : index + 1] * (self.dim // self.heads) ** -0.5  # [B, h, 1, dh]
+        if self.kind == "full":
+            idx = torch.arange(index + 1, device=x.device)
+            allowed = torch.ones(index + 1, dtype=torch.bool, device=x.device)
+        else:
+            plan = self.plan(*grid, x.device)
+            blk, row = divmod(int(plan.slot[index]), plan.q_index.shape[1])
+            idx, allowed = plan.kv_index[blk], plan.mask[blk, row] & (plan.kv_index[blk] < n)
+        keys = torch.cat([k, k.new_zeros(b, self.heads, 1, k.shape[-1])], dim=2)[:, :, idx]  # [B, h, M, dh]
+        scores = (qi @ keys.transpose(-2, -1))[:, :, 0].masked_fill(~allowed, float("-inf"))  # [B, h, M]
+        probs = scores.softmax(dim=-1).mean(dim=1)  # [B, M]
+        out = probs.new_zeros(b, n + 1).index_add_(1, idx, probs)
+        return out[:, :n]
+
     # ---- FlexAttention -----------------------------------------------------------------------------------
     def flex_mask(self, rows: int, cols: int, device=None):
         """``(BlockMask, order)`` of this module on a ``rows × cols`` grid (cached per grid and device).

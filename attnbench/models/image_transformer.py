@@ -449,6 +449,58 @@ class ImageTransformer(nn.Module):
         lp = dmol_pixel_log_probs(params, self._to_raster(x), self.levels)  # [B, H·W, C, levels]
         return self._from_raster(lp.flatten(1, 2))
 
+    # ---- maps (figures, ``python -m attnbench.compare_maps``) -------------------------------------------
+    def query_index(self, query: tuple[int, int] | None = None) -> int:
+        """The grid position of pixel ``query = (row, col)`` (default: the image centre ``(H//2, W//2)``);
+        with sub-pixels, its first channel."""
+        _, h, w = self.image_shape
+        row, col = query if query is not None else (h // 2, w // 2)
+        if not (0 <= row < h and 0 <= col < w):
+            raise ConfigError(f"query=({row}, {col}): expected a pixel of the {h}×{w} image")
+        pixel = row * w + col
+        return pixel if self.per_pixel else pixel * self.image_shape[0]
+
+    @torch.no_grad()
+    def mixer_maps(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, query: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What each layer's token mixer at the ``query`` pixel reads, over the image: ``{"layer<i>": [B, H,
+        W]}`` for integer images ``x [B, C, H, W]`` (the mixer's ``query_map``: attention probabilities, or
+        the Jacobian norm for modulation; summed over a pixel's sub-pixels). A grid position holds the
+        sub-pixel generated just before it (the input is shifted right), so a map lights the positions whose
+        *outputs* the query mixes. Mixers with no ``query_map`` (identity) give no map."""
+        self._check(x, y)
+        inputs: dict[int, tuple[torch.Tensor, tuple]] = {}
+        handles = []
+        for i, blk in enumerate(self.blocks):
+            if hasattr(blk.attn, "query_map"):
+
+                def hook(_mod, args, i=i):
+                    inputs[i] = (args[0].detach(), args[1])
+
+                handles.append(blk.attn.register_forward_pre_hook(hook))
+        try:
+            self._head(x, y)
+        finally:
+            for h in handles:
+                h.remove()
+        c, h, w = self.image_shape
+        index = self.query_index(query)
+        out = {}
+        for i, (inp, grid) in sorted(inputs.items()):
+            m = self.blocks[i].attn.query_map(inp, grid, index)  # [B, N] over the grid
+            out[f"layer{i + 1}"] = m.view(-1, h, w) if self.per_pixel else m.view(-1, h, w, c).sum(-1)
+        return out
+
+    def mixer_map_legends(self) -> dict[str, tuple[str, str]]:
+        """``{layer name: (what its map shows, unit)}`` for :meth:`mixer_maps`, as the mixer describes it."""
+        out = {}
+        for i, blk in enumerate(self.blocks):
+            legend = getattr(blk.attn, "map_legend", None)
+            if legend is not None and hasattr(blk.attn, "query_map"):
+                out[f"layer{i + 1}"] = legend
+        return out
+
     @torch.no_grad()
     def sample(
         self,

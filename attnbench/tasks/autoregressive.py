@@ -111,6 +111,10 @@ class AutoregressiveTask(BaseTask):
         """Floats in [0, 1] → integer levels ``round(x · (levels − 1))``."""
         return torch.round(x * (self.levels - 1)).long().clamp_(0, self.levels - 1)
 
+    def map_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input for its maps (``attnbench.compare_maps``): images in [0, 1] -> integer levels."""
+        return self.quantise(x)
+
     def forward(self, target: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, levels, C, H, W]`` of integer images ``target``."""
         return self.forward_net(target, y if self.conditional else None)
