@@ -121,12 +121,19 @@ def maps_figures(out: Path, family: str, task: str, mixer: str) -> list[str]:
     row = next((i + 2 for i, label in enumerate(labels) if label.split(" ")[0] == mixer), None)
     if row is None:
         return []
+    query = info.get("query")
+    what = (
+        f"what the query pixel (row {query[0]}, column {query[1]}; outlined) reads in each layer, "
+        if query
+        else ""
+    )
+    option = f" --query {query[0]},{query[1]}" if query else ""
     lines = [
         f"{family} · {task}: row {row} of each figure (row 1: the inputs; the rows below: "
         + ", ".join(labels)
-        + f"), {info.get('images')} {info.get('split')} images, "
+        + f"), {what}{info.get('images')} {info.get('split')} images, "
         f"colour scale `{info.get('scale')}` shared by all runs (made by `python -m attnbench.compare_maps "
-        "<those runs' folders> --out "
+        f"<those runs' folders>{option} --out "
         f"experiments/mixer_study/maps/{family}_{task}`; the folders are listed in its `compare_maps.json`):",
         "",
     ]
