@@ -422,6 +422,30 @@ class ShowAttendTell(nn.Module):
             "grid": torch.tensor(grid),
         }
 
+    # ------------------------------------------------------------------------------------------ maps
+    @torch.no_grad()
+    def mixer_maps(self, images: Tensor, max_len: int = 20) -> dict[str, Tensor]:
+        """Where the decoder looks over a whole caption: the greedy caption's ``alpha`` (Sec. 4, the
+        weights of the context over the annotation grid) averaged over its words, ``<end>`` included:
+        ``{"caption": [B, h, w]}`` for normalised ``images [B, C, H, W]``, each map summing to 1 (hard
+        attention: its evaluation read, the expected context by default). A mixer that does not read the
+        grid (``none``) gives no map."""
+        if not self.read_info[self.eval_mode()].reads_grid:
+            return {}
+        result = self.beam_search(images, beam_size=1, max_len=max_len)
+        h, w = (int(v) for v in result["grid"])
+        steps = torch.arange(result["alphas"].shape[1], device=images.device)
+        used = (steps[None] < result["lengths"][:, None]).to(result["alphas"].dtype)  # [B, T]
+        mean = (result["alphas"] * used[..., None]).sum(1) / used.sum(1, keepdim=True).clamp(min=1)
+        return {"caption": mean.view(-1, h, w)}
+
+    def mixer_map_legends(self) -> dict[str, tuple[str, str]]:
+        """``{"caption": (what, unit)}`` for :meth:`mixer_maps` (none for a mixer that does not read the
+        grid)."""
+        if not self.read_info[self.eval_mode()].reads_grid:
+            return {}
+        return {"caption": (f"{self.mixer} α averaged over the words of the greedy caption", "mean α")}
+
     def decode(self, tokens: Tensor, lengths: Tensor | None = None) -> list[list[str]]:
         """Word ids ``[B, T]`` -> lists of words, stopping at ``<end>`` (excluded) and skipping specials
         other than ``<unk>``."""

@@ -148,6 +148,10 @@ def has_map(role: str, mixer: str) -> bool:
 
     from attnbench.mechanisms.registry import get_builder
 
+    if role == "context":  # the captioner draws the alpha of every mixer that reads the annotation grid
+        from attnbench.mechanisms.registry import mixer_info
+
+        return mixer_info(role, mixer).reads_grid
     module = sys.modules.get(get_builder(role, mixer).__module__)
     return any(isinstance(v, type) and hasattr(v, "map_legend") for v in vars(module or object).values())
 
