@@ -435,6 +435,16 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
         cfg = cfg.copy()
         OmegaConf.update(cfg, "resume", True, force_add=True)
     resuming = bool(cfg.get("resume"))
+    if resuming and _is_multirun() and not run_markers(out):
+        # a sweep continued with resume=true: the jobs that never started are started (those that finished
+        # stay finished, the interrupted ones continue); a single run's resume of an empty folder is an error
+        print(
+            f"attnbench: resume=true in a sweep: {out} holds no run yet, so this job starts it",
+            file=sys.stderr,
+        )
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, "resume", False, force_add=True)
+        resuming = False
     if resuming:
         cfg = restore_saved_config(cfg, out)
     elif lead:

@@ -126,3 +126,19 @@ def test_multirun_into_an_existing_sweep_refuses_taken_jobs(tmp_path):
     assert {j: tree_digest(tmp_path / j) for j in ("0", "1")} == before
     kept = [p for p in tmp_path.glob("multirun.*.yaml")]
     assert len(kept) == 1 and kept[0].read_text() == original  # the first sweep's record is kept
+
+
+def test_a_sweep_continued_with_resume_runs_the_jobs_that_remain(tmp_path):
+    """An interrupted study goes on with ``resume=true`` and the sweep's command: a finished job stays as it
+    is, a job that never started starts (a single run's resume of an empty folder stays an error)."""
+    first = cli("-m", *TINY, "seed=0", f"hydra.sweep.dir={tmp_path}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = tree_digest(tmp_path / "0")
+    again = cli("-m", *TINY, "seed=0,1", "resume=true", f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert tree_digest(tmp_path / "0") == before  # complete: nothing written
+    started = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert started["status"] == "ok" and started["run/seed"] == 1
+    assert "holds no run yet, so this job starts it" in again.stderr
+    single = cli(*TINY, "resume=true", f"hydra.run.dir={tmp_path / 'empty'}")
+    assert single.returncode == 2 and "holds no saved run" in single.stderr
