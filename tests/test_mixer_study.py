@@ -144,3 +144,20 @@ def test_the_matched_table_never_takes_an_unwidened_run_of_a_widened_mixer(tmp_p
     assert "`pooling`" not in table and "`window_attention`" in table  # pooling has no widened run yet
     assert "**Not in this table:** `pooling`" in text
     assert "**Uncommitted changes:** 5 run(s)" in text and "focalnet/cluttered_digits/pooling_s1" in text
+
+
+def test_the_captioner_cell_reads_none_as_its_no_mixing_baseline(tmp_path):
+    """The context family has no identity mixer: the headline criterion compares the best mixer with
+    `none` (uniform weights: the same summary of the grid at every word)."""
+    bleu = {"focal_modulation": [0.90, 0.91, 0.92, 0.905, 0.915], "none": [0.70, 0.72, 0.71, 0.69, 0.705],
+            "soft": [0.95, 0.96, 0.955, 0.958, 0.952]}  # fmt: skip
+    for mixer, values in bleu.items():
+        for seed, value in enumerate(values):
+            run = tmp_path / "runs" / "show_attend_tell" / "digit_captions" / f"{mixer}_s{seed}"
+            run.mkdir(parents=True)
+            record = {"status": "ok", "test/bleu4": value, "run/variant": mixer, "provenance/commit": "abc"}
+            (run / "metrics.json").write_text(json.dumps(record))
+    found = _load().build(tmp_path / "runs", tmp_path / "out", "make_results.py").split("## Findings")[1]
+    assert "the best mixer, `soft` (0.955), is above the no-mixing baseline `none` (0.705)" in found
+    assert "the task needs mixing" in found and "**`none` − `focal_modulation`" in found
+    assert "**`soft` − `focal_modulation`" in found  # soft above focal at Holm p < 0.01

@@ -37,6 +37,10 @@ FAMILIES = {
     "image_transformer": ("test/bpd_second", False, ["test/bpd"]),
     "show_attend_tell": ("test/bleu4", True, ["test/attn_grounding", "test/cider"]),
 }
+# the mixer of each family that mixes nothing (the headline criterion's "identity baseline"): the captioner's
+# catalogue has no identity; its `none` reads the same uniform summary of the grid at every word (PROTOCOL.md,
+# amendment 10)
+NO_MIXING = {"show_attend_tell": "none"}
 COST = ["params", "flops_per_sample", "throughput/train_samples_per_sec"]
 PROBES = [
     "probe/shift_consistency/circular",
@@ -187,18 +191,19 @@ def findings(summaries: dict) -> list[str]:
         higher = FAMILIES.get(family, ("test/loss", False, []))[1]
         complete = {m: s for m, s in rows.items() if s.get("n", 0) >= SEEDS and not math.isnan(s["low"])}
         where = f"{family} · {task}"
-        if REFERENCE not in complete or "identity" not in complete:
-            lines.append(f"- {where}: no finding yet (the reference or identity lacks {SEEDS} runs).")
+        base = NO_MIXING.get(family, "identity")
+        if REFERENCE not in complete or base not in complete:
+            lines.append(f"- {where}: no finding yet (the reference or `{base}` lacks {SEEDS} runs).")
             continue
         best = (max if higher else min)(complete, key=lambda m: complete[m]["mean"])
-        b, i = complete[best], complete["identity"]
+        b, i = complete[best], complete[base]
         gap, halves = abs(b["mean"] - i["mean"]), _half(b) + _half(i)
-        needs = best != "identity" and gap > halves
+        needs = best != base and gap > halves
         side = "above" if higher else "below"
         lines.append(
-            f"- {where}: the best mixer, `{best}` ({fmt(b['mean'])}), is {side} the identity baseline "
-            f"({fmt(i['mean'])}) by {fmt(gap, 3)}, {'more' if needs else 'not more'} than the sum of their "
-            f"interval half-widths ({fmt(halves, 3)}): the task "
+            f"- {where}: the best mixer, `{best}` ({fmt(b['mean'])}), is {side} the no-mixing baseline "
+            f"`{base}` ({fmt(i['mean'])}) by {fmt(gap, 3)}, {'more' if needs else 'not more'} than the sum "
+            f"of their interval half-widths ({fmt(halves, 3)}): the task "
             f"{'needs mixing' if needs else 'does not show that it needs mixing'}."
         )
         hits = sorted(
