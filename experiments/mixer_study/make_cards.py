@@ -269,8 +269,8 @@ def card(mixer: str, summaries: dict, out: Path) -> str:
         lines += figures
     elif not any(has_map(role, mixer) for role in roles):
         lines.append(
-            "This mechanism's module declares no map for the study's figures (no `map_legend`), so it has "
-            "no row in them."
+            "This mechanism has no weights over positions to draw (its module declares no `map_legend`; a "
+            "context mixer: it reads no location), so it has no row in the study's figures."
         )
     else:
         lines.append("No comparison figure yet (`python -m attnbench.compare_maps` on the study's runs).")
