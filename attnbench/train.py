@@ -318,6 +318,34 @@ def build_wandb(cfg: DictConfig, lcfg: DictConfig, ident: dict[str, Any], run_id
     return logger
 
 
+def _sweep_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(str(HydraConfig.get().sweep.dir)).resolve()
+    except (ValueError, ImportError):
+        return None
+
+
+def _holds_other_runs(sweep: Path, job: Path, depth: int = 3) -> bool:
+    """Whether a folder under ``sweep`` (down to ``depth`` levels: job subdirs may nest) other than ``job``
+    holds a run."""
+    from attnbench.run_folder import run_markers
+
+    job = job.resolve()
+    level = [sweep]
+    for _ in range(depth):
+        level = [
+            p
+            for folder in level
+            for p in folder.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.resolve() != job
+        ]
+        if any(run_markers(p) for p in level):
+            return True
+    return False
+
+
 def _is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -437,7 +465,16 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
     resuming = bool(cfg.get("resume"))
     if resuming and _is_multirun() and not run_markers(out):
         # a sweep continued with resume=true: the jobs that never started are started (those that finished
-        # stay finished, the interrupted ones continue); a single run's resume of an empty folder is an error
+        # stay finished, the interrupted ones continue); a single run's resume of an empty folder is an error,
+        # and so is a sweep folder with no run of an earlier launch (a mistyped or timestamped sweep folder
+        # would otherwise start the whole study again)
+        sweep = _sweep_dir()
+        if sweep is None or not _holds_other_runs(sweep, out):
+            raise ConfigError(
+                f"resume=true but the sweep folder {sweep} holds no run of an earlier launch, so there is "
+                "nothing to continue: pass the study's folder (hydra.sweep.dir=DIR), or drop resume=true to "
+                "start the sweep"
+            )
         print(
             f"attnbench: resume=true in a sweep: {out} holds no run yet, so this job starts it",
             file=sys.stderr,

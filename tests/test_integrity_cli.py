@@ -142,3 +142,9 @@ def test_a_sweep_continued_with_resume_runs_the_jobs_that_remain(tmp_path):
     assert "holds no run yet, so this job starts it" in again.stderr
     single = cli(*TINY, "resume=true", f"hydra.run.dir={tmp_path / 'empty'}")
     assert single.returncode == 2 and "holds no saved run" in single.stderr
+    # a sweep folder with no run of an earlier launch (mistyped, or the default timestamped one): nothing is
+    # started, every job is one clear error
+    fresh = tmp_path / "typo"
+    wrong = cli("-m", *TINY, "seed=0,1", "resume=true", f"hydra.sweep.dir={fresh}")
+    assert wrong.returncode == 2 and wrong.stderr.count("holds no run of an earlier launch") == 2
+    assert not any((fresh / j / "metrics.json").exists() for j in ("0", "1"))
