@@ -17,31 +17,35 @@ def _silence_scores(module: torch.nn.Module) -> None:
             p.zero_()
 
 
-def test_neighborhood_uniform_attention_counts_the_neighbourhoods_holding_each_position():
+def test_neighborhood_uniform_attention_is_flat_though_borders_lie_in_fewer_windows():
     # 4 x 4 map, k = 3: along one axis the (inward-shifted) windows of queries 0..3 are [0,1,2], [0,1,2],
-    # [1,2,3], [1,2,3]: positions 0..3 lie in 2, 4, 4, 2 windows of 3 keys -> mass 2/3, 4/3, 4/3, 2/3
-    # per axis, and the 2-D value is the product (corner 4/9, centre 16/9).
+    # [1,2,3], [1,2,3]: positions 0..3 lie in 2, 4, 4, 2 windows of 3 keys, so uniform attention brings them
+    # 2/3, 4/3, 4/3, 2/3 per axis (corner 4/9, centre 16/9): the map divides that coverage out
     na = NeighborhoodAttention(8, num_heads=2, kernel_size=3)
     _silence_scores(na)
     with capture_maps(na) as maps:
         na(torch.randn(2, 8, 4, 4))
+    torch.testing.assert_close(maps[""], torch.ones(2, 4, 4))
+    probs = torch.full((1, 1, 16, 9), 1 / 9)
+    idx = na.key_index(4, 4).flatten()
+    raw = torch.zeros(16).index_add_(0, idx, probs.flatten())
     axis = torch.tensor([2, 4, 4, 2]) / 3
-    torch.testing.assert_close(maps[""], (axis[:, None] * axis[None, :]).expand(2, 4, 4))
+    torch.testing.assert_close(raw.view(4, 4), axis[:, None] * axis[None, :])
 
 
 def test_neighborhood_one_hot_attention_lands_on_its_key():
-    """A probability table with all mass on each query's first neighbour: the map counts how many queries
-    have that key first."""
+    """All mass on each query's first neighbour, 5 x 5, k = 3: the windows start at rows (and columns) 0, 0,
+    1, 2, 2, so (0, 0) is the first neighbour of 4 queries, (1, 1) of 1, (2, 2) of 4, (4, 4) of none; along an
+    axis positions 0..4 lie in 2, 3, 5, 3, 2 windows of 3 (coverage = the product over the two axes)."""
     na = NeighborhoodAttention(4, num_heads=1, kernel_size=3)
-    h = w = 5
-    probs = torch.zeros(1, 1, h * w, 9)
+    probs = torch.zeros(1, 1, 25, 9)
     probs[..., 0] = 1.0
-    got = na.received_map(probs, h, w)[0]
-    first = na.key_index(h, w)[:, 0]
-    expected = torch.bincount(first, minlength=h * w).float().view(h, w)
-    torch.testing.assert_close(got, expected)
-    # the first neighbour of rows 0..4 is row 0, 0, 1, 2, 2 (windows shifted inward): counted by hand
-    assert got[0, 0] == 4 and got[1, 1] == 1 and got[2, 2] == 4 and got[4, 4] == 0
+    got = na.received_map(probs, 5, 5)[0]
+    cover = torch.tensor([2, 3, 5, 3, 2]) / 3
+    assert got[0, 0] == pytest.approx(4 / (cover[0] * cover[0]))  # 9
+    assert got[1, 1] == pytest.approx(1 / (cover[1] * cover[1]))  # 1
+    assert got[2, 2] == pytest.approx(4 / (cover[2] * cover[2]))  # 1.44
+    assert got[4, 4] == 0
 
 
 def test_neighborhood_map_equals_the_dense_attention_it_computes():
@@ -54,11 +58,14 @@ def test_neighborhood_map_equals_the_dense_attention_it_computes():
     na.attn_map.register_forward_hook(lambda _m, _a, out: seen.setdefault("p", out))
     with capture_maps(na) as maps:
         y = na(x)
-    torch.testing.assert_close(y, na(x))
+    with torch.no_grad():  # without grad on CPU the layer runs FlexAttention: the map's path gives its output
+        torch.testing.assert_close(y, na(x), atol=1e-5, rtol=1e-5)
     p = seen["p"][0].mean(0)  # [N, K]
-    dense = torch.zeros(30, 30).scatter_add_(1, na.key_index(5, 6), p)
+    idx = na.key_index(5, 6)
+    dense = torch.zeros(30, 30).scatter_add_(1, idx, p)
+    uniform = torch.zeros(30, 30).scatter_add_(1, idx, torch.full_like(p, 1 / idx.shape[1]))
     torch.testing.assert_close(dense.sum(1), torch.ones(30))
-    torch.testing.assert_close(maps[""][0], dense.sum(0).view(5, 6))
+    torch.testing.assert_close(maps[""][0], (dense.sum(0) / uniform.sum(0)).view(5, 6))
 
 
 @pytest.mark.parametrize("pooled", [False, True])
@@ -71,17 +78,18 @@ def test_self_attention_uniform_attention_is_flat(pooled):
 
 
 def test_self_attention_map_reads_eq1():
-    """Keys that all queries prefer: with queries f = 1 everywhere and keys g carrying one channel's value,
-    softmax_i(f_jᵀ g_i) is the same for every query j, so the map is N · softmax(g) over positions."""
+    """Positions that every output position prefers (Eq. 1, s_ij = f(x_i)ᵀ g(x_j)): with g = 1 at every
+    output position j and f carrying one channel's value, softmax_i(s_ij) is the same for every j, so the map
+    is N · softmax(f) over positions."""
     sa = SelfAttention2d(8, pooled=False, residual=False)
     with torch.no_grad():
         sa.query.weight.zero_()
-        sa.query.weight[0, 0] = 1.0  # f(x)_0 = x_0
+        sa.query.weight[0, 0] = 1.0  # g(x)_0 = x_0 (the output position's projection)
         sa.key.weight.zero_()
-        sa.key.weight[0, 1] = 1.0  # g(x)_0 = x_1
+        sa.key.weight[0, 1] = 1.0  # f(x)_0 = x_1 (the attended position's projection)
     x = torch.zeros(1, 8, 3, 3)
-    x[0, 0] = 1.0  # every query's f = 1
-    x[0, 1] = torch.arange(9.0).view(3, 3) / 4  # keys' scores
+    x[0, 0] = 1.0  # every output position's g = 1
+    x[0, 1] = torch.arange(9.0).view(3, 3) / 4  # the attended positions' scores
     with capture_maps(sa) as maps:
         sa(x)
     expected = 9 * torch.softmax(torch.arange(9.0) / 4, dim=0).view(3, 3)

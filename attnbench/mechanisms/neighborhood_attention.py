@@ -139,14 +139,17 @@ class NeighborhoodAttention(nn.Module):
 
     def received_map(self, probs: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Attention each position receives, head-averaged and summed over the queries whose neighbourhood
-        holds it: ``probs [B, heads, H·W, k_h·k_w]`` (the direct path's) -> ``[B, H, W]``, averaging to 1
-        (every query spends one unit over its neighbours), so 1 = attended as much as the average position.
-        Border positions lie in fewer neighbourhoods (windows shift inward), so even uniform attention gives
-        a map that is not flat: on a 4 × 4 map with k = 3 the corners receive 4/9 and the centre 16/9."""
+        holds it, divided by what uniform attention gives it: ``probs [B, heads, H·W, k_h·k_w]`` (the direct
+        path's) -> ``[B, H, W]``; 1 = attended as if every query spread its attention evenly. Border positions
+        lie in fewer neighbourhoods (windows shift inward), so the raw sums are not flat even for uniform
+        attention (on a 4 × 4 map with k = 3 the corners get 4/9 and the centre 16/9): the division takes
+        that coverage out, as window attention's per-window map needs no such step."""
         idx = self.key_index(h, w, probs.device).flatten()  # [H·W · K]
         mass = probs.mean(dim=1).flatten(1)  # [B, H·W · K]
         out = mass.new_zeros(mass.shape[0], h * w).index_add_(1, idx, mass)
-        return out.view(-1, h, w)
+        k = probs.shape[-1]
+        coverage = mass.new_zeros(h * w).index_add_(0, idx, mass.new_full(idx.shape, 1.0 / k))
+        return (out / coverage).view(-1, h, w)
 
     def _direct(self, q, k, v, h: int, w: int) -> torch.Tensor:
         """Gathered neighbourhoods: [B, heads, H·W, d] ×3 -> [B, heads, H·W, d]."""

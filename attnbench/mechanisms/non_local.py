@@ -3,9 +3,14 @@
 Zhang, Goodfellow, Metaxas, Odena, "Self-Attention Generative Adversarial Networks", ICML 2019, Sec. 3.
 For ``x: [B, C, H, W]`` with ``N = H*W`` positions:
 
-    f(x) = W_f x   (queries, C/8 channels)        g(x) = W_g x   (keys, C/8)       h(x) = W_h x   (values)
-    beta_{j,i} = softmax_i( f(x_j)^T g(x_i) )     (Eq. 1: each query row j sums to 1 over key positions i)
+    f(x) = W_f x   (C/8 channels)     g(x) = W_g x   (C/8)     h(x) = W_h x   (values)
+    s_ij = f(x_i)^T g(x_j),  beta_{j,i} = softmax_i(s_ij)   (Eq. 1: how much output position j attends to
+                                                             position i; each row j sums to 1 over i)
     o_j = W_v sum_i beta_{j,i} h(x_i)             (Eq. 2: back to C channels)
+
+In today's terms g is the query projection (it reads the output position j) and f the key projection (it
+reads the attended positions i); the module names them so: ``self.query`` is the paper's W_g and ``self.key``
+its W_f (the official code's ``matmul(g, f^T)``).
     y = gamma * o + x,  gamma initialised to 0    (Eq. 3: the block is the identity at initialisation)
 
 Two variants:
@@ -53,8 +58,8 @@ class SelfAttention2d(nn.Module):
         if channels % qk_ratio or channels % v_ratio:
             raise ValueError(f"channels={channels} must be divisible by {qk_ratio} and {v_ratio}")
         self.channels, self.pooled = channels, pooled
-        self.query = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # f, W_f
-        self.key = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # g, W_g
+        self.query = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # g, W_g (output position j)
+        self.key = nn.Conv2d(channels, channels // qk_ratio, 1, bias=False)  # f, W_f (attended position i)
         self.value = nn.Conv2d(channels, channels // v_ratio, 1, bias=False)  # h, W_h
         self.out = nn.Conv2d(channels // v_ratio, channels, 1, bias=False)  # W_v
         self.gated_residual = residual  # the family asks: does the module add SAGAN's gated residual itself?
@@ -108,7 +113,7 @@ class SelfAttention2d(nn.Module):
     attr="attn",
     position_blind=True,
     paper="Zhang, Goodfellow, Metaxas, Odena: Self-Attention GANs, ICML 2019, Sec. 3 (eq. 1-2)",
-    equation="o_j = W_v Σ_i softmax_i(f(x_j)ᵀ g(x_i)) h(x_i)  (f, g: C/8 channels; no 1/√d)",
+    equation="o_j = W_v Σ_i softmax_i(f(x_i)ᵀ g(x_j)) h(x_i)  (f, g: C/8 channels; no 1/√d)",
 )
 def build_self_attention(
     dim: int, attn_variant: str = "paper", gated_residual: bool = False, **_
