@@ -51,6 +51,13 @@ class LoadedRun:
     task: Any
     datamodule: Any
     checkpoint: Path
+    weights: str = "raw"  # the weights the run tested (``test/weights``: raw, or the EMA copy)
+
+    @property
+    def net(self):
+        """The network whose maps are drawn: the one the run's test scores measured."""
+        ema = getattr(self.task, "net_ema", None)
+        return ema.module if self.weights == "ema" and ema is not None else self.task.net
 
 
 def tested_checkpoint(folder: Path) -> Path:
@@ -98,7 +105,12 @@ def load_run(folder: Path) -> LoadedRun:
     ckpt = tested_checkpoint(folder)
     task.load_state_dict(load_torch_file(ckpt, what="checkpoint")["state_dict"])
     task.eval()
-    return LoadedRun(folder, run_label(folder, cfg), cfg, task, dm, ckpt)
+    weights = "raw"
+    try:
+        weights = str(json.loads((folder / "metrics.json").read_text()).get("test/weights", "raw"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        pass
+    return LoadedRun(folder, run_label(folder, cfg), cfg, task, dm, ckpt, weights)
 
 
 def data_settings(cfg: Any) -> dict[str, Any]:
@@ -157,7 +169,7 @@ def run_maps(
     """One run's maps ``{name: [B, h, w]}`` of images ``x`` in [0, 1] and their legends. The task prepares
     the model's input (``map_input``: e.g. integer levels; else ``normalise``); ``query`` = the pixel whose
     maps a query-based model draws."""
-    net = run.task.net
+    net = run.net
     maps_fn = getattr(net, "mixer_maps", None)
     if maps_fn is None:
         raise ConfigError(f"{run.folder}: this model has no token-mixer maps (mixer_maps) to compare")
@@ -274,7 +286,7 @@ def compare(
             r.label = f"{r.label}\n{r.folder.name}"
     check_same_data(runs)
     x, y = first_images(runs[0], split, n_images)
-    queried = [takes_query(r.task.net) for r in runs]
+    queried = [takes_query(r.net) for r in runs]
     if any(queried) and not all(queried):
         raise ConfigError("the runs mix query-based maps (Image Transformer) with per-position maps")
     if query is not None and not (0 <= query[0] < x.shape[-2] and 0 <= query[1] < x.shape[-1]):
@@ -294,7 +306,12 @@ def compare(
         "images": int(len(x)),
         "query": list(query) if query is not None else None,
         "runs": [
-            {"folder": str(r.folder), "label": r.label.replace("\n", " "), "checkpoint": str(r.checkpoint)}
+            {
+                "folder": str(r.folder),
+                "label": r.label.replace("\n", " "),
+                "checkpoint": str(r.checkpoint),
+                "weights": r.weights,
+            }
             for r in runs
         ],
         "figures": {},
@@ -310,7 +327,14 @@ def compare(
             (run.label, relative(maps[name]) if scale == "relative" else maps[name])
             for run, maps, _ in computed
         ]
-        unit = "value / the map's mean (1 = uniform)" if scale == "relative" else units.pop()
+        if scale == "relative":
+            unit = (
+                "value / the map's mean over the image (1 = spread evenly over every pixel)"
+                if query is not None
+                else "value / the map's mean (1 = uniform)"
+            )
+        else:
+            unit = units.pop()
         h, w = rows[0][1].shape[-2:]
         title = f"{name} token-mixer maps ({h}×{w} tokens) of {len(runs)} runs, first {len(x)} {split} images"
         if query is not None:

@@ -66,10 +66,29 @@ def test_model_maps_per_layer_over_pixels(channels):
     assert sorted(maps) == ["layer1", "layer2"] and maps["layer1"].shape == (2, 6, 6)
     assert set(net.mixer_map_legends()) == {"layer1", "layer2"}
     flat = maps["layer2"].flatten(1)
-    torch.testing.assert_close(flat.sum(1), torch.ones(2))  # one query's probabilities, summed per pixel
-    assert (flat[:, 3 * 6 + 2 + 1 :] == 0).all()  # nothing after the query pixel (its first sub-pixel)
+    # one query's probabilities, summed per pixel; the start vector's share (read by the first position)
+    # belongs to no pixel
+    assert (flat.sum(1) <= 1 + 1e-6).all() and (flat.sum(1) > 0.5).all()
+    assert (flat[:, 3 * 6 + 2 :] == 0).all()  # nothing from the query pixel (first sub-pixel) on
     with pytest.raises(Exception, match="expected a pixel"):
         net.mixer_maps(x, query=(6, 0))
+
+
+def test_model_maps_sit_on_the_pixels_the_positions_carry():
+    """The input is shifted right: position j holds pixel j - 1 (raster order). local_1d, blocks of 4 on a
+    4 x 4 image: the query pixel (2, 1) = position 9 reads positions 4..9 (its block up to itself and the
+    block before), which carry pixels 3..8; full attention reads pixels 0..8."""
+    torch.manual_seed(4)
+    kw = {"image_size": 4, "levels": 4, "dim": 16, "depth": 1, "heads": 2, "block_length": 4}
+    x = torch.randint(0, 4, (2, 1, 4, 4))
+    for mixer, pixels in (("local_1d", range(3, 9)), ("full", range(0, 9))):
+        net = create_model("image_transformer", mixer=mixer, **kw).eval()
+        m = net.mixer_maps(x, query=(2, 1))["layer1"].flatten(1)
+        assert {int(i) for i in (m[0] > 0).nonzero()[:, 0]} == set(pixels), mixer
+        if mixer == "local_1d":  # every position it reads carries a pixel
+            torch.testing.assert_close(m.sum(1), torch.ones(2))
+        else:  # full attention also reads position 0, which carries the start vector (no pixel)
+            assert (m.sum(1) < 1).all()
 
 
 def test_identity_draws_no_map():

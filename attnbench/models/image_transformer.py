@@ -466,9 +466,12 @@ class ImageTransformer(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """What each layer's token mixer at the ``query`` pixel reads, over the image: ``{"layer<i>": [B, H,
         W]}`` for integer images ``x [B, C, H, W]`` (the mixer's ``query_map``: attention probabilities, or
-        the Jacobian norm for modulation; summed over a pixel's sub-pixels). A grid position holds the
-        sub-pixel generated just before it (the input is shifted right), so a map lights the positions whose
-        *outputs* the query mixes. Mixers with no ``query_map`` (identity) give no map."""
+        the Jacobian norm for modulation). The input is shifted right in generation order, so a grid position
+        holds the sub-pixel generated just before it (``prev``); each position's weight is moved onto that
+        sub-pixel, and a pixel's sub-pixels are summed: the map shows whose *values* the query reads (exactly
+        in the first layer; a later layer's position also carries what it mixed before). The query pixel
+        itself and everything generated after it are zero. Mixers with no ``query_map`` (identity) give no
+        map."""
         self._check(x, y)
         inputs: dict[int, tuple[torch.Tensor, tuple]] = {}
         handles = []
@@ -488,8 +491,13 @@ class ImageTransformer(nn.Module):
         index = self.query_index(query)
         out = {}
         for i, (inp, grid) in sorted(inputs.items()):
-            m = self.blocks[i].attn.query_map(inp, grid, index)  # [B, N] over the grid
-            out[f"layer{i + 1}"] = m.view(-1, h, w) if self.per_pixel else m.view(-1, h, w, c).sum(-1)
+            m = self.blocks[i].attn.query_map(inp, grid, index)  # [B, N] over the grid positions
+            carried = m.new_zeros(m.shape[0], m.shape[1] + 1).index_add_(1, self.prev, m)[
+                :, :-1
+            ]  # drop start
+            out[f"layer{i + 1}"] = (
+                carried.view(-1, h, w) if self.per_pixel else carried.view(-1, h, w, c).sum(-1)
+            )
         return out
 
     def mixer_map_legends(self) -> dict[str, tuple[str, str]]:

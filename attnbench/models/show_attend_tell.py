@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.errors import ConfigError
@@ -427,16 +428,20 @@ class ShowAttendTell(nn.Module):
     def mixer_maps(self, images: Tensor, max_len: int = 20) -> dict[str, Tensor]:
         """Where the decoder looks over a whole caption: the greedy caption's ``alpha`` (Sec. 4, the
         weights of the context over the annotation grid) averaged over its words, ``<end>`` included:
-        ``{"caption": [B, h, w]}`` for normalised ``images [B, C, H, W]``, each map summing to 1 (hard
-        attention: its evaluation read, the expected context by default). A mixer that does not read the
-        grid (``none``) gives no map."""
+        ``{"caption": [B, h, w]}`` for normalised ``images [B, C, H, W]``, each map summing to 1. Hard
+        attention shows its evaluation read: alpha for the expected context (``hard_eval=expected``, the
+        default), the one location it reads (a one-hot of argmax alpha) with ``hard_eval=argmax``. A mixer
+        that does not read the grid (``none``) gives no map."""
         if not self.read_info[self.eval_mode()].reads_grid:
             return {}
         result = self.beam_search(images, beam_size=1, max_len=max_len)
         h, w = (int(v) for v in result["grid"])
         steps = torch.arange(result["alphas"].shape[1], device=images.device)
         used = (steps[None] < result["lengths"][:, None]).to(result["alphas"].dtype)  # [B, T]
-        mean = (result["alphas"] * used[..., None]).sum(1) / used.sum(1, keepdim=True).clamp(min=1)
+        alphas = result["alphas"]
+        if self.eval_mode() == "hard":  # argmax evaluation: each word reads one location
+            alphas = F.one_hot(alphas.argmax(-1), alphas.shape[-1]).to(alphas.dtype)
+        mean = (alphas * used[..., None]).sum(1) / used.sum(1, keepdim=True).clamp(min=1)
         return {"caption": mean.view(-1, h, w)}
 
     def mixer_map_legends(self) -> dict[str, tuple[str, str]]:
@@ -444,6 +449,8 @@ class ShowAttendTell(nn.Module):
         grid)."""
         if not self.read_info[self.eval_mode()].reads_grid:
             return {}
+        if self.eval_mode() == "hard":
+            return {"caption": ("hard attention's read location (argmax α) over the greedy caption", "share")}
         return {"caption": (f"{self.mixer} α averaged over the words of the greedy caption", "mean α")}
 
     def decode(self, tokens: Tensor, lengths: Tensor | None = None) -> list[list[str]]:
