@@ -20,16 +20,21 @@ def _load():
     return module
 
 
+def write_cell(cell: Path, metric: str, values: dict[str, list[float]], **extra) -> None:
+    """Made-up finished runs ``<cell>/<mixer>_s<seed>/metrics.json``, one per value."""
+    for mixer, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            run = cell / f"{mixer}_s{seed}"
+            run.mkdir(parents=True)
+            record = {"status": "ok", metric: value, "run/variant": mixer, "provenance/commit": "abc"}
+            record.update(extra)
+            (run / "metrics.json").write_text(json.dumps(record))
+
+
 def test_results_rank_and_correct_a_made_up_study(tmp_path):
     accs = {"focal_modulation": [0.91, 0.92, 0.905, 0.915, 0.918], "identity": [0.6, 0.62, 0.61, 0.59, 0.605],
             "window_attention": [0.912, 0.915, 0.9, 0.92, 0.91]}  # fmt: skip
-    for mixer, values in accs.items():
-        for seed, acc in enumerate(values):
-            run = tmp_path / "runs" / "focalnet" / "pathfinder" / f"{mixer}_s{seed}"
-            run.mkdir(parents=True)
-            record = {"status": "ok", "test/acc": acc, "run/variant": mixer, "params": 1000,
-                      "provenance/commit": "abc"}  # fmt: skip
-            (run / "metrics.json").write_text(json.dumps(record))
+    write_cell(tmp_path / "runs" / "focalnet" / "pathfinder", "test/acc", accs, params=1000)
     bad = tmp_path / "runs" / "focalnet" / "pathfinder" / "random_s0"
     bad.mkdir()
     (bad / "metrics.json").write_text(json.dumps({"status": "failed"}))
@@ -151,12 +156,7 @@ def test_the_captioner_cell_reads_none_as_its_no_mixing_baseline(tmp_path):
     `none` (uniform weights: the same summary of the grid at every word)."""
     bleu = {"focal_modulation": [0.90, 0.91, 0.92, 0.905, 0.915], "none": [0.70, 0.72, 0.71, 0.69, 0.705],
             "soft": [0.95, 0.96, 0.955, 0.958, 0.952]}  # fmt: skip
-    for mixer, values in bleu.items():
-        for seed, value in enumerate(values):
-            run = tmp_path / "runs" / "show_attend_tell" / "digit_captions" / f"{mixer}_s{seed}"
-            run.mkdir(parents=True)
-            record = {"status": "ok", "test/bleu4": value, "run/variant": mixer, "provenance/commit": "abc"}
-            (run / "metrics.json").write_text(json.dumps(record))
+    write_cell(tmp_path / "runs" / "show_attend_tell" / "digit_captions", "test/bleu4", bleu)
     found = _load().build(tmp_path / "runs", tmp_path / "out", "make_results.py").split("## Findings")[1]
     assert "the best mixer, `soft` (0.955), is above the no-mixing baseline `none` (0.705)" in found
     assert "the task needs mixing" in found and "**`none` − `focal_modulation`" in found
