@@ -168,8 +168,8 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         lines.append(
             f"**Incomplete cell:** the protocol asks for {SEEDS} seeds per mixer; "
             + ", ".join(f"`{m}` has {n}" for m, n in sorted(short.items()))
-            + ". Those rows are not results yet (a mixer with one run is not compared); the findings below use "
-            f"only the mixers with {SEEDS} runs."
+            + ". Those rows are not results yet (a mixer with one run is not compared); the findings below "
+            f"use only the mixers with {SEEDS} runs."
         )
     lines.append("")
     return lines, summary
