@@ -1,5 +1,11 @@
-"""``python -m attnbench.compare_maps RUN [RUN ...] [--out DIR] [--images N] [--split test|val] [--scale S]``:
-the token-mixer maps of several runs of one family over the same images, on one colour scale.
+"""``python -m attnbench.compare_maps RUN [RUN ...] [--out DIR] [--images N] [--split test|val] [--scale S]
+[--query ROW,COL]``: the token-mixer maps of several runs of one family over the same images, on one colour
+scale.
+
+What a map is depends on the family: FocalNet's mixers give one map per stage (|h(ctx)|, or the attention each
+position receives); the Image Transformer's causal mixers give, per layer, what one query pixel reads
+(``--query``, default the centre; outlined in the figure and recorded); the captioner gives the mean
+attention of its greedy caption.
 
 Each run's own figures (``figures/maps_*``) scale colour to that run's values, so two mixers' figures cannot
 be read side by side. Here every run is rebuilt from its checked saved configuration (``.hydra/``), loaded
