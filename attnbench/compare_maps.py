@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +262,12 @@ def comparison_figure(
     return fig, (vmin, vmax)
 
 
+def _from(out: Path, path: Path) -> str:
+    """``path`` relative to the comparison's folder ``out`` (so a record committed beside its runs resolves in
+    any clone: ``out / record["runs"][i]["folder"]``)."""
+    return os.path.relpath(Path(path).resolve(), Path(out).resolve())
+
+
 def compare(
     folders: list[Path],
     out: Path,
@@ -313,9 +320,9 @@ def compare(
         "query": list(query) if query is not None else None,
         "runs": [
             {
-                "folder": str(r.folder),
+                "folder": _from(out, r.folder),
                 "label": r.label.replace("\n", " "),
-                "checkpoint": str(r.checkpoint),
+                "checkpoint": _from(out, r.checkpoint),
                 "weights": r.weights,
             }
             for r in runs

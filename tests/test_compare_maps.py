@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +46,11 @@ def test_two_mixers_share_one_colour_scale(two_runs, tmp_path):
     assert [r["label"].split()[0] for r in record["runs"]] == ["focal_modulation", "global_attention"]
     assert set(record["figures"]) >= {"stage1", "stage2"}
     assert json.loads((out / "compare_maps.json").read_text()) == record
+    # runs are recorded relative to the comparison's folder: the record resolves wherever the tree is cloned
+    for entry, mixer in zip(record["runs"], ("focal_modulation", "global_attention")):
+        assert not Path(entry["folder"]).is_absolute()
+        assert (out / entry["folder"]).resolve() == (two_runs / mixer).resolve()
+        assert (out / entry["checkpoint"]).is_file()
     # the colour limits span both runs' relative maps: recomputed here from the same images and checkpoints
     runs = [load_run(two_runs / m) for m in ("focal_modulation", "global_attention")]
     x, _ = first_images(runs[0], "test", 3)
