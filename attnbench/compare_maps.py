@@ -212,6 +212,21 @@ def shared_limits(maps: list[torch.Tensor]) -> tuple[float, float]:
     return lo, hi if hi - lo > 1e-8 else lo + 1e-8
 
 
+def wrap_label(label: str, width: int = 14) -> str:
+    """A row label that fits its row: each line longer than ``width`` characters is broken after its
+    underscores (``neighborhood_attention`` -> ``neighborhood_`` / ``attention``); other lines stay whole."""
+    out = []
+    for line in label.split("\n"):
+        parts, current = [], ""
+        for piece in line.replace("_", "_\0").split("\0"):
+            if current and len(current) + len(piece) > width:
+                parts.append(current)
+                current = ""
+            current += piece
+        out.extend([*parts, current])
+    return "\n".join(out)
+
+
 def comparison_figure(
     images: torch.Tensor,
     rows: list[tuple[str, torch.Tensor]],
@@ -254,7 +269,7 @@ def comparison_figure(
             ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=1.2))
     axes[0, 0].set_ylabel("input", fontsize=FONT)
     for r, (label, _) in enumerate(ups, start=1):
-        axes[r, 0].set_ylabel(label, fontsize=FONT - 2)
+        axes[r, 0].set_ylabel(wrap_label(label), fontsize=FONT - 2)
     bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
     bar.set_label(unit, fontsize=FONT)
     bar.ax.tick_params(labelsize=FONT - 1)

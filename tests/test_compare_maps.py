@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import compose_cfg, run_cfg
 
-from attnbench.compare_maps import compare, main, relative, shared_limits
+from attnbench.compare_maps import compare, main, relative, shared_limits, wrap_label
 
 TINY = [
     "data.image_size=32",
@@ -162,3 +162,10 @@ def test_maps_come_from_the_weights_the_run_tested(tmp_path):
     torch.testing.assert_close(ema, run.task.net_ema.module.mixer_maps(run.task.normalise(x))["stage1"])
     run.weights = "raw"
     assert not torch.allclose(run_maps(run, x)[0]["stage1"], ema)
+
+
+def test_row_labels_wrap_after_underscores_to_fit_their_row():
+    assert wrap_label("neighborhood_attention\nseed 2") == "neighborhood_\nattention\nseed 2"
+    assert wrap_label("full\nseed 0") == "full\nseed 0"  # short lines stay whole
+    assert wrap_label("global_attention\nrerun_s2") == "global_\nattention\nrerun_s2"
+    assert all(len(line) <= 14 for line in wrap_label("window_attention_matched").split("\n"))
