@@ -1,5 +1,6 @@
-"""FLOPs per sample of a study cell's mixers at candidate widths, and the width of each whose FLOPs come closest
-to the reference's (PROTOCOL.md, "Cost beside quality": fixed from FLOP counts alone, before any matched run).
+"""FLOPs per sample of a study cell's mixers at candidate widths, and the width of each whose FLOPs come
+closest to the reference's (PROTOCOL.md, "Cost beside quality": fixed from FLOP counts alone, before any
+matched run).
 
 The count is the one every run records as ``flops_per_sample`` (``attnbench.metrics.flops.forward_flops`` on
 the network the app builds from the composed experiment config, with the task's own example input), so a
@@ -58,8 +59,8 @@ CELLS = {
     # the generator's width unit (G has ch * min(16, S / r) channels at resolution r), in steps of 8
     "sagan": (
         "mixer_study_sagan",
-        ["focal_modulation", "self_attention", "window_attention", "global_attention", "neighborhood_attention",
-         "identity", "pooling", "dwconv", "random", "none"],
+        ["focal_modulation", "self_attention", "window_attention", "global_attention",
+         "neighborhood_attention", "identity", "pooling", "dwconv", "random", "none"],
         Width("model.ch", 32, 8),
     ),  # fmt: skip
 }
@@ -118,10 +119,13 @@ def choose(family: str, widths: list[int]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=sorted(CELLS))
-    parser.add_argument("--max-steps", type=int, default=4, help="candidate widths: default ± this many steps")
+    parser.add_argument(
+        "--max-steps", type=int, default=4, help="candidate widths: the default ± this many steps"
+    )
     args = parser.parse_args(argv)
     _, _, width = CELLS[args.family]
-    widths = [w for k in range(-args.max_steps, args.max_steps + 1) if (w := width.default + k * width.step) > 0]
+    steps = range(-args.max_steps, args.max_steps + 1)
+    widths = [w for k in steps if (w := width.default + k * width.step) > 0]
     choose(args.family, widths)
     return 0
 
