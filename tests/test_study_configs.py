@@ -12,6 +12,9 @@ from attnbench.mechanisms.registry import list_mixers
 TINY = ["trainer.max_epochs=1", "probe.num_images=16", "probe.erf_images=2", "trainer.max_time=null"]
 TINY_DATA = ["data.num_train=64", "data.num_val=32", "data.num_test=32"]
 CAPTION_DATA = ["data.train_size=64", "data.val_size=32", "data.test_size=32"]
+GAN_TINY = ["model.ch=8", "model.task.val_samples=20", "model.task.val_splits=2",
+            "model.task.test_samples=20", "model.task.test_splits=2", "model.task.eval_batch_size=10",
+            "model.task.scorer_epochs=1", "model.task.standing_batches=1"]  # fmt: skip
 STUDY_CONFIGS = sorted(
     p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem.startswith(("calibrate_", "mixer_study_"))
 )
@@ -33,11 +36,13 @@ def sweep_params(name: str) -> dict:
         ("mixer_study_focalnet", "spatial"),
         ("mixer_study_image_transformer", "causal"),
         ("mixer_study_show_attend_tell", "context"),
+        ("mixer_study_sagan", "spatial"),
     ],
 )
 def test_the_mixer_study_sweeps_every_mixer_of_the_role_over_five_seeds(name, role):
     params = sweep_params(name)
-    assert sorted(str(params["model.mixer"]).split(",")) == list_mixers(role)
+    extra = ["none"] if "sagan" in name else []  # SAGAN's own no-block option beside the catalogue's mixers
+    assert sorted(str(params["model.mixer"]).split(",")) == sorted([*list_mixers(role), *extra])
     assert str(params["seed"]).split(",") == ["0", "1", "2", "3", "4"]
     assert list(params)[0] == "seed"  # seed-major: an interrupted study holds whole seeds
 
@@ -46,13 +51,18 @@ def test_the_mixer_study_sweeps_every_mixer_of_the_role_over_five_seeds(name, ro
 @pytest.mark.parametrize("name", STUDY_CONFIGS)
 def test_study_config_trains_a_tiny_job(name, tmp_path):
     mixer = str(sweep_params(name)["model.mixer"]).split(",")[-1]
-    captions = "show_attend_tell" in name
-    data = CAPTION_DATA if captions else TINY_DATA
+    captions, gan = "show_attend_tell" in name, "sagan" in name
+    data = CAPTION_DATA if captions else [*TINY_DATA, *GAN_TINY] if gan else TINY_DATA
     cfg = compose_cfg([f"experiment={name}", f"model.mixer={mixer}", *TINY, *data], tmp_path)
     metrics = run_cfg(cfg)
     assert metrics["status"] == "ok" and metrics["run/variant"] == mixer
     twin = "twin" in name or "image_transformer" in name
-    key = "test/bleu4" if captions else "test/bpd_second" if twin else "test/acc"
+    key = (
+        "test/bleu4" if captions
+        else "test/twin_consistency" if gan
+        else "test/bpd_second" if twin
+        else "test/acc"
+    )  # fmt: skip
     assert key in metrics
     if cfg.get("probes"):
         assert "probe/shift_consistency/circular" in metrics
@@ -86,3 +96,34 @@ def test_the_matched_flops_widths_follow_the_protocol_rule():
             assert min(gaps, key=gaps.get) == width, (mixer, gaps)
         else:
             assert abs(at_default - reference) <= 0.1 * reference, mixer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "experiment"),
+    [
+        ("image_transformer", "mixer_study_image_transformer_matched_flops"),
+        ("show_attend_tell", "mixer_study_show_attend_tell_matched_flops"),
+    ],
+)
+def test_the_matched_widths_are_those_whose_flops_come_closest(family, experiment):
+    """PROTOCOL.md amendment 14: each widened mixer's width in the config is the one whose FLOPs per sample,
+    as its run records them, come closest to focal modulation's; the mixers it widens are exactly those more
+    than 10 % away at the default width, and the matched run is closer to the reference than the default."""
+    import sys
+
+    sys.path.insert(0, str(CONF.parent / "experiments" / "mixer_study"))
+    from matched_widths import CELLS, choose, flops_per_sample
+
+    _, _, width = CELLS[family]
+    chosen = choose(family, [width.default + k * width.step for k in range(-3, 5)])
+    cfg = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")
+    table = OmegaConf.to_container(cfg.matched_width)
+    configured = {m: (w["dim"] if isinstance(w, dict) else w) for m, w in table.items()}
+    assert configured == {m: w for m, w in chosen.items() if w != width.default}
+    assert str(sweep_params(experiment)["model.mixer"]).split(",") == list(configured)
+    mixer = next(iter(configured))
+    reference = flops_per_sample(CELLS[family][0], ["model.mixer=focal_modulation"])
+    matched = flops_per_sample(experiment, [f"model.mixer={mixer}"])
+    default = flops_per_sample(CELLS[family][0], [f"model.mixer={mixer}"])
+    assert abs(matched - reference) < abs(default - reference)
