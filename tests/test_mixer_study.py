@@ -161,3 +161,24 @@ def test_the_captioner_cell_reads_none_as_its_no_mixing_baseline(tmp_path):
     assert "the best mixer, `soft` (0.955), is above the no-mixing baseline `none` (0.705)" in found
     assert "the task needs mixing" in found and "**`none` − `focal_modulation`" in found
     assert "**`soft` − `focal_modulation`" in found  # soft above focal at Holm p < 0.01
+
+
+def test_a_complete_matched_table_states_its_findings_with_its_own_holm_family(tmp_path):
+    """An Image Transformer table at matched FLOPs (lower is better): the widened mixers' contrasts with the
+    reference, Holm-corrected over the table's own family, split into findings (p < 0.01) and the rest."""
+    focal = [2.09, 2.10, 2.08, 2.11, 2.095]
+    wide = {"full": [0.10, 0.12, 0.09, 0.11, 0.10], "local_1d": [2.08, 2.12, 2.07, 2.13, 2.10]}
+    write_cell(tmp_path / "runs" / "image_transformer" / "twin_digits", "test/bpd_second",
+               {"focal_modulation": focal}, flops_per_sample=13.2e6)  # fmt: skip
+    write_cell(tmp_path / "runs" / "image_transformer_matched_flops" / "twin_digits", "test/bpd_second", wide,
+               flops_per_sample=12e6)  # fmt: skip
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    assert "Matched FLOPs (PROTOCOL.md amendment 14)" in text
+    findings = text.split("## Findings")[1].split("- image_transformer_matched_flops · twin_digits")[1]
+    p = [stats.ttest_ind(wide[m], focal, equal_var=False).pvalue for m in ("full", "local_1d")]
+    full_holm, local_holm = holm(p)
+    assert full_holm < 0.01 <= local_holm
+    assert f"**`full` − `focal_modulation` = {sum(wide['full']) / 5 - sum(focal) / 5:+.4g}" in findings
+    assert f"Holm-corrected p = {full_holm:.3g}" in findings
+    assert "not separated at Holm p < 0.01: `local_1d` (" in findings
+    assert f"p = {local_holm:.3g})" in findings

@@ -49,6 +49,8 @@ PROBES = [
     "probe/corruption/mean",
 ]  # the probes' keys (attnbench.probe)
 MATCHED = "_matched_flops"  # suffix of a family folder holding the matched-FLOPs runs
+MATCHED_AMENDMENTS = {"focalnet": "amendments 3 and 5", "image_transformer": "amendment 14",
+                      "show_attend_tell": "amendment 14"}  # fmt: skip  # where each table's widths were fixed
 MATCH_TOLERANCE = 0.10  # FLOPs within 10 % of the reference's count as matched (PROTOCOL.md, cost)
 HEADLINE_P = 0.01
 SEEDS = 5  # per cell (PROTOCOL.md)
@@ -187,7 +189,10 @@ def findings(summaries: dict) -> list[str]:
     the published orderings set against ours; every number read from the summaries."""
     lines = ["## Findings (the protocol's headline criterion, applied by this script)", ""]
     for (family, task), rows in sorted(summaries.items()):
-        if family.endswith(MATCHED) or not rows:
+        if family.endswith(MATCHED) and rows:
+            lines += matched_findings(family, task, rows)
+            continue
+        if not rows:
             continue
         higher = FAMILIES.get(family, ("test/loss", False, []))[1]
         complete = {m: s for m, s in rows.items() if s.get("n", 0) >= SEEDS and not math.isnan(s["low"])}
@@ -222,6 +227,30 @@ def findings(summaries: dict) -> list[str]:
         if family == "focalnet":
             lines += published_orderings(complete, higher)
     return lines + [""]
+
+
+def matched_findings(family: str, task: str, rows: dict) -> list[str]:
+    """The contrasts with the reference that are findings (Holm p < 0.01) at matched FLOPs, and those that are
+    not, once every mixer of the table has its runs (the main cell's criterion says whether the task needs
+    mixing; matching cost changes the widths, not the task)."""
+    where = f"{family} · {task}"
+    if any(s.get("n", 0) < SEEDS for s in rows.values()):
+        return [f"- {where}: not complete yet (a mixer has fewer than {SEEDS} runs)."]
+    hits = {m: s["contrast"] for m, s in rows.items() if s["contrast"] and s["contrast"].p_holm < HEADLINE_P}
+    others = [m for m, s in rows.items() if s["contrast"] and m not in hits]
+    lines = [f"- {where} (each mixer at focal modulation's FLOPs):"]
+    for m, c in sorted(hits.items(), key=lambda kv: kv[1].p_holm):
+        lines.append(
+            f"  - **`{m}` − `{REFERENCE}` = {c.diff:+.4g} [{c.low:+.3g}, {c.high:+.3g}]**, "
+            f"Holm-corrected p = {fmt(c.p_holm, 3)}"
+        )
+    if others:
+        lines.append(
+            "  - not separated at Holm p < 0.01: "
+            + ", ".join(f"`{m}` ({rows[m]['contrast'].diff:+.4g}, p = {fmt(rows[m]['contrast'].p_holm, 3)})"
+                        for m in others)  # fmt: skip
+        )
+    return lines
 
 
 def published_orderings(complete: dict, higher: bool) -> list[str]:
@@ -323,7 +352,9 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
             missing = sorted(m for m in main if m not in near and m not in mixers)
             mixers = {**{m: runs for m, runs in main.items() if m in near and m not in mixers}, **mixers}
             lines += [
-                f"Matched FLOPs (PROTOCOL.md amendments 3 and 5): {', '.join(f'`{m}`' for m in widened)} "
+                f"Matched FLOPs (PROTOCOL.md "
+                f"{MATCHED_AMENDMENTS.get(family.removesuffix(MATCHED), 'amendments')}): "
+                f"{', '.join(f'`{m}`' for m in widened)} "
                 f"widened to the reference's FLOPs per sample (runs in `{family}/{task}/`); the other mixers "
                 f"are the main study's runs of `{family.removesuffix(MATCHED)}/{task}/` within "
                 f"{MATCH_TOLERANCE:.0%} of the reference's FLOPs.",
