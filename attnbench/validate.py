@@ -74,10 +74,26 @@ def validate_config(cfg: DictConfig) -> None:
 
     validate_trainer(cfg)
     validate_model_choice(cfg)
+    validate_matched_width(cfg)
     validate_generator_conditioning(cfg)
     _validate_gan_evaluation(cfg)
     if cfg.get("probes"):
         validate_probe(cfg)
+
+
+def validate_matched_width(cfg: DictConfig) -> None:
+    """A matched-FLOPs experiment (a ``matched_width`` table: mixer -> its width at the reference's FLOPs,
+    e.g. ``experiment=mixer_study_image_transformer_matched_flops``) runs only the mixers its table widens."""
+    table = cfg.get("matched_width")
+    if table is None:
+        return
+    mixer = (cfg.get("model") or {}).get("mixer")
+    if mixer not in table:
+        raise ConfigError(
+            f"model.mixer={mixer!r}: this matched-FLOPs experiment sets widths for "
+            f"{', '.join(str(m) for m in table)} only (its `matched_width` table); the reference and the "
+            "mixers already within 10 % of its FLOPs run at the default width, in the main study's experiment"
+        )
 
 
 def validate_probe(cfg: DictConfig) -> None:

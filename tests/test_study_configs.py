@@ -127,3 +127,22 @@ def test_the_matched_widths_are_those_whose_flops_come_closest(family, experimen
     matched = flops_per_sample(experiment, [f"model.mixer={mixer}"])
     default = flops_per_sample(CELLS[family][0], [f"model.mixer={mixer}"])
     assert abs(matched - reference) < abs(default - reference)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "allowed"),
+    [
+        ("mixer_study_image_transformer_matched_flops", "full, local_1d, local_2d, identity"),
+        ("mixer_study_show_attend_tell_matched_flops", "soft, hard, none"),
+    ],
+)
+def test_a_matched_flops_experiment_refuses_a_mixer_it_does_not_widen(experiment, allowed, tmp_path):
+    from attnbench.errors import ConfigError
+    from attnbench.validate import validate_config
+
+    cfg = compose_cfg([f"experiment={experiment}", "model.mixer=focal_modulation"], tmp_path)
+    with pytest.raises(ConfigError, match=f"model.mixer='focal_modulation'.*widths for {allowed} only"):
+        validate_config(cfg)
+    sweep = sweep_params(experiment)
+    for mixer in str(sweep["model.mixer"]).split(","):  # every mixer the sweep runs passes
+        validate_config(compose_cfg([f"experiment={experiment}", f"model.mixer={mixer}"], tmp_path))
