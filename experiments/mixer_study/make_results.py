@@ -184,34 +184,73 @@ def _half(s: dict) -> float:
     return (s["high"] - s["low"]) / 2
 
 
-def findings(summaries: dict) -> list[str]:
+def flops_ratios(mixers: dict) -> list[str]:
+    """A matched table's FLOPs per sample of each mixer over the reference's, and the rows outside
+    :data:`MATCH_TOLERANCE` (the closest width the protocol's step allows can still miss)."""
+    flops = {}
+    for m, runs in mixers.items():
+        values = [f for r in runs if (f := _number(r.get("flops_per_sample"))) is not None]
+        if values:
+            flops[m] = statistics.fmean(values)
+    ref = flops.get(REFERENCE)
+    if not ref:
+        return []
+    ratios = {m: f / ref for m, f in flops.items() if m != REFERENCE}
+    outside = [m for m, r in ratios.items() if abs(r - 1) > MATCH_TOLERANCE]
+    line = "FLOPs per sample over the reference's: " + ", ".join(
+        f"`{m}` {r:.3f}×" for m, r in sorted(ratios.items(), key=lambda kv: kv[1])
+    )
+    if outside:
+        line += (
+            f"; **outside {MATCH_TOLERANCE:.0%}:** " + ", ".join(f"`{m}`" for m in outside)
+            + " (the closest width the protocol's step allows; their contrasts are at unequal cost)"
+        )
+    return [line + ".", ""]
+
+
+def needs_mixing(family: str, rows: dict) -> tuple[bool | None, str]:
+    """The headline criterion's first half for a main cell: ``(True/False, sentence)``, or ``(None,
+    reason)`` while the reference or the no-mixing baseline lacks its runs."""
+    higher = FAMILIES.get(family, ("test/loss", False, []))[1]
+    complete = {m: s for m, s in rows.items() if s.get("n", 0) >= SEEDS and not math.isnan(s["low"])}
+    base = NO_MIXING.get(family, "identity")
+    if REFERENCE not in complete or base not in complete:
+        return None, f"no finding yet (the reference or `{base}` lacks {SEEDS} runs)."
+    best = (max if higher else min)(complete, key=lambda m: complete[m]["mean"])
+    b, i = complete[best], complete[base]
+    gap, halves = abs(b["mean"] - i["mean"]), _half(b) + _half(i)
+    needs = best != base and gap > halves
+    side = "above" if higher else "below"
+    return needs, (
+        f"the best mixer, `{best}` ({fmt(b['mean'])}), is {side} the no-mixing baseline "
+        f"`{base}` ({fmt(i['mean'])}) by {fmt(gap, 3)}, {'more' if needs else 'not more'} than the sum "
+        f"of their interval half-widths ({fmt(halves, 3)}): the task "
+        f"{'needs mixing' if needs else 'does not show that it needs mixing'}."
+    )
+
+
+def findings(summaries: dict, unmatched: dict | None = None) -> list[str]:
     """The headline criterion of PROTOCOL.md applied to each complete cell (every mixer with SEEDS runs), and
-    the published orderings set against ours; every number read from the summaries."""
+    the published orderings set against ours; every number read from the summaries. ``unmatched``: per
+    matched-FLOPs table, the mixers it still lacks."""
     lines = ["## Findings (the protocol's headline criterion, applied by this script)", ""]
     for (family, task), rows in sorted(summaries.items()):
         if family.endswith(MATCHED) and rows:
-            lines += matched_findings(family, task, rows)
+            base_family = family.removesuffix(MATCHED)
+            needs, _ = needs_mixing(base_family, summaries.get((base_family, task), {}))
+            missing = (unmatched or {}).get((family, task), [])
+            lines += matched_findings(family, task, rows, missing, needs)
             continue
         if not rows:
             continue
-        higher = FAMILIES.get(family, ("test/loss", False, []))[1]
         complete = {m: s for m, s in rows.items() if s.get("n", 0) >= SEEDS and not math.isnan(s["low"])}
         where = f"{family} · {task}"
-        base = NO_MIXING.get(family, "identity")
-        if REFERENCE not in complete or base not in complete:
-            lines.append(f"- {where}: no finding yet (the reference or `{base}` lacks {SEEDS} runs).")
+        needs, sentence = needs_mixing(family, rows)
+        if needs is None:
+            lines.append(f"- {where}: {sentence}")
             continue
-        best = (max if higher else min)(complete, key=lambda m: complete[m]["mean"])
-        b, i = complete[best], complete[base]
-        gap, halves = abs(b["mean"] - i["mean"]), _half(b) + _half(i)
-        needs = best != base and gap > halves
-        side = "above" if higher else "below"
-        lines.append(
-            f"- {where}: the best mixer, `{best}` ({fmt(b['mean'])}), is {side} the no-mixing baseline "
-            f"`{base}` ({fmt(i['mean'])}) by {fmt(gap, 3)}, {'more' if needs else 'not more'} than the sum "
-            f"of their interval half-widths ({fmt(halves, 3)}): the task "
-            f"{'needs mixing' if needs else 'does not show that it needs mixing'}."
-        )
+        higher = FAMILIES.get(family, ("test/loss", False, []))[1]
+        lines.append(f"- {where}: {sentence}")
         hits = sorted(
             (m for m, s in complete.items() if s["contrast"] and s["contrast"].p_holm < HEADLINE_P),
             key=lambda m: complete[m]["contrast"].p_holm,
@@ -229,20 +268,26 @@ def findings(summaries: dict) -> list[str]:
     return lines + [""]
 
 
-def matched_findings(family: str, task: str, rows: dict) -> list[str]:
+def matched_findings(
+    family: str, task: str, rows: dict, missing: list[str] = (), needs: bool | None = True
+) -> list[str]:
     """The contrasts with the reference that are findings (Holm p < 0.01) at matched FLOPs, and those that are
-    not, once every mixer of the table has its runs (the main cell's criterion says whether the task needs
-    mixing; matching cost changes the widths, not the task)."""
+    not, once every mixer of the table has its runs (``missing``: widened mixers with no counted run) and the
+    main cell shows that the task needs mixing (``needs``; matching cost changes the widths, not the task)."""
     where = f"{family} · {task}"
-    if any(s.get("n", 0) < SEEDS for s in rows.values()):
-        return [f"- {where}: not complete yet (a mixer has fewer than {SEEDS} runs)."]
+    short = [m for m, s in rows.items() if s.get("n", 0) < SEEDS]
+    if missing or short:
+        lacking = ", ".join(f"`{m}`" for m in [*missing, *short])
+        return [f"- {where}: not complete yet ({lacking} lack {SEEDS} counted runs): no finding."]
+    if needs is not True:
+        return [f"- {where}: no finding (the main cell does not show that the task needs mixing)."]
     hits = {m: s["contrast"] for m, s in rows.items() if s["contrast"] and s["contrast"].p_holm < HEADLINE_P}
     others = [m for m, s in rows.items() if s["contrast"] and m not in hits]
     lines = [f"- {where} (each mixer at focal modulation's FLOPs):"]
     for m, c in sorted(hits.items(), key=lambda kv: kv[1].p_holm):
         lines.append(
             f"  - **`{m}` − `{REFERENCE}` = {c.diff:+.4g} [{c.low:+.3g}, {c.high:+.3g}]**, "
-            f"Holm-corrected p = {fmt(c.p_holm, 3)}"
+            f"Holm-corrected p = {fmt(c.p_holm, 3)} (n = {c.n} and {rows[REFERENCE]['n']})"
         )
     if others:
         lines.append(
@@ -341,7 +386,7 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         else:
             same = f"no file under {where} differs between them (the same code and configs)"
         lines += [f"**Mixed:** the runs were made at more than one commit; {same}.", ""]
-    summaries = {}
+    summaries, unmatched = {}, {}
     for key in sorted(cells):
         family, task = key
         mixers = cells[key]
@@ -360,6 +405,7 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
                 f"{MATCH_TOLERANCE:.0%} of the reference's FLOPs.",
                 "",
             ]
+            unmatched[key] = missing
             if missing:
                 lines += [
                     "**Not in this table:** " + ", ".join(f"`{m}`" for m in missing) + " (more than "
@@ -367,10 +413,11 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
                     "run counted yet).",
                     "",
                 ]
+            lines += flops_ratios(mixers)
         table, summary = cell_table(family, task, mixers)
         lines += table
         summaries[key] = summary
-    lines += findings(summaries)
+    lines += findings(summaries, unmatched)
     if problems:
         lines += ["## Runs not counted", ""] + [f"- {p}" for p in problems] + [""]
     text = "\n".join(lines)
