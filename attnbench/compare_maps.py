@@ -279,8 +279,9 @@ def comparison_figure(
 
 def _from(out: Path, path: Path) -> str:
     """``path`` relative to the comparison's folder ``out`` (so a record committed beside its runs resolves in
-    any clone: ``out / record["runs"][i]["folder"]``)."""
-    return os.path.relpath(Path(path).resolve(), Path(out).resolve())
+    any clone: ``out / record["runs"][i]["folder"]``); symlinks are kept, not followed: the path follows
+    the tree's own layout."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(out))
 
 
 def compare(

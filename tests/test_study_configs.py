@@ -122,6 +122,16 @@ def test_the_matched_widths_are_those_whose_flops_come_closest(family, experimen
     configured = {m: (w["dim"] if isinstance(w, dict) else w) for m, w in table.items()}
     assert configured == {m: w for m, w in chosen.items() if w != width.default}
     assert str(sweep_params(experiment)["model.mixer"]).split(",") == list(configured)
+    if family == "image_transformer":  # the FFN keeps the main study's 4x ratio at every width
+        assert all(w["ffn_dim"] == 4 * w["dim"] for w in table.values())
+    # the script's count is the one the study's own runs recorded (committed main-study records)
+    import json
+
+    task = {"image_transformer": "twin_digits", "show_attend_tell": "digit_captions"}[family]
+    runs = CONF.parent / "experiments" / "mixer_study" / "runs" / family / task
+    for mixer in [*configured, "focal_modulation"]:
+        recorded = json.loads((runs / f"{mixer}_s0" / "metrics.json").read_text())["flops_per_sample"]
+        assert flops_per_sample(CELLS[family][0], [f"model.mixer={mixer}"]) == recorded, mixer
     mixer = next(iter(configured))
     reference = flops_per_sample(CELLS[family][0], ["model.mixer=focal_modulation"])
     matched = flops_per_sample(experiment, [f"model.mixer={mixer}"])
@@ -146,3 +156,20 @@ def test_a_matched_flops_experiment_refuses_a_mixer_it_does_not_widen(experiment
     sweep = sweep_params(experiment)
     for mixer in str(sweep["model.mixer"]).split(","):  # every mixer the sweep runs passes
         validate_config(compose_cfg([f"experiment={experiment}", f"model.mixer={mixer}"], tmp_path))
+
+
+@pytest.mark.slow
+def test_the_sagan_cell_needs_no_matched_table():
+    """PROTOCOL.md amendment 14: every SAGAN mixer's generator is within 10 % of focal modulation's FLOPs at
+    the default width, so the width-matching rule widens nothing; the count is the one the pilot recorded."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(CONF.parent / "experiments" / "mixer_study"))
+    from matched_widths import choose, flops_per_sample
+
+    assert set(choose("sagan", [])) == set(str(sweep_params("mixer_study_sagan")["model.mixer"]).split(","))
+    assert set(choose("sagan", []).values()) == {32}
+    pilot = CONF.parent / "experiments" / "mixer_study" / "pilot" / "sagan" / "twin_digits" / "none_s100"
+    recorded = json.loads((pilot / "metrics.json").read_text())["flops_per_sample"]
+    assert flops_per_sample("mixer_study_sagan", ["model.mixer=none"]) == recorded

@@ -283,7 +283,7 @@ def matched_findings(
         return [f"- {where}: no finding (the main cell does not show that the task needs mixing)."]
     hits = {m: s["contrast"] for m, s in rows.items() if s["contrast"] and s["contrast"].p_holm < HEADLINE_P}
     others = [m for m, s in rows.items() if s["contrast"] and m not in hits]
-    lines = [f"- {where} (each mixer at focal modulation's FLOPs):"]
+    lines = [f"- {where} (each widened mixer at the width whose FLOPs come closest to the reference's):"]
     for m, c in sorted(hits.items(), key=lambda kv: kv[1].p_holm):
         lines.append(
             f"  - **`{m}` − `{REFERENCE}` = {c.diff:+.4g} [{c.low:+.3g}, {c.high:+.3g}]**, "

@@ -106,6 +106,9 @@ def choose(family: str, widths: list[int]) -> dict[str, int]:
             chosen[m] = width.default
         else:
             chosen[m] = min(per_width, key=lambda w: (abs(per_width[w] - ref), w))
+            if chosen[m] in (min(per_width), max(per_width)):
+                print(f"warning: {m}'s closest width {chosen[m]} is at the edge of the candidates; widen the "
+                      "search (--max-steps) to be sure no width beyond it is closer")  # fmt: skip
         cells = "  ".join(
             f"{'*' if w == chosen[m] else ' '}{w}: {f / 1e6:.2f}" for w, f in per_width.items()
         )
