@@ -400,7 +400,8 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
                 f"Matched FLOPs (PROTOCOL.md "
                 f"{MATCHED_AMENDMENTS.get(family.removesuffix(MATCHED), 'amendments')}): "
                 f"{', '.join(f'`{m}`' for m in widened)} "
-                f"widened to the reference's FLOPs per sample (runs in `{family}/{task}/`); the other mixers "
+                "set to the width whose FLOPs per sample come closest to the reference's "
+                f"(runs in `{family}/{task}/`); the other mixers "
                 f"are the main study's runs of `{family.removesuffix(MATCHED)}/{task}/` within "
                 f"{MATCH_TOLERANCE:.0%} of the reference's FLOPs.",
                 "",
