@@ -187,11 +187,7 @@ def _half(s: dict) -> float:
 def flops_ratios(mixers: dict) -> list[str]:
     """A matched table's FLOPs per sample of each mixer over the reference's, and the rows outside
     :data:`MATCH_TOLERANCE` (the closest width the protocol's step allows can still miss)."""
-    flops = {}
-    for m, runs in mixers.items():
-        values = [f for r in runs if (f := _number(r.get("flops_per_sample"))) is not None]
-        if values:
-            flops[m] = statistics.fmean(values)
+    flops = {m: f for m, runs in mixers.items() if (f := mean_flops(runs)) is not None}
     ref = flops.get(REFERENCE)
     if not ref:
         return []
@@ -329,12 +325,14 @@ def published_orderings(complete: dict, higher: bool) -> list[str]:
     return lines
 
 
+def mean_flops(runs: list[dict]) -> float | None:
+    """The mean recorded ``flops_per_sample`` of ``runs`` (None when none records it)."""
+    vals = [v for r in runs if (v := _number(r.get("flops_per_sample"))) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def within_flops(mixers: dict) -> set[str]:
     """Mixers whose mean ``flops_per_sample`` is within :data:`MATCH_TOLERANCE` of the reference's."""
-
-    def mean_flops(runs: list[dict]) -> float | None:
-        vals = [v for r in runs if (v := _number(r.get("flops_per_sample"))) is not None]
-        return statistics.fmean(vals) if vals else None
 
     ref = mean_flops(mixers.get(REFERENCE, []))
     if ref is None:
