@@ -6,9 +6,10 @@ Each (variant, size) runs in its own process: 2 images of size²×3 sub-pixels (
 cached decoder (dim 64, depth 2, 4 heads; local_1d blocks of 256, local_2d 8 × 32 query blocks with 8-row /
 16-column flanges, focal modulation with levels of kernel 3 and 5 + the prefix mean). Reported: seconds per
 image, microseconds per generated sub-pixel, the decoding state's size at the end (attention: the key/value
-cache, which grows with the image; focal modulation: the last k_l - 1 inputs of each level and a running sum,
-constant) and the process's peak resident memory. Cached sampling equals naive recomputation (tested in
-tests/test_image_transformer.py; timed against it in benchmarks/decoding_speed.py).
+cache, holding what a later query can still attend to: every position for full attention, the last two
+query blocks for local_1d, the last qh + fh rows for local_2d; focal modulation: the last k_l - 1 inputs of
+each level and a running sum) and the process's peak resident memory. Cached sampling equals naive
+recomputation (tested in tests/test_image_transformer.py; timed against it in benchmarks/decoding_speed.py).
 """
 
 from __future__ import annotations

@@ -96,6 +96,42 @@ def test_cached_step_matches_forward(kind):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "kind, kw, grid",
+    [
+        ("local_1d", {"block_length": 4}, (6, 9)),  # the ring (8 slots) wraps 6 times
+        ("local_2d", {"query_shape": (2, 3), "memory_flange": (3, 2)}, (11, 8)),  # flange taller than a block
+        ("local_2d", {"query_shape": (3, 4), "memory_flange": (0, 1)}, (10, 9)),  # no rows above
+    ],
+)
+def test_ring_cache_decodes_like_forward_over_many_wraps(kind, kw, grid):
+    m = _module(kind, **kw)
+    n = grid[0] * grid[1]
+    x = torch.randn(2, n, 16, dtype=torch.double)
+    ref = m(x, grid)
+    cache = m.init_cache(2, grid, dtype=torch.double)
+    assert cache["k"].shape[2] - 1 < n  # the ring is smaller than the image
+    out = torch.empty_like(ref)
+    for p in m.generation_order(*grid).tolist():
+        out[:, p] = m.step(x[:, p], p, cache)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_decoding_state_is_what_the_memory_needs():
+    """Key/value slots kept while decoding (Sec. 3.2): full keeps every position; local_1d its two blocks,
+    whatever the image; local_2d the block rows' qh + fh rows, so it grows with the width only."""
+    kw = {"block_length": 8, "query_shape": (2, 4), "memory_flange": (2, 4)}
+
+    def slots(kind, rows, cols):
+        return GridSelfAttention(16, 2, kind, **kw).init_cache(1, (rows, cols))["k"].shape[2] - 1
+
+    assert [slots("full", s, s) for s in (8, 16)] == [64, 256]
+    assert [slots("local_1d", s, s) for s in (8, 16, 32)] == [16, 16, 16]
+    assert [slots("local_2d", s, 12) for s in (8, 16, 32)] == [48, 48, 48]
+    assert [slots("local_2d", 8, c) for c in (12, 24)] == [48, 96]
+    assert slots("local_2d", 3, 12) == 36  # a grid shorter than the ring keeps every row
+
+
 def test_local_plans_grow_linearly():
     """Index tables and masks of the local variants are O(N · memory), never O(N²)."""
     for kind, kw in (

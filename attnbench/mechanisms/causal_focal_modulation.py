@@ -17,7 +17,8 @@ input right by one position, so the logits of a sub-pixel depend only on the sub
 
 Decoding keeps a constant-size state per layer (``init_cache`` / ``step``): the last ``k_l - 1`` inputs of
 each convolution level and a running sum of z^L with its count. One step costs O(D·sum(k_l)) work and memory,
-independent of the position, where attention's key/value cache grows with the image.
+independent of the position, where full attention's key/value cache grows with the image (local 2D's with its
+width; local 1D's is fixed at two query blocks, still ``2·block_length`` keys and values per layer).
 """
 
 from __future__ import annotations

@@ -24,8 +24,11 @@ contiguous), nothing gathered and the masked blocks skipped; ``math`` is the tex
 blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can run the step, except for
 ``full``, where SDPA's fused causal kernel is already the efficient path (4x faster than CPU flex at 64²×3,
 ``benchmarks/RESULTS.md``, section ``attention_backends_cpu``).
-``init_cache`` / ``step`` decode one position at a time with cached keys and
-values, using exactly the keys and mask of the blockwise forward.
+``init_cache`` / ``step`` decode one position at a time with cached keys and values, using exactly the keys
+and mask of the blockwise forward. The cache holds only what a later query can still attend to: every
+position for ``full`` (it grows with the image), the last ``2·block_length`` positions for ``local_1d``
+(constant), the last ``qh + fh`` rows for ``local_2d`` (it grows with the width, not the height): ring
+buffers indexed by :func:`cache_slots`.
 """
 
 from __future__ import annotations
@@ -319,11 +322,18 @@ class GridSelfAttention(nn.Module):
 
     # ---- incremental decoding ----------------------------------------------------------------------------
     def init_cache(self, batch: int, grid: tuple[int, int], device=None, dtype=None) -> dict:
-        """An empty key/value cache for decoding a ``grid`` one position at a time."""
-        n = grid[0] * grid[1]
-        shape = (batch, self.heads, n + 1, self.dim // self.heads)  # slot n stays zero (padding)
+        """An empty key/value cache for decoding a ``grid`` one position at a time: ``k``, ``v``
+        ``[B, h, S + 1, dh]`` with ``S`` the ring's size (:func:`cache_slots`; the last slot stays zero, the
+        padding), ``slot`` the ring slot of each raster index and the padding index ``N``."""
+        slot, size = cache_slots(self.kind, *grid, self.block_length, self.query_shape, self.memory_flange)
+        shape = (batch, self.heads, size + 1, self.dim // self.heads)
         kw = {"device": device, "dtype": dtype or self.qkv.weight.dtype}
-        return {"k": torch.zeros(shape, **kw), "v": torch.zeros(shape, **kw), "grid": tuple(grid)}
+        return {
+            "k": torch.zeros(shape, **kw),
+            "v": torch.zeros(shape, **kw),
+            "slot": slot.to(device),
+            "grid": tuple(grid),
+        }
 
     def step(self, x: torch.Tensor, index: int, cache: dict) -> torch.Tensor:
         """Attention output for one position.
@@ -332,25 +342,62 @@ class GridSelfAttention(nn.Module):
             x: [B, D] input at raster index ``index``; every position earlier in the generation order must
                 already have gone through ``step`` with the same ``cache``.
             index: raster index of the position.
-            cache: from :meth:`init_cache`; updated in place with this position's key and value.
+            cache: from :meth:`init_cache`; updated in place with this position's key and value (in its ring
+                slot, over a position no later query can attend to).
         Returns:
             [B, D], equal (up to float rounding) to ``forward``'s output at ``index``.
         """
         b = x.shape[0]
         q, k, v = self._split(x[:, None])  # [B, h, 1, dh]
-        cache["k"][:, :, index] = k[:, :, 0]
-        cache["v"][:, :, index] = v[:, :, 0]
+        slot = cache["slot"]
+        cache["k"][:, :, slot[index]] = k[:, :, 0]
+        cache["v"][:, :, slot[index]] = v[:, :, 0]
         if self.kind == "full":
             kk, vv = cache["k"][:, :, : index + 1], cache["v"][:, :, : index + 1]
             out = F.scaled_dot_product_attention(q, kk, vv)
         else:
             plan = self.plan(*cache["grid"], x.device)
             blk, row = divmod(int(plan.slot[index]), plan.q_index.shape[1])
-            idx = plan.kv_index[blk]
+            # the memory's ring slots are distinct; a slot holding an older position lies where the mask is
+            # False (a memory position generated after ``index``), so it is never read
+            idx = slot[plan.kv_index[blk]]
             out = F.scaled_dot_product_attention(
                 q, cache["k"][:, :, idx], cache["v"][:, :, idx], attn_mask=plan.mask[blk, row][None]
             )
         return self.proj(out.reshape(b, self.dim))
+
+
+@lru_cache(maxsize=64)
+def cache_slots(
+    kind: str, rows: int, cols: int, block_length: int = 64, query_shape=(8, 8), memory_flange=(8, 8)
+) -> tuple[torch.Tensor, int]:
+    """``(slot [N + 1], S)``: the decoding cache's ring slot of each raster index (index ``N``, the plan's
+    padding, gets slot ``S``, which stays zero) and the ring's size ``S``.
+
+    - ``full``: ``S = N``, slot = raster index (a query attends to every earlier position).
+    - ``local_1d``: ``S = min(2·block_length, N)``, slot = index mod S. A block's memory is itself and the
+      block before, ``2·block_length`` consecutive positions: distinct slots; writing position ``i``
+      overwrites ``i − 2·block_length``, which no query from ``i`` on can attend to.
+    - ``local_2d``: ``S = R·cols`` with ``R = min(qh + fh, rows)``, slot = (row mod R)·cols + col. A block's
+      memory spans the ``qh + fh`` consecutive rows from ``fh`` above its block row to its bottom: distinct
+      slots; block row ``b`` (rows from ``b·qh``) overwrites rows from ``b·qh − qh − fh`` to
+      ``b·qh − fh − 1``, above every memory of block row ``b`` and later.
+    """
+    n = rows * cols
+    idx = torch.arange(n)
+    if kind == "full":
+        slot, size = idx, n
+    elif kind == "local_1d":
+        size = min(2 * block_length, n)
+        slot = idx % size
+    elif kind == "local_2d":
+        (qh, _), (fh, _) = _pair(query_shape), _pair(memory_flange)
+        ring_rows = min(qh + fh, rows)
+        size = ring_rows * cols
+        slot = (idx // cols) % ring_rows * cols + idx % cols
+    else:
+        raise ValueError(f"attention kind {kind!r} not in {ATTENTION_KINDS}")
+    return torch.cat([slot, torch.tensor([size])]), size
 
 
 # ---- registration (causal role: Image Transformer decoder blocks) ----------------------------------------
