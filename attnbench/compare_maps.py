@@ -5,7 +5,9 @@ scale.
 What a map is depends on the family: FocalNet's mixers give one map per stage (|h(ctx)|, or the attention each
 position receives); the Image Transformer's causal mixers give, per layer, what one query pixel reads
 (``--query``, default the centre; outlined in the figure and recorded); the captioner gives the mean
-attention of its greedy caption.
+attention of its greedy caption; SAGAN's generator gives one map per mixer block (as FocalNet's), drawn over
+the samples each run makes from the same latents and classes (``--latent-seed``; a generator reads no images,
+so each run's pair of rows shows its own samples, then its map over them).
 
 Each run's own figures (``figures/maps_*``) scale colour to that run's values, so two mixers' figures cannot
 be read side by side. Here every run is rebuilt from its checked saved configuration (``.hydra/``), loaded
@@ -160,6 +162,12 @@ def first_images(run: LoadedRun, split: str, n: int) -> tuple[torch.Tensor, torc
     return torch.cat(chunks)[:n].float(), y
 
 
+def generates(run: LoadedRun) -> bool:
+    """Whether the run is a generator (its task draws its own samples and their maps: ``generated_maps``,
+    SAGAN) rather than a model that reads the data set's images."""
+    return callable(getattr(run.task, "generated_maps", None))
+
+
 def takes_query(net) -> bool:
     """Whether the model's maps are those of one query position (``mixer_maps(x, ..., query=...)``: the
     Image Transformer's causal mixers) rather than one map per position (FocalNet's)."""
@@ -228,48 +236,66 @@ def wrap_label(label: str, width: int = 14) -> str:
 
 
 def comparison_figure(
-    images: torch.Tensor,
+    images: torch.Tensor | None,
     rows: list[tuple[str, torch.Tensor]],
     title: str,
     unit: str,
     marker: tuple[int, int] | None = None,
+    backgrounds: list[torch.Tensor] | None = None,
 ):
     """Row 0: the images ``[B, C, H, W]``; then one row per run: its map ``[B, h, w]`` (nearest-upsampled)
     over the greyscale image, every row on one colour scale and one colour bar; ``marker`` = the query pixel
-    ``(row, col)``, outlined on every panel."""
+    ``(row, col)``, outlined on every panel. ``backgrounds`` (one ``[B, C, H, W]`` per run, ``images`` None):
+    each run's own images (a generator's samples), so each run gets two rows, its images and its map over
+    them."""
     import torch.nn.functional as F
 
     from attnbench.callbacks.render import DPI, FONT, MIN_WIDTH_IN, _pyplot, _rgb_numpy, suptitle
 
     plt = _pyplot()
-    b = len(images)
-    h, w = images.shape[-2:]
-    rgb = _rgb_numpy(images)
+    own = backgrounds is not None
+    if own and len(backgrounds) != len(rows):
+        raise ValueError(f"{len(backgrounds)} backgrounds for {len(rows)} rows of maps")
+    first = backgrounds[0] if own else images
+    b = len(first)
+    h, w = first.shape[-2:]
     ups = [
         (label, F.interpolate(m.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)) for label, m in rows
     ]
     vmin, vmax = shared_limits([m for _, m in ups])
+    # panel rows: ("image", label, rgb) or ("map", label, rgb under the map, map)
+    panels: list[tuple] = []
+    if own:
+        for (label, m), bg in zip(ups, backgrounds):
+            rgb = _rgb_numpy(bg)
+            panels += [("image", label, rgb), ("map", "its map", rgb, m)]
+    else:
+        rgb = _rgb_numpy(images)
+        panels = [("image", "input", rgb)] + [("map", label, rgb, m) for label, m in ups]
     width = max(MIN_WIDTH_IN, 1.2 * b + 2.6)
-    fig, axes = plt.subplots(
-        1 + len(ups), b, figsize=(width, 1.1 * (1 + len(ups)) + 0.7), squeeze=False, dpi=DPI
-    )
+    fig, axes = plt.subplots(len(panels), b, figsize=(width, 1.1 * len(panels) + 0.7), squeeze=False, dpi=DPI)
     shown = None
-    for i in range(b):
-        axes[0, i].imshow(rgb[i], interpolation="nearest")
-        for r, (_, m) in enumerate(ups, start=1):
-            axes[r, i].imshow(rgb[i].mean(-1), cmap="gray", interpolation="nearest")
-            shown = axes[r, i].imshow(
-                m[i].numpy(), cmap="magma", alpha=0.7, vmin=vmin, vmax=vmax, interpolation="nearest"
-            )
+    for r, panel in enumerate(panels):
+        for i in range(b):
+            if panel[0] == "image":
+                axes[r, i].imshow(panel[2][i], interpolation="nearest")
+            else:
+                axes[r, i].imshow(panel[2][i].mean(-1), cmap="gray", interpolation="nearest")
+                shown = axes[r, i].imshow(
+                    panel[3][i].numpy(),
+                    cmap="magma",
+                    alpha=0.7,
+                    vmin=vmin,
+                    vmax=vmax,
+                    interpolation="nearest",
+                )
+        axes[r, 0].set_ylabel(wrap_label(panel[1]), fontsize=FONT if panel[1] == "input" else FONT - 2)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
         if marker is not None:
             r, c = marker
             ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=1.2))
-    axes[0, 0].set_ylabel("input", fontsize=FONT)
-    for r, (label, _) in enumerate(ups, start=1):
-        axes[r, 0].set_ylabel(wrap_label(label), fontsize=FONT - 2)
     bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
     bar.set_label(unit, fontsize=FONT)
     bar.ax.tick_params(labelsize=FONT - 1)
@@ -291,10 +317,11 @@ def compare(
     split: str = "test",
     scale: str = "relative",
     query: tuple[int, int] | None = None,
+    latent_seed: int = 0,
 ) -> dict:
     """Write ``out/maps_<name>.png`` for every map name the runs share, and ``out/compare_maps.json`` (the
-    runs, their checkpoints, the scale, the query pixel of query-based maps and each figure's colour
-    limits). Returns that record."""
+    runs, their checkpoints, the scale, the query pixel of query-based maps, the latent seed of generators'
+    maps and each figure's colour limits). Returns that record."""
     if len(folders) < 2:
         raise ConfigError(f"compare_maps needs at least two run folders, got {len(folders)}")
     if scale not in ("relative", "raw"):
@@ -314,24 +341,46 @@ def compare(
         if labels.count(r.label) > 1:
             r.label = f"{r.label}\n{r.folder.name}"
     check_same_data(runs)
-    x, y = first_images(runs[0], split, n_images)
-    queried = [takes_query(r.net) for r in runs]
-    if any(queried) and not all(queried):
-        raise ConfigError("the runs mix query-based maps (Image Transformer) with per-position maps")
-    if query is not None and not (0 <= query[0] < x.shape[-2] and 0 <= query[1] < x.shape[-1]):
+    generative = [generates(r) for r in runs]
+    if any(generative) and not all(generative):
         raise ConfigError(
-            f"--query {query[0]},{query[1]}: expected a pixel of the {x.shape[-2]}×{x.shape[-1]} images"
+            "the runs mix generators (SAGAN: maps of their own samples) with models that read images"
         )
-    if all(queried) and query is None:
-        query = (x.shape[-2] // 2, x.shape[-1] // 2)  # the models' default, recorded
-    computed = [(run, *run_maps(run, x, y, query)) for run in runs]
+    backgrounds = None
+    if all(generative):
+        if query is not None:
+            raise ConfigError(
+                "--query: a generator's maps are one map per position, not a query's; drop --query"
+            )
+        z_dims = {int(r.task.z_dim) for r in runs}
+        if len(z_dims) > 1:
+            raise ConfigError(
+                f"the generators draw from latents of different sizes ({sorted(z_dims)}); expected one"
+            )
+        made = [run.task.generated_maps(n_images, seed=latent_seed) for run in runs]
+        computed = [(run, maps, legends) for run, (_, maps, legends) in zip(runs, made)]
+        backgrounds = [samples for samples, _, _ in made]
+        x = backgrounds[0]
+    else:
+        x, y = first_images(runs[0], split, n_images)
+        queried = [takes_query(r.net) for r in runs]
+        if any(queried) and not all(queried):
+            raise ConfigError("the runs mix query-based maps (Image Transformer) with per-position maps")
+        if query is not None and not (0 <= query[0] < x.shape[-2] and 0 <= query[1] < x.shape[-1]):
+            raise ConfigError(
+                f"--query {query[0]},{query[1]}: expected a pixel of the {x.shape[-2]}×{x.shape[-1]} images"
+            )
+        if all(queried) and query is None:
+            query = (x.shape[-2] // 2, x.shape[-1] // 2)  # the models' default, recorded
+        computed = [(run, *run_maps(run, x, y, query)) for run in runs]
     names = [k for k in computed[0][1] if all(k in maps for _, maps, _ in computed)]
     if not names:
         raise ConfigError("the runs have no token-mixer map in common (mixer_maps names differ)")
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "scale": scale,
-        "split": split,
+        "split": None if backgrounds else split,
+        "latent_seed": latent_seed if backgrounds else None,
         "images": int(len(x)),
         "query": list(query) if query is not None else None,
         "runs": [
@@ -365,10 +414,21 @@ def compare(
         else:
             unit = units.pop()
         h, w = rows[0][1].shape[-2:]
-        title = f"{name} token-mixer maps ({h}×{w} tokens) of {len(runs)} runs, first {len(x)} {split} images"
+        if backgrounds:
+            title = (
+                f"{name} token-mixer maps ({h}×{w} tokens) of {len(runs)} generators, each over its own "
+                f"samples from the same {len(x)} latents (seed {latent_seed})"
+                + (" and classes 0, 1, ..." if runs[0].task.num_classes else "")
+            )
+        else:
+            title = (
+                f"{name} token-mixer maps ({h}×{w} tokens) of {len(runs)} runs, first {len(x)} {split} images"
+            )
         if query is not None:
             title += f"; query pixel (row {query[0]}, column {query[1]}) outlined"
-        fig, limits = comparison_figure(x, rows, title, unit, marker=query)
+        fig, limits = comparison_figure(
+            None if backgrounds else x, rows, title, unit, marker=query, backgrounds=backgrounds
+        )
         path = out / f"maps_{name}.png"
         fig.savefig(path)
         _pyplot().close(fig)
@@ -395,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (two or more, one family, same data)")
     parser.add_argument("--out", type=Path, default=Path("compare_maps"), help="a new folder for the figures")
     parser.add_argument("--images", type=int, default=6, help="how many images (default 6)")
+    parser.add_argument(
+        "--latent-seed",
+        type=int,
+        default=0,
+        help="generators (SAGAN): the seed of the latents every run samples from (default 0)",
+    )
     parser.add_argument("--split", default="test", help="test (default) or val")
     parser.add_argument("--scale", default="relative", help="relative (default: 1 = uniform) or raw")
     parser.add_argument(
@@ -405,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         query = parse_query(args.query)
-        record = compare(args.runs, args.out, args.images, args.split, args.scale, query)
+        record = compare(args.runs, args.out, args.images, args.split, args.scale, query, args.latent_seed)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -169,3 +169,67 @@ def test_row_labels_wrap_after_underscores_to_fit_their_row():
     assert wrap_label("full\nseed 0") == "full\nseed 0"  # short lines stay whole
     assert wrap_label("global_attention\nrerun_s2") == "global_\nattention\nrerun_s2"
     assert all(len(line) <= 14 for line in wrap_label("window_attention_matched").split("\n"))
+
+
+GAN_TINY = [
+    "model=sagan",
+    "data=twin_digits",
+    "data.image_size=16",
+    "data.top=0",
+    "data.distance=8",
+    "data.distance_jitter=0",
+    "model.ch=8",
+    "model.task.val_samples=20",
+    "model.task.test_samples=20",
+    "model.task.val_splits=1",
+    "model.task.test_splits=1",
+    "model.task.eval_batch_size=20",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+
+def test_generators_maps_over_their_own_samples_from_the_same_latents(two_runs, tmp_path, capsys):
+    """SAGAN reads no images: each run draws its own samples from the same latents and classes (the seed is
+    recorded), its maps are those of its generator's mixer block on those samples, and every run's maps
+    share one colour scale; a generator cannot be compared with an image reader, nor asked for a query."""
+    from attnbench.compare_maps import load_run, relative
+
+    root = tmp_path / "gan"
+    for mixer in ("focal_modulation", "self_attention"):
+        assert run_cfg(compose_cfg([*GAN_TINY, f"model.mixer={mixer}"], root / mixer))["status"] == "ok"
+    runs = [str(root / "focal_modulation"), str(root / "self_attention")]
+    assert main([*runs, "--images", "3", "--latent-seed", "5", "--out", str(tmp_path / "g")]) == 0
+    record = json.loads((tmp_path / "g" / "compare_maps.json").read_text())
+    assert record["latent_seed"] == 5 and record["split"] is None and record["images"] == 3
+    assert set(record["figures"]) == {"g8"}  # the mixer block sits at G's 8×8 map (model.attn_res_g)
+    assert (tmp_path / "g" / "maps_g8.png").stat().st_size > 5000
+    # recomputed by hand: the same latents and classes through each run's EMA generator in sampling mode
+    maps = []
+    for folder in runs:
+        task = load_run(Path(folder)).task
+        z = torch.randn(3, task.z_dim, generator=torch.Generator().manual_seed(5))
+        y = torch.arange(3) % task.num_classes if task.num_classes else None  # twin digits: unconditional
+        with task._sampling(task.eval_generator) as g:
+            samples = (g(z, y) + 1) / 2
+            maps.append(relative(g.mixer_maps(z, y)["g8"]))
+        again, own, _ = task.generated_maps(3, seed=5)
+        torch.testing.assert_close(again, samples)
+    fig = record["figures"]["g8"]
+    assert fig["vmin"] == pytest.approx(min(float(m.min()) for m in maps))
+    assert fig["vmax"] == pytest.approx(max(float(m.max()) for m in maps))
+    # self-attention's map is the attention each position receives: a mean of 1 over the 8×8 positions
+    received = load_run(root / "self_attention").task.generated_maps(2)[1]["g8"]
+    torch.testing.assert_close(received.mean(dim=(1, 2)), torch.ones(2))
+    # another latent seed draws other samples
+    sagan = load_run(root / "self_attention").task
+    own, other = sagan.generated_maps(3, seed=5)[0], sagan.generated_maps(3, seed=6)[0]
+    assert not torch.allclose(other, own) and own.min() >= 0 and own.max() <= 1
+    capsys.readouterr()
+    assert main([*runs, "--query", "3,3", "--out", str(tmp_path / "q")]) == 2
+    assert "drop --query" in capsys.readouterr().err
+    assert main([runs[0], str(two_runs / "focal_modulation"), "--out", str(tmp_path / "mix")]) == 2
+    err = capsys.readouterr().err
+    assert "the runs use different data" in err  # checked first: a generator and a classifier share no data

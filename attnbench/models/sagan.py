@@ -271,6 +271,39 @@ class Generator(nn.Module):
             h = mixer(block(h, c))
         return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
 
+    def mixer_resolutions(self) -> dict[int, int]:
+        """``{index in self.mixers: feature-map resolution}`` of the blocks that carry a mixer."""
+        return {
+            i: 8 * 2**i for i, m in enumerate(self.mixers) if not isinstance(m, nn.Identity)
+        }  # block i outputs 4·2^(i+1) px
+
+    @torch.no_grad()
+    def mixer_maps(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Maps ``[B, r, r]`` of each mixer block of G, named ``g<r>`` by its resolution r, for the samples
+        ``G(z, y)``: the modulator magnitude |h(ctx)| (focal modulation) or the attention each position
+        receives (attention mixers, 1 = uniform), as FocalNet's :meth:`mixer_maps`; mixers without weights
+        over positions give none. Call in the generator's sampling mode (its BatchNorm statistics)."""
+        from attnbench.models.focalnet import capture_maps
+
+        with capture_maps(self) as maps:
+            self(z, y)
+        out = {}
+        for i, res in self.mixer_resolutions().items():
+            names = [k for k in maps if k == f"mixers.{i}" or k.startswith(f"mixers.{i}.")]
+            if names:
+                out[f"g{res}"] = maps[names[0]]
+        return out
+
+    def mixer_map_legends(self) -> dict[str, tuple[str, str]]:
+        """``{map name: (what it shows, its unit)}`` for the maps of :meth:`mixer_maps`, as the mixer module
+        describes them (its ``map_legend``)."""
+        out = {}
+        for i, res in self.mixer_resolutions().items():
+            legends = [m.map_legend for m in self.mixers[i].modules() if getattr(m, "map_legend", None)]
+            if legends:
+                out[f"g{res}"] = (f"{legends[0][0]}, generator at {res}×{res}", legends[0][1])
+        return out
+
 
 class Discriminator(nn.Module):
     """``forward(x: [B, in_channels, S, S], y: LongTensor[B]) -> [B]`` raw (hinge-loss) scores."""

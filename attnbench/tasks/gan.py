@@ -550,6 +550,23 @@ class GANTask(pl.LightningModule):
         out.update(maps)
         return out
 
+    @torch.no_grad()
+    def generated_maps(
+        self, n: int, seed: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
+        """What ``python -m attnbench.compare_maps`` draws of a generator: ``n`` samples ``[n, C, S, S]`` in
+        [0, 1] of the generator the run's scores measured (the EMA copy when enabled, in its sampling mode)
+        from latents drawn with ``seed`` and classes 0, 1, ... in turn (the same inputs for every run), its
+        mixer maps ``{name: [n, r, r]}`` of those samples (:meth:`Generator.mixer_maps`) and their legends."""
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.z_dim, generator=gen).to(self.device)
+        y = (torch.arange(n) % self.num_classes).to(self.device) if self.num_classes else None
+        with self._sampling(self.eval_generator) as g:
+            x = (g(z, y) + 1) / 2
+            maps = g.mixer_maps(z, y)
+            legends = g.mixer_map_legends()
+        return x.float().cpu(), {k: v.detach().float().cpu() for k, v in maps.items()}, legends
+
     def _mixer_figure(self, g: nn.Module, z: torch.Tensor, y: torch.Tensor) -> dict:
         from attnbench.callbacks.render import figure_title
         from attnbench.mechanisms.non_local import SelfAttention2d

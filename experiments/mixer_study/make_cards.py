@@ -41,7 +41,7 @@ PLANNED = {
         ("pathfinder (length 6)", "deferred (PROTOCOL.md amendment 2: needs a budget of hours per run)"),
         ("pathfinder (length 14)", "deferred (PROTOCOL.md amendment 2)"),
     ],
-    "sagan": [("twin_digits", "waits for its pilot (PROTOCOL.md amendment 6)")],
+    "sagan": [("twin_digits", "running (PROTOCOL.md amendments 12-15: 40 epochs, seeds 0-4, seed-major)")],
     "image_transformer": [("twin_digits", "planned (PROTOCOL.md amendment 6)")],
     "show_attend_tell": [("digit_captions", "planned (PROTOCOL.md amendment 6)")],
 }
@@ -118,8 +118,9 @@ def maps_figures(out: Path, family: str, task: str, mixer: str) -> list[str]:
         return []
     info = json.loads(index.read_text())
     labels = [run.get("label", "") for run in info.get("runs", [])]
-    row = next((i + 2 for i, label in enumerate(labels) if label.split(" ")[0] == mixer), None)
-    if row is None:
+    generated = info.get("latent_seed") is not None  # a generator's maps: each run over its own samples
+    index_of = next((i for i, label in enumerate(labels) if label.split(" ")[0] == mixer), None)
+    if index_of is None:
         return []
     query = info.get("query")
     what = (
@@ -128,12 +129,21 @@ def maps_figures(out: Path, family: str, task: str, mixer: str) -> list[str]:
         else ""
     )
     option = f" --query {query[0]},{query[1]}" if query else ""
+    if generated:
+        option += f" --latent-seed {info['latent_seed']}" if info["latent_seed"] else ""
+        where = (
+            f"rows {2 * index_of + 1}-{2 * index_of + 2} of each figure (its samples, then its map over "
+            "them; the runs in pairs of rows: " + ", ".join(labels) + f"), {info.get('images')} samples of "
+            f"each generator from the same latents (seed {info['latent_seed']})"
+        )
+    else:
+        where = (
+            f"row {index_of + 2} of each figure (row 1: the inputs; the rows below: {', '.join(labels)}), "
+            f"{what}{info.get('images')} {info.get('split')} images"
+        )
     lines = [
-        f"{family} · {task}: row {row} of each figure (row 1: the inputs; the rows below: "
-        + ", ".join(labels)
-        + f"), {what}{info.get('images')} {info.get('split')} images, "
-        f"colour scale `{info.get('scale')}` shared by all runs (made by `python -m attnbench.compare_maps "
-        f"<those runs' folders>{option} --out "
+        f"{family} · {task}: {where}, colour scale `{info.get('scale')}` shared by all runs (made by "
+        f"`python -m attnbench.compare_maps <those runs' folders>{option} --out "
         f"experiments/mixer_study/maps/{family}_{task}`; the folders are listed in its `compare_maps.json`):",
         "",
     ]
@@ -269,8 +279,9 @@ def card(mixer: str, summaries: dict, out: Path) -> str:
         lines += figures
     elif not any(has_map(role, mixer) for role in roles):
         lines.append(
-            "This mechanism has no weights over positions to draw (its module declares no `map_legend`; a "
-            "context mixer: it reads no location), so it has no row in the study's figures."
+            "This mechanism computes no input-dependent weights over positions to draw (its module "
+            "declares no `map_legend`: it mixes with fixed or static learned weights, or not at all), so it "
+            "has no row in the study's figures."
         )
     else:
         lines.append("No comparison figure yet (`python -m attnbench.compare_maps` on the study's runs).")
