@@ -116,7 +116,9 @@ def load_run(folder: Path) -> LoadedRun:
     task.eval()
     weights = "raw"
     try:
-        weights = str(json.loads((folder / "metrics.json").read_text()).get("test/weights", "raw"))
+        record = json.loads((folder / "metrics.json").read_text())
+        # classifiers record test/weights; a GAN, the generator its scores measured (test/eval_generator)
+        weights = str(record.get("test/weights", record.get("test/eval_generator", "raw")))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         pass
     return LoadedRun(folder, run_label(folder, cfg), cfg, task, dm, ckpt, weights)
@@ -314,7 +316,7 @@ def compare(
     folders: list[Path],
     out: Path,
     n_images: int = 6,
-    split: str = "test",
+    split: str | None = None,
     scale: str = "relative",
     query: tuple[int, int] | None = None,
     latent_seed: int = 0,
@@ -326,7 +328,7 @@ def compare(
         raise ConfigError(f"compare_maps needs at least two run folders, got {len(folders)}")
     if scale not in ("relative", "raw"):
         raise ConfigError(f"--scale={scale!r}: expected relative or raw")
-    if split not in ("test", "val"):
+    if split not in (None, "test", "val"):
         raise ConfigError(f"--split={split!r}: expected test or val")
     if n_images < 1:
         raise ConfigError(f"--images={n_images}: expected a positive number of images")
@@ -352,6 +354,10 @@ def compare(
             raise ConfigError(
                 "--query: a generator's maps are one map per position, not a query's; drop --query"
             )
+        if split is not None:
+            raise ConfigError(
+                f"--split {split}: a generator reads no images (it draws its own); drop --split"
+            )
         z_dims = {int(r.task.z_dim) for r in runs}
         if len(z_dims) > 1:
             raise ConfigError(
@@ -362,6 +368,7 @@ def compare(
         backgrounds = [samples for samples, _, _ in made]
         x = backgrounds[0]
     else:
+        split = split or "test"
         x, y = first_images(runs[0], split, n_images)
         queried = [takes_query(r.net) for r in runs]
         if any(queried) and not all(queried):
@@ -461,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="generators (SAGAN): the seed of the latents every run samples from (default 0)",
     )
-    parser.add_argument("--split", default="test", help="test (default) or val")
+    parser.add_argument("--split", default=None, help="test (default) or val: the images the maps are of")
     parser.add_argument("--scale", default="relative", help="relative (default: 1 = uniform) or raw")
     parser.add_argument(
         "--query",

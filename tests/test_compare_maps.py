@@ -215,8 +215,9 @@ def test_generators_maps_over_their_own_samples_from_the_same_latents(two_runs, 
         with task._sampling(task.eval_generator) as g:
             samples = (g(z, y) + 1) / 2
             maps.append(relative(g.mixer_maps(z, y)["g8"]))
-        again, own, _ = task.generated_maps(3, seed=5)
-        torch.testing.assert_close(again, samples)
+        torch.testing.assert_close(task.generated_maps(3, seed=5)[0], samples)
+        assert task.g_ema is not None  # the scores measured the EMA generator: so do the maps, recorded
+    assert [r["weights"] for r in record["runs"]] == ["ema", "ema"]
     fig = record["figures"]["g8"]
     assert fig["vmin"] == pytest.approx(min(float(m.min()) for m in maps))
     assert fig["vmax"] == pytest.approx(max(float(m.max()) for m in maps))
@@ -230,6 +231,8 @@ def test_generators_maps_over_their_own_samples_from_the_same_latents(two_runs, 
     capsys.readouterr()
     assert main([*runs, "--query", "3,3", "--out", str(tmp_path / "q")]) == 2
     assert "drop --query" in capsys.readouterr().err
+    assert main([*runs, "--split", "val", "--out", str(tmp_path / "s")]) == 2
+    assert "a generator reads no images" in capsys.readouterr().err
     assert main([runs[0], str(two_runs / "focal_modulation"), "--out", str(tmp_path / "mix")]) == 2
     err = capsys.readouterr().err
     assert "the runs use different data" in err  # checked first: a generator and a classifier share no data

@@ -28,7 +28,7 @@ blocks (``full``: on the ``N × N`` scores); ``auto`` picks flex where it can ru
 and mask of the blockwise forward. The cache holds only what a later query can still attend to: every
 position for ``full`` (it grows with the image), the last ``2·block_length`` positions for ``local_1d``
 (constant), the last ``qh + fh`` rows for ``local_2d`` (it grows with the width, not the height): ring
-buffers indexed by :func:`cache_slots`.
+buffers (:class:`KVRing`).
 """
 
 from __future__ import annotations
@@ -323,15 +323,15 @@ class GridSelfAttention(nn.Module):
     # ---- incremental decoding ----------------------------------------------------------------------------
     def init_cache(self, batch: int, grid: tuple[int, int], device=None, dtype=None) -> dict:
         """An empty key/value cache for decoding a ``grid`` one position at a time: ``k``, ``v``
-        ``[B, h, S + 1, dh]`` with ``S`` the ring's size (:func:`cache_slots`; the last slot stays zero, the
-        padding), ``slot`` the ring slot of each raster index and the padding index ``N``."""
-        slot, size = cache_slots(self.kind, *grid, self.block_length, self.query_shape, self.memory_flange)
-        shape = (batch, self.heads, size + 1, self.dim // self.heads)
+        ``[B, h, S + 1, dh]`` with ``S`` the ring's size (the last slot stays zero: the padding) and ``ring``,
+        the :class:`KVRing` that places each raster index in it."""
+        ring = KVRing.of(self.kind, *grid, self.block_length, self.query_shape, self.memory_flange)
+        shape = (batch, self.heads, ring.size + 1, self.dim // self.heads)
         kw = {"device": device, "dtype": dtype or self.qkv.weight.dtype}
         return {
             "k": torch.zeros(shape, **kw),
             "v": torch.zeros(shape, **kw),
-            "slot": slot.to(device),
+            "ring": ring,
             "grid": tuple(grid),
         }
 
@@ -349,9 +349,10 @@ class GridSelfAttention(nn.Module):
         """
         b = x.shape[0]
         q, k, v = self._split(x[:, None])  # [B, h, 1, dh]
-        slot = cache["slot"]
-        cache["k"][:, :, slot[index]] = k[:, :, 0]
-        cache["v"][:, :, slot[index]] = v[:, :, 0]
+        ring = cache["ring"]
+        at = ring.slot(index)
+        cache["k"][:, :, at] = k[:, :, 0]
+        cache["v"][:, :, at] = v[:, :, 0]
         if self.kind == "full":
             kk, vv = cache["k"][:, :, : index + 1], cache["v"][:, :, : index + 1]
             out = F.scaled_dot_product_attention(q, kk, vv)
@@ -360,44 +361,60 @@ class GridSelfAttention(nn.Module):
             blk, row = divmod(int(plan.slot[index]), plan.q_index.shape[1])
             # the memory's ring slots are distinct; a slot holding an older position lies where the mask is
             # False (a memory position generated after ``index``), so it is never read
-            idx = slot[plan.kv_index[blk]]
+            idx = ring.slot(plan.kv_index[blk])
             out = F.scaled_dot_product_attention(
                 q, cache["k"][:, :, idx], cache["v"][:, :, idx], attn_mask=plan.mask[blk, row][None]
             )
         return self.proj(out.reshape(b, self.dim))
 
 
-@lru_cache(maxsize=64)
-def cache_slots(
-    kind: str, rows: int, cols: int, block_length: int = 64, query_shape=(8, 8), memory_flange=(8, 8)
-) -> tuple[torch.Tensor, int]:
-    """``(slot [N + 1], S)``: the decoding cache's ring slot of each raster index (index ``N``, the plan's
-    padding, gets slot ``S``, which stays zero) and the ring's size ``S``.
+@dataclass(frozen=True)
+class KVRing:
+    """Where the decoding cache keeps the key and value of each raster index: a ring of ``size`` slots
+    (slot ``size``, the plan's padding index ``n``, stays zero). Only what a later query can still attend to
+    is kept (Sec. 3.2's memories):
 
-    - ``full``: ``S = N``, slot = raster index (a query attends to every earlier position).
-    - ``local_1d``: ``S = min(2·block_length, N)``, slot = index mod S. A block's memory is itself and the
-      block before, ``2·block_length`` consecutive positions: distinct slots; writing position ``i``
+    - ``full``: ``size = n``, slot = raster index (a query attends to every earlier position).
+    - ``local_1d``: ``size = min(2·block_length, n)``, slot = index mod size. A block's memory is itself and
+      the block before, ``2·block_length`` consecutive positions: distinct slots; writing position ``i``
       overwrites ``i − 2·block_length``, which no query from ``i`` on can attend to.
-    - ``local_2d``: ``S = R·cols`` with ``R = min(qh + fh, rows)``, slot = (row mod R)·cols + col. A block's
-      memory spans the ``qh + fh`` consecutive rows from ``fh`` above its block row to its bottom: distinct
-      slots; block row ``b`` (rows from ``b·qh``) overwrites rows from ``b·qh − qh − fh`` to
+    - ``local_2d``: ``size = R·cols`` with ``R = min(qh + fh, rows)`` rows, slot = (row mod R)·cols + col.
+      A block's memory spans the ``qh + fh`` consecutive rows from ``fh`` above its block row to its bottom:
+      distinct slots; block row ``b`` (rows from ``b·qh``) overwrites rows ``b·qh − qh − fh`` to
       ``b·qh − fh − 1``, above every memory of block row ``b`` and later.
     """
-    n = rows * cols
-    idx = torch.arange(n)
-    if kind == "full":
-        slot, size = idx, n
-    elif kind == "local_1d":
-        size = min(2 * block_length, n)
-        slot = idx % size
-    elif kind == "local_2d":
-        (qh, _), (fh, _) = _pair(query_shape), _pair(memory_flange)
-        ring_rows = min(qh + fh, rows)
-        size = ring_rows * cols
-        slot = (idx // cols) % ring_rows * cols + idx % cols
-    else:
+
+    kind: str
+    n: int
+    cols: int
+    size: int
+    ring_rows: int = 0  # local_2d only
+
+    @classmethod
+    def of(
+        cls, kind: str, rows: int, cols: int, block_length: int = 64, query_shape=(8, 8), memory_flange=(8, 8)
+    ) -> KVRing:
+        n = rows * cols
+        if kind == "full":
+            return cls(kind, n, cols, n)
+        if kind == "local_1d":
+            return cls(kind, n, cols, min(2 * block_length, n))
+        if kind == "local_2d":
+            ring_rows = min(_pair(query_shape)[0] + _pair(memory_flange)[0], rows)
+            return cls(kind, n, cols, ring_rows * cols, ring_rows)
         raise ValueError(f"attention kind {kind!r} not in {ATTENTION_KINDS}")
-    return torch.cat([slot, torch.tensor([size])]), size
+
+    def slot(self, index):
+        """The ring slot of raster ``index`` (an int, or a LongTensor of indices where ``n`` is padding)."""
+        if self.kind == "full":
+            return index
+        if self.kind == "local_1d":
+            ring = index % self.size
+        else:
+            ring = (index // self.cols) % self.ring_rows * self.cols + index % self.cols
+        if isinstance(index, torch.Tensor):
+            return torch.where(index < self.n, ring, self.size)
+        return ring if index < self.n else self.size
 
 
 # ---- registration (causal role: Image Transformer decoder blocks) ----------------------------------------
