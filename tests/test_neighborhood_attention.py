@@ -90,6 +90,39 @@ def test_receptive_field_is_exactly_the_neighbourhoods(h, w, k, d):
         assert expected.sum() >= 1 and (~expected).sum() > 0  # the test can fail both ways
 
 
+@pytest.mark.parametrize("h,w,k,d", [*CASES, (8, 8, 7, 1), (16, 16, 7, 1), (12, 12, 5, 2)])
+def test_dense_path_equals_gathered_one_in_values_and_gradients(h, w, k, d):
+    """sdpa on small maps: the whole map in one SDPA call with the neighbourhoods (and their bias) as an
+    additive mask computes what the gathered neighbourhoods do, gradients of input and bias table included."""
+    m = _module(k, d)
+    assert m.dense_is_cheaper(h, w) == (m.axes(h, w)[0][0] * m.axes(h, w)[1][0] >= h * w / 16)
+    x = torch.randn(2, 8, h, w, dtype=torch.double, requires_grad=True)
+    q, kk, v = m.qkv(x.permute(0, 2, 3, 1)).view(2, h * w, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    gathered, dense = m._direct(q, kk, v, h, w), m._dense(q, kk, v, h, w)
+    torch.testing.assert_close(dense, gathered, rtol=0, atol=1e-12)
+    g1 = torch.autograd.grad(gathered.square().sum(), [x, m.rpb], retain_graph=True)
+    g2 = torch.autograd.grad(dense.square().sum(), [x, m.rpb])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-11)
+    assert g2[1].abs().sum() > 0  # the bias table learns through the mask
+
+
+def test_sdpa_computes_small_maps_densely_and_large_ones_gathered(monkeypatch):
+    """Which way the sdpa backend goes: densely where a neighbourhood holds at least 1/16 of the map."""
+    m = _module(7, 1)
+    seen = []
+    monkeypatch.setattr(m, "_dense", lambda *a: seen.append("dense") or NeighborhoodAttention._dense(m, *a))
+    monkeypatch.setattr(
+        m, "_direct", lambda *a: seen.append("gathered") or NeighborhoodAttention._direct(m, *a)
+    )
+    for size in (8, 28, 29):
+        m(torch.randn(1, 8, size, size, dtype=torch.double))
+    assert seen == ["dense", "dense", "gathered"]  # 49 of 64, 49 of 784 (= 1/16), 49 of 841
+    m.explicit_attn = True  # the maps' hook needs the gathered probabilities
+    m(torch.randn(1, 8, 8, 8, dtype=torch.double))
+    assert seen[-1] == "gathered"
+
+
 def test_gradients_of_direct_path():
     m = _module(3, 2)
     x = torch.randn(1, 8, 6, 7, dtype=torch.double, requires_grad=True)

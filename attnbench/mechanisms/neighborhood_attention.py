@@ -16,17 +16,22 @@ Layout: ``forward(x [B, C, H, W]) -> [B, C, H, W]``. Where the map is smaller th
 the window along that axis shrinks to ``min(k, size)`` and the dilation to ``⌊size / k⌋`` (at least 1), so
 the layer works at every stage of a small model (NATTEN itself refuses such inputs).
 
-Backends (``attn_backend``, :mod:`attnbench.mechanisms.attn_backend`): ``sdpa``/``math`` compute it directly:
-each query's ``k × k`` keys and values are gathered (an unfold whose windows are clamped instead of
-zero-padded) and attended, memory ``k²`` times the keys; ``flex`` runs FlexAttention over the raster sequence
-with the neighbourhood as block mask and the bias as score modification (nothing gathered); ``auto`` picks
-flex where it can run the step (CUDA, or CPU without grad).
+Backends (``attn_backend``, :mod:`attnbench.mechanisms.attn_backend`): ``math`` computes it directly: each
+query's ``k × k`` keys and values are gathered (an unfold whose windows are clamped instead of zero-padded)
+and attended, memory ``k²`` times the keys; ``sdpa`` does the same on large maps, and on small ones (a
+neighbourhood holding at least 1/16 of the map) makes one fused SDPA call over the whole map with the
+neighbourhoods and their bias as an additive ``N × N`` mask (-inf outside), several times faster to train
+than gathering (``benchmarks/RESULTS.md``, section ``neighborhood_dense``); ``flex`` runs FlexAttention over
+the raster sequence with the neighbourhood as block mask and the bias as score modification (nothing
+gathered); ``auto`` picks flex where it can run the step (CUDA, or CPU without grad), else sdpa. All compute
+the same attention (tested against a per-query loop written from the paper).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from attnbench.mechanisms import attn_backend as backends
 from attnbench.mechanisms.registry import register_mixer
@@ -122,6 +127,8 @@ class NeighborhoodAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, H·W, d]
         if backend == "flex" and not self.explicit_attn:
             out = self._flex(q, k, v, h, w)
+        elif backend == "sdpa" and not self.explicit_attn and self.dense_is_cheaper(h, w):
+            out = self._dense(q, k, v, h, w)
         else:
             out = self._direct(q, k, v, h, w)
         out = out.transpose(1, 2).reshape(b, h, w, c)
@@ -161,6 +168,38 @@ class NeighborhoodAttention(nn.Module):
         kn, vn = k[:, :, idx], v[:, :, idx]  # [B, heads, H·W, kh·kw, d]
         scores = torch.einsum("bnqd,bnqkd->bnqk", q * self.head_dim**-0.5, kn) + bias
         return torch.einsum("bnqk,bnqkd->bnqd", self.attn_map(scores.softmax(dim=-1)), vn)
+
+    # sdpa computes densely where one neighbourhood holds at least this fraction of the map's positions: the
+    # N × N scores then cost at most 16× the neighbourhoods', and one fused SDPA call still trains faster than
+    # gathering each query's keys (whose backward scatters them back): about 9× at 8 × 8, 4× at 24 × 24 and
+    # even at 32 × 32 (1/21) on one CPU thread (benchmarks/RESULTS.md, section neighborhood_dense)
+    DENSE_FRACTION = 1 / 16
+
+    def dense_is_cheaper(self, h: int, w: int) -> bool:
+        """Whether the ``sdpa`` backend computes an ``h × w`` map densely (:meth:`_dense`): a neighbourhood
+        holds at least :attr:`DENSE_FRACTION` of its positions."""
+        (kh, _), (kw, _) = self.axes(h, w)
+        return kh * kw >= self.DENSE_FRACTION * h * w
+
+    def dense_bias(self, h: int, w: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(key_index [N, K], bias_index [N, K])``: each query's neighbours (raster) and the flat index of
+        their bias in ``rpb[head].flatten()``, for scattering the neighbourhood into an ``N × N`` mask."""
+        rows, cols, brow, bcol = self.neighbours(h, w, device)
+        kh, kw = rows.shape[1], cols.shape[1]
+        span = 2 * self.kernel_size - 1
+        flat = (brow[:, None, :, None] * span + bcol[None, :, None, :]).reshape(h * w, kh * kw)
+        return self.key_index(h, w, device), flat
+
+    def _dense(self, q, k, v, h: int, w: int) -> torch.Tensor:
+        """The same attention as :meth:`_direct` (Eq. 2-3) as one SDPA call over the whole map: scores
+        outside each query's neighbourhood are -inf, inside they get the relative position bias ``B``.
+        [B, heads, H·W, d] ×3 -> [B, heads, H·W, d]."""
+        nh, n = q.shape[1], h * w
+        idx, flat = self.dense_bias(h, w, q.device)
+        rows = torch.arange(n, device=q.device)[:, None].expand_as(idx)
+        mask = q.new_full((nh, n, n), float("-inf"))
+        mask[:, rows, idx] = self.rpb.flatten(1)[:, flat].to(q.dtype)  # [heads, N, K]: differentiable in rpb
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None])
 
     def flex_mask(self, h: int, w: int, device=None):
         """``(BlockMask, score_mod)`` of the neighbourhoods on an ``h × w`` map in raster order (cached)."""
