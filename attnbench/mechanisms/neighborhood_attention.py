@@ -171,8 +171,9 @@ class NeighborhoodAttention(nn.Module):
 
     # sdpa computes densely where one neighbourhood holds at least this fraction of the map's positions: the
     # N × N scores then cost at most 16× the neighbourhoods', and one fused SDPA call still trains faster than
-    # gathering each query's keys (whose backward scatters them back): about 9× at 8 × 8, 4× at 24 × 24 and
-    # even at 32 × 32 (1/21) on one CPU thread (benchmarks/RESULTS.md, section neighborhood_dense)
+    # gathering each query's keys (whose backward scatters them back): 9.4× at 8 × 8, 2.7× at 24 × 24, 2.2× at
+    # 28 × 28 (= 1/16), still 1.5× at 32 × 32 but 0.4× at 48 × 48, on one CPU thread (benchmarks/RESULTS.md,
+    # section neighborhood_dense); the bound stays below where the N × N mask and scores grow large
     DENSE_FRACTION = 1 / 16
 
     def dense_is_cheaper(self, h: int, w: int) -> bool:
