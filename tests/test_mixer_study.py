@@ -211,3 +211,18 @@ def test_a_matched_table_lacking_a_widened_mixer_states_no_finding(tmp_path):
     line = next(ln for ln in findings.splitlines() if ln.startswith("- image_transformer_matched_flops"))
     assert "not complete yet (`local_1d` lack 5 counted runs): no finding." in line
     assert "**`full`" not in findings.split("- image_transformer_matched_flops")[1]
+
+
+def test_a_twin_cell_is_set_against_its_metric_on_real_and_independent_pairs(tmp_path):
+    """The SAGAN cell's twin consistency is read against the same classifier's score on real twins (the
+    ceiling) and on two independently drawn digits (chance): the script prints both, from the records."""
+    twin = {"focal_modulation": [0.83, 0.82], "identity": [0.81, 0.80]}
+    write_cell(tmp_path / "runs" / "sagan" / "twin_digits", "test/twin_consistency", twin,
+               **{"test/twin_consistency_real": 1.0, "test/twin_consistency_independent": 0.096})  # fmt: skip
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "make_results.py")
+    line = next(t for t in text.splitlines() if t.startswith("For scale"))
+    assert "real canvases (both copies the same digit): 1" in line
+    assert "two independently drawn real digits: 0.096" in line and "4 runs" in line
+    focal = tmp_path / "runs2" / "focalnet" / "cluttered_digits"
+    write_cell(focal, "test/acc", {"focal_modulation": [0.9, 0.91]})
+    assert "For scale" not in _load().build(tmp_path / "runs2", tmp_path / "out2", "make_results.py")

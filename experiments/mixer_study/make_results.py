@@ -164,6 +164,7 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
             "cost": {k: means[k] for k in COST},
             "probes": {k: means[k] for k in PROBES if means[k] is not None},
         }  # fmt: skip
+    lines += scale_line(metric, [r for runs in mixers.values() for r in runs])
     short = {m: len(v) for m, v in values.items() if len(v) < SEEDS}
     if short:
         lines += [""]
@@ -175,6 +176,27 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         )
     lines.append("")
     return lines, summary
+
+
+# the twin metrics' own ceiling and chance level, recorded beside them by the GAN task
+SCALE = {"_real": "real canvases (both copies the same digit)",
+         "_independent": "two independently drawn real digits"}  # fmt: skip
+
+
+def scale_line(metric: str, runs: list[dict]) -> list[str]:
+    """Where the runs record the primary metric measured on real data too (``<metric>_real``,
+    ``<metric>_independent``: the twin metrics), one line setting the table against them, so that a reader
+    sees how far a mixer is from chance and from the data; ``[]`` otherwise."""
+    parts = []
+    for suffix, what in SCALE.items():
+        vals = [v for r in runs if (v := _number(r.get(metric + suffix))) is not None]
+        if vals:
+            spread = f" (range {fmt(min(vals))}–{fmt(max(vals))})" if max(vals) - min(vals) > 1e-9 else ""
+            parts.append(f"{what}: {fmt(statistics.fmean(vals))}{spread}")
+    if not parts:
+        return []
+    return ["", f"For scale, `{metric}` measured on the data by the same classifier (mean over the "
+                f"{len(runs)} runs' records): " + "; ".join(parts) + "."]  # fmt: skip
 
 
 ATTENTION = ("global_attention", "window_attention", "self_attention", "neighborhood_attention")
