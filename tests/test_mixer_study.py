@@ -223,6 +223,13 @@ def test_a_twin_cell_is_set_against_its_metric_on_real_and_independent_pairs(tmp
     line = next(t for t in text.splitlines() if t.startswith("For scale"))
     assert "real canvases (both copies the same digit): 1" in line
     assert "two independently drawn real digits: 0.096" in line and "4 runs" in line
+    five = {"focal_modulation": [0.83, 0.82, 0.84, 0.83, 0.825], "identity": [0.81, 0.80, 0.82, 0.815, 0.805]}
+    write_cell(tmp_path / "five" / "sagan" / "twin_digits", "test/twin_consistency", five,
+               **{"test/twin_consistency_real": 0.9, "test/twin_consistency_independent": 0.1})  # fmt: skip
+    found = _load().build(tmp_path / "five", tmp_path / "out5", "make_results.py").split("## Findings")[1]
+    share = (0.81 - 0.1) / (0.9 - 0.1)  # identity's mean, from chance to the data
+    assert "`identity` already scores 0.81 against 0.9 for real twins and 0.1 for two independently" in found
+    assert f"{share:.0%} of the way from chance to the data" in found
     focal = tmp_path / "runs2" / "focalnet" / "cluttered_digits"
     write_cell(focal, "test/acc", {"focal_modulation": [0.9, 0.91]})
     assert "For scale" not in _load().build(tmp_path / "runs2", tmp_path / "out2", "make_results.py")

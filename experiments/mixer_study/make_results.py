@@ -137,6 +137,7 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
         + " |",
         "|" + "---|" * (7 + len(others) + len(COST) + (len(PROBES) if base == "focalnet" else 0)),
     ]
+    scale = scale_values(metric, [r for runs in mixers.values() for r in runs])
     summary = {}
     for mixer in ranks:
         mean, low, high = stats_[mixer]
@@ -163,8 +164,9 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
             "n": len(values[mixer]),
             "cost": {k: means[k] for k in COST},
             "probes": {k: means[k] for k in PROBES if means[k] is not None},
+            "scale": scale,  # the cell's ceiling and chance level (scale_values), the same in every row
         }  # fmt: skip
-    lines += scale_line(metric, [r for runs in mixers.values() for r in runs])
+    lines += scale_line(metric, scale)
     short = {m: len(v) for m, v in values.items() if len(v) < SEEDS}
     if short:
         lines += [""]
@@ -183,20 +185,41 @@ SCALE = {"_real": "real canvases (both copies the same digit)",
          "_independent": "two independently drawn real digits"}  # fmt: skip
 
 
-def scale_line(metric: str, runs: list[dict]) -> list[str]:
-    """Where the runs record the primary metric measured on real data too (``<metric>_real``,
-    ``<metric>_independent``: the twin metrics), one line setting the table against them, so that a reader
-    sees how far a mixer is from chance and from the data; ``[]`` otherwise."""
+def scale_values(metric: str, runs: list[dict]) -> dict[str, list[float]]:
+    """``{suffix: values}`` of the primary metric measured on real data too (``<metric>_real``,
+    ``<metric>_independent``: the twin metrics), over the cell's runs' records; ``{}`` where none has them."""
+    found = {sfx: [v for r in runs if (v := _number(r.get(metric + sfx))) is not None] for sfx in SCALE}
+    return {sfx: vals for sfx, vals in found.items() if vals}
+
+
+def scale_line(metric: str, scale: dict[str, list[float]]) -> list[str]:
+    """One line setting a cell's table against its metric's ceiling and chance level (``scale_values``), so
+    that a reader sees how far a mixer is from chance and from the data; ``[]`` without them."""
     parts = []
-    for suffix, what in SCALE.items():
-        vals = [v for r in runs if (v := _number(r.get(metric + suffix))) is not None]
-        if vals:
-            spread = f" (range {fmt(min(vals))}–{fmt(max(vals))})" if max(vals) - min(vals) > 1e-9 else ""
-            parts.append(f"{what}: {fmt(statistics.fmean(vals))}{spread}")
+    for suffix, vals in scale.items():
+        spread = f" (range {fmt(min(vals))}–{fmt(max(vals))})" if max(vals) - min(vals) > 1e-9 else ""
+        parts.append(f"{SCALE[suffix]}: {fmt(statistics.fmean(vals))}{spread}")
     if not parts:
         return []
+    n = max(len(v) for v in scale.values())
     return ["", f"For scale, `{metric}` measured on the data by the same classifier (mean over the "
-                f"{len(runs)} runs' records): " + "; ".join(parts) + "."]  # fmt: skip
+                f"{n} runs' records): " + "; ".join(parts) + "."]  # fmt: skip
+
+
+def baseline_on_scale(base: str, row: dict, scale: dict[str, list[float]]) -> list[str]:
+    """Where the chance level and the ceiling are known: how much of the way from chance to the data the
+    no-mixing baseline ``base`` (summary ``row``) already goes."""
+    if not {"_real", "_independent"} <= set(scale):
+        return []
+    real, chance = statistics.fmean(scale["_real"]), statistics.fmean(scale["_independent"])
+    if real == chance:
+        return []
+    share = (row["mean"] - chance) / (real - chance)
+    return [
+        f"  - without mixing, `{base}` already scores {fmt(row['mean'])} against {fmt(real)} for real twins "
+        f"and {fmt(chance)} for two independently drawn digits: {share:.0%} of the way from chance to the "
+        "data."
+    ]
 
 
 ATTENTION = ("global_attention", "window_attention", "self_attention", "neighborhood_attention")
@@ -269,6 +292,8 @@ def findings(summaries: dict, unmatched: dict | None = None) -> list[str]:
             continue
         higher = FAMILIES.get(family, ("test/loss", False, []))[1]
         lines.append(f"- {where}: {sentence}")
+        base = NO_MIXING.get(family, "identity")
+        lines += baseline_on_scale(base, complete[base], complete[base].get("scale", {}))
         hits = sorted(
             (m for m, s in complete.items() if s["contrast"] and s["contrast"].p_holm < HEADLINE_P),
             key=lambda m: complete[m]["contrast"].p_holm,
