@@ -246,3 +246,23 @@ def test_the_sagan_cell_is_set_against_sagans_own_8x8_ablation(tmp_path):
     assert "SAGAN's ablation" in found and "their intervals overlap: the same as SAGAN's 8×8 result" in found
     found = _load().build(tmp_path / "b", tmp_path / "out2", "cmd").split("## Findings")[1]
     assert "self-attention above it, intervals apart: unlike SAGAN's 8×8 result" in found
+
+
+def test_published_two_mixer_orderings_are_read_by_the_intervals(tmp_path):
+    """FocalNet's paper puts focal modulation above window attention, Show-Attend-Tell hard above soft: ours
+    agree when the intervals are apart in that order, are "not separated" when they overlap, and reversed."""
+    high, low = [0.9, 0.91, 0.92, 0.905, 0.915], [0.7, 0.72, 0.71, 0.69, 0.705]
+    write_cell(tmp_path / "r" / "focalnet" / "cluttered_digits", "test/acc",
+               {"focal_modulation": high, "window_attention": low, "identity": low})  # fmt: skip
+    write_cell(tmp_path / "r" / "show_attend_tell" / "digit_captions", "test/bleu4",
+               {"focal_modulation": high, "hard": low, "soft": high, "none": low})  # fmt: skip
+    found = _load().build(tmp_path / "r", tmp_path / "out", "cmd").split("## Findings")[1]
+    focal = next(t for t in found.splitlines() if "FocalNet (Yang et al. 2022" in t)
+    assert "`focal_modulation` 0.91 [" in focal and focal.endswith("the same order, intervals apart.")
+    hard = next(t for t in found.splitlines() if "Show, Attend and Tell (Xu" in t)
+    assert "`hard` 0.705 [" in hard and hard.endswith("the reverse order, intervals apart.")
+    write_cell(tmp_path / "t" / "focalnet" / "cluttered_digits", "test/acc",
+               {"focal_modulation": high, "window_attention": [0.9, 0.915, 0.91, 0.905, 0.92],
+                "identity": low})  # fmt: skip
+    found = _load().build(tmp_path / "t", tmp_path / "out2", "cmd").split("## Findings")[1]
+    assert "not separated here (intervals overlap)" in found
