@@ -46,9 +46,9 @@ def run_app(cfg: DictConfig) -> float | None:
         metrics = run(cfg)
     except RunInterrupted as err:  # recorded as "interrupted"; a sweep stops too
         saved = f"checkpoint saved to {err.saved}" if err.saved else "no new checkpoint"
-        print(
-            f"{err}: {saved}; continue with resume=true hydra.run.dir={cfg.paths.output_dir}", file=sys.stderr
-        )
+        from attnbench.run_folder import resume_command
+
+        print(f"{err}: {saved}; continue with {resume_command(cfg.paths.output_dir)}", file=sys.stderr)
         sys.exit(err.exit_code)
     except CheckpointWriteError as err:  # a full disk: recorded in metrics.json; one message, no traceback
         _report_failure(f"error: {err}", cfg)

@@ -184,6 +184,25 @@ def command_overrides() -> list[str]:
     return [str(o) for o in hydra.hydra.overrides.task] if hydra is not None else []
 
 
+def resume_command(folder: Path | str) -> str:
+    """The overrides that continue the run saved in ``folder``: ``resume=true hydra.run.dir=FOLDER``; in a
+    multirun also this job's own overrides and ``hydra.sweep.dir``/``hydra.sweep.subdir`` naming the same
+    folder, because a multirun (``-m``, or an experiment config that sets ``hydra.mode: MULTIRUN``) ignores
+    ``hydra.run.dir`` and would otherwise continue, or be refused by, the sweep's default folder."""
+    import shlex
+
+    folder = Path(folder)
+    hydra = hydra_runtime()
+    mode = OmegaConf.select(hydra, "hydra.mode") if hydra is not None else None
+    multirun = getattr(mode, "name", str(mode)).endswith("MULTIRUN")
+    placed = ("resume=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=", "hydra.output_subdir=")
+    job = [o for o in command_overrides() if not o.lstrip("+~").startswith(placed)] if multirun else []
+    where = [f"hydra.run.dir={folder}"]
+    if multirun:
+        where += [f"hydra.sweep.dir={folder.parent}", f"hydra.sweep.subdir={folder.name}"]
+    return " ".join(shlex.quote(o) for o in [*job, "resume=true", *where])
+
+
 # configs composed in Python (Hydra's compose API) -> the overrides they were composed with
 _composed_overrides: dict[int, list[str]] = {}
 

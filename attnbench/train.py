@@ -453,6 +453,7 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
         check_resume_progress,
         refuse_taken,
         restore_saved_config,
+        resume_command,
         run_markers,
         save_record,
     )
@@ -531,7 +532,7 @@ def _run_in_claimed_folder(cfg: DictConfig, out: Path, lead: bool) -> dict[str, 
         metrics["status"] = "ok"
     except RunInterrupted as err:
         metrics.update(status="interrupted", error=str(err), **built.partial_results())
-        log.warning("run %s; resume with: resume=true hydra.run.dir=%s", err, out)
+        log.warning("run %s; resume with: %s", err, resume_command(out))
         raise
     except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
         if flag.signum is not None or type(err).__name__ == "SIGTERMException":  # Lightning's own stop
