@@ -8,9 +8,9 @@ assuming independence: sort the m p-values ``p_(1) <= ... <= p_(m)``; the adjust
 below alpha. Each contrast is Welch's two-sample t-test (unequal variances, Welch-Satterthwaite degrees of
 freedom) with its confidence interval of the difference of means.
 
-The ranking orders configurations by mean and gives tied ranks (``2=``) to configurations whose confidence
-intervals overlap the interval of the first configuration of their tie group, so a ranking never claims an
-order the intervals do not support.
+The ranking orders configurations by mean and ranks each one 1 + the number of configurations whose confidence
+interval lies wholly on the better side of its own (``2=``: a rank held by more than one), so a ranking never
+claims an order the intervals do not support: a configuration whose interval overlaps the best one's ranks 1.
 """
 
 from __future__ import annotations
@@ -80,19 +80,21 @@ def contrasts_against(
 def rank_with_ties(
     intervals: Mapping[str, tuple[float, float, float]], higher_is_better: bool = True
 ) -> dict[str, str]:
-    """name -> rank label from ``(mean, low, high)`` per name: ``"1"``, ``"2="`` ... (standard competition
-    ranking); a name whose interval overlaps the interval of its tie group's first member shares its rank."""
+    """name -> rank label from ``(mean, low, high)`` per name, ordered by mean: ``"1"``, ``"2="`` ...
+
+    A name's rank is 1 + the number of names whose interval lies wholly on the better side of its own
+    (their low above its high, for higher-is-better): the rank counts only the configurations the intervals
+    show to be better (the rule of the Chatbot Arena leaderboard's "rank (UB)"). ``=`` marks a rank that more
+    than one name holds. So a configuration whose interval overlaps the best one's ranks 1, however low its
+    mean; and no name is ranked below another unless some configuration is shown better than it. Overlap
+    is not transitive: on a chain a > b > c where only a and c are apart, a and b rank 1= and c ranks 2."""
     order = sorted(intervals, key=lambda n: intervals[n][0], reverse=higher_is_better)
-    ranks: dict[str, int] = {}
-    leader = None
-    for position, name in enumerate(order, start=1):
-        _, low, high = intervals[name]
-        if leader is not None:
-            _, l_low, l_high = intervals[leader]
-            if low <= l_high and l_low <= high:  # the intervals overlap: not ordered
-                ranks[name] = ranks[leader]
-                continue
-        leader, ranks[name] = name, position
+
+    def wholly_better(other: str, name: str) -> bool:
+        (_, o_low, o_high), (_, low, high) = intervals[other], intervals[name]
+        return o_low > high if higher_is_better else o_high < low
+
+    ranks = {name: 1 + sum(wholly_better(other, name) for other in order if other != name) for name in order}
     counts: dict[int, int] = {}
     for r in ranks.values():
         counts[r] = counts.get(r, 0) + 1

@@ -280,8 +280,9 @@ def holm_family(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comp
 
 
 def ranking_markdown(groups: list[Group], metric: str, higher_is_better: bool) -> list[str]:
-    """Configurations ranked by their mean of ``metric``, tied (``2=``) where their 95 % intervals overlap
-    (:func:`attnbench.multiple_comparisons.rank_with_ties`); a configuration with one run has no interval
+    """Configurations ordered by their mean of ``metric``, each ranked 1 + the number of configurations whose
+    95 % interval lies wholly on the better side of its own (``2=``: shared; see
+    :func:`attnbench.multiple_comparisons.rank_with_ties`); a configuration with one run has no interval
     and is listed unranked."""
     from attnbench.multiple_comparisons import rank_with_ties
 
@@ -302,7 +303,8 @@ def ranking_markdown(groups: list[Group], metric: str, higher_is_better: bool) -
         "",
         f"## Ranking on {metric} ({'higher' if higher_is_better else 'lower'} is better)",
         "",
-        "Ordered by mean; configurations whose 95 % confidence intervals overlap share a rank (`2=`): the "
+        "Ordered by mean; a configuration's rank is 1 + the number of configurations whose 95 % confidence "
+        "interval lies wholly on the better side of its own (`2=`: a shared rank): the "
         "ranking claims no order the intervals do not support.",
         "",
         "| rank | configuration | mean [95 % CI] |",

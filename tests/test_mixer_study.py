@@ -266,3 +266,39 @@ def test_published_two_mixer_orderings_are_read_by_the_intervals(tmp_path):
                 "identity": low})  # fmt: skip
     found = _load().build(tmp_path / "t", tmp_path / "out2", "cmd").split("## Findings")[1]
     assert "not separated here (intervals overlap)" in found
+
+
+def test_each_table_names_the_runs_tested_before_their_last_epoch(tmp_path):
+    """The checkpoint a run tested (``test/ckpt``, 0-based ``epochNNN``) against its saved ``max_epochs``, and
+    the family's ``model.monitor`` that chose it (PROTOCOL.md amendment 18)."""
+    cell = tmp_path / "runs" / "sagan" / "twin_digits"
+    tested = {("focal_modulation", 0): 39, ("focal_modulation", 1): 19,
+              ("identity", 0): 39, ("identity", 1): 39}  # fmt: skip
+    for (mixer, seed), epoch in tested.items():
+        run = cell / f"{mixer}_s{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(
+            "trainer:\n  max_epochs: 40\nmodel:\n  monitor:\n    metric: val/fid\n    mode: min\n"
+        )
+        ckpt = f"/anywhere/checkpoints/epoch{epoch:03d}.ckpt"
+        record = {"status": "ok", "test/twin_consistency": 0.8 + seed / 100, "run/variant": mixer,
+                  "provenance/commit": "abc", "test/ckpt": ckpt}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(record))
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    line = next(x for x in text.splitlines() if x.startswith("Tested checkpoint:"))
+    assert "`val/fid (min)`" in line
+    assert "1 of 4 runs was tested before the last epoch: `focal_modulation_s1` (epoch 20 of 40)." in line
+    assert "identity_s" not in line and "focal_modulation_s0" not in line
+
+
+def test_a_mixer_whose_interval_overlaps_the_best_ranks_first_whatever_its_mean(tmp_path):
+    """Ranks count only the mixers shown better by the intervals (PROTOCOL.md amendment 18): one collapsed
+    seed widens ``hard``'s interval over ``soft``'s, so it shares rank 1 although its mean is the lowest;
+    ``none``, below ``soft`` and focal modulation with intervals apart, ranks 3."""
+    values = {"soft": [0.97, 0.975, 0.98, 0.972, 0.978],
+              "focal_modulation": [0.965, 0.96, 0.97, 0.955, 0.975],
+              "none": [0.84, 0.85, 0.845, 0.842, 0.848], "hard": [0.97, 0.96, 0.25, 0.98, 0.5]}  # fmt: skip
+    write_cell(tmp_path / "runs" / "show_attend_tell" / "digit_captions", "test/bleu4", values)
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    rank = {m: next(x for x in text.splitlines() if f"| `{m}` |" in x).split("|")[1].strip() for m in values}
+    assert rank == {"soft": "1=", "focal_modulation": "1=", "hard": "1=", "none": "3"}

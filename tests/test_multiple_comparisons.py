@@ -52,6 +52,14 @@ def test_ranking_ties_overlapping_intervals():
     # lower is better (bits/dim): the order turns round
     assert rank_with_ties(intervals, higher_is_better=False) == {"e": "1", "d": "2=", "c": "2=", "b": "4=",
                                                                   "a": "4="}  # fmt: skip
-    # a third member overlapping the second but not the leader starts a new rank
+    # a chain: c overlaps b but not a; only a is shown better than c, so c ranks 2 (one above it), not 3
     chain = {"a": (1.0, 0.95, 1.05), "b": (0.9, 0.85, 0.96), "c": (0.82, 0.78, 0.88)}
-    assert rank_with_ties(chain) == {"a": "1=", "b": "1=", "c": "3"}
+    assert rank_with_ties(chain) == {"a": "1=", "b": "1=", "c": "2"}
+    # a wide interval that overlaps the best one's ranks 1=, below others' means or not (Show-Attend-Tell's
+    # hard attention with one collapsed seed): no configuration is shown better than it
+    wide = {"soft": (0.975, 0.955, 0.994), "focal": (0.947, 0.934, 0.959), "none": (0.845, 0.825, 0.865),
+            "hard": (0.735, 0.383, 1.087)}  # fmt: skip
+    assert rank_with_ties(wide) == {"soft": "1=", "focal": "1=", "none": "3", "hard": "1="}
+    # an interval overlapping a middle one but not those above it counts only those shown better
+    mid = {"a": (0.88, 0.87, 0.89), "b": (0.80, 0.788, 0.812), "c": (0.778, 0.756, 0.80)}
+    assert rank_with_ties(mid) == {"a": "1", "b": "2=", "c": "2="}

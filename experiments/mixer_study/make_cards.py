@@ -45,6 +45,13 @@ PLANNED = {
     "image_transformer": [("twin_digits", "planned (PROTOCOL.md amendment 6)")],
     "show_attend_tell": [("digit_captions", "planned (PROTOCOL.md amendment 6)")],
 }
+# families where a mixer name of the study is not a catalogue mixer of the family's role but an option of the
+# model (family -> name -> what it means there)
+MODEL_OPTIONS = {
+    "sagan": {"none": "SAGAN's own option beside the spatial mixers, no mixer block at all: generator and "
+                      "discriminator without the gated residual block at the 8×8 map "
+                      "(`attnbench/models/sagan.py`, `NO_MIXER`; PROTOCOL.md amendment 12)"},
+}  # fmt: skip
 PROBE_NAMES = {
     "probe/shift_consistency/circular": "shift consistency (circular)",
     "probe/equivariance_error/stage1": "equivariance error, stage 1",
@@ -190,8 +197,12 @@ def card(mixer: str, summaries: dict, out: Path) -> str:
             f"  `{info.equation or '(no equation registered)'}`",
             "",
         ]
-    lines += ["## Results", ""]
     mine = {key: rows[mixer] for key, rows in summaries.items() if mixer in rows}
+    for family in sorted({f.removesuffix("_matched_flops") for f, _ in mine}):
+        if mixer in MODEL_OPTIONS.get(family, {}):
+            meaning = MODEL_OPTIONS[family][mixer]
+            lines += [f"- In **{family}** (the rows below), `model.mixer={mixer}` is {meaning}.", ""]
+    lines += ["## Results", ""]
     if mine:
         lines += [
             "Mean over seeds with its 95 % t-interval; the Welch difference from `focal_modulation` with its "

@@ -4,10 +4,11 @@
 
 RUNS_DIR (default ``experiments/mixer_study/runs``) holds ``<family>/<task>/<mixer>_s<seed>/`` folders, each
 with the ``metrics.json`` (and ``probes.json``) of one run. Per (family, task): mixers ranked by the family's
-primary metric with mean ± 95 % t-interval over seeds (tied ranks where intervals overlap), each mixer's
-Welch difference from the reference (focal modulation) with its interval, raw and Holm-corrected p-values
-(the family of one task's comparisons: ``attnbench/multiple_comparisons.py``), parameters and FLOPs per
-sample, and the probes' means for classifiers. The protocol that fixes all of this is PROTOCOL.md beside
+primary metric with mean ± 95 % t-interval over seeds (a mixer's rank: 1 + the number of mixers whose
+interval lies wholly on the better side of its own), the checkpoint each run tested, each mixer's Welch
+difference from the reference (focal modulation) with its interval, raw and Holm-corrected p-values (the
+family of one task's comparisons: ``attnbench/multiple_comparisons.py``), parameters and FLOPs per sample,
+and the probes' means for classifiers. The protocol that fixes all of this is PROTOCOL.md beside
 this file; nothing here is tuned to the results.
 
 Matched FLOPs (PROTOCOL.md amendments 3 and 5): ``<family>_matched_flops/<task>/`` holds the runs of
@@ -82,6 +83,7 @@ def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
         commits.add(str(record.get("provenance/commit", "unrecorded")))
         mixer = str(record.get("run/variant") or job.rsplit("_s", 1)[0])
         record["_job"] = job
+        record["_tested"] = tested_checkpoint(path.parent, record)
         cells[(family, task)][mixer].append(record)
     return cells, problems, commits
 
@@ -99,6 +101,46 @@ def truncated(run: Path) -> str | None:
     if isinstance(wanted, int) and wanted > 0 and done < wanted:
         return f"stopped after {done} of {wanted} epochs"
     return None
+
+
+def tested_checkpoint(run: Path, record: dict) -> dict | None:
+    """``{"epoch": k (1-based), "epochs": M, "monitor": "val/fid (min)"}``: which epoch's checkpoint the run
+    tested (``test/ckpt``, named ``epochNNN.ckpt`` by the checkpoint callback, 0-based) out of its saved
+    ``trainer.max_epochs``, and the ``model.monitor`` that chose it; None where either cannot be read."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    found = re.search(r"epoch(\d+)", Path(str(record.get("test/ckpt", ""))).name)
+    config = run / ".hydra" / "config.yaml"
+    if not found or not config.is_file():
+        return None
+    cfg = OmegaConf.load(config)
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    metric, mode = OmegaConf.select(cfg, "model.monitor.metric"), OmegaConf.select(cfg, "model.monitor.mode")
+    if not isinstance(epochs, int):
+        return None
+    monitor = f"{metric} ({mode})" if metric else "none (the last epoch)"
+    return {"epoch": int(found.group(1)) + 1, "epochs": epochs, "monitor": monitor}
+
+
+def tested_line(mixers: dict) -> list[str]:
+    """One line naming the checkpoint rule of a table's runs and the runs tested before their last epoch
+    (their best epoch by the family's ``model.monitor``, the same rule for every mixer)."""
+    tested = [(r["_job"], t) for runs in mixers.values() for r in runs if (t := r.get("_tested"))]
+    if not tested:
+        return []
+    monitors = sorted({t["monitor"] for _, t in tested})
+    early = sorted((job, t) for job, t in tested if t["epoch"] < t["epochs"])
+    head = (
+        f"Tested checkpoint: each run's best epoch by `{'`, `'.join(monitors)}` on the validation split (the "
+        f"family's `model.monitor`, the same rule for every mixer); "
+    )
+    if not early:
+        return ["", head + f"all {len(tested)} runs were tested at their last epoch."]
+    listed = ", ".join(f"`{job}` (epoch {t['epoch']} of {t['epochs']})" for job, t in early)
+    were = "was" if len(early) == 1 else "were"
+    return ["", head + f"{len(early)} of {len(tested)} runs {were} tested before the last epoch: {listed}."]
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
@@ -167,6 +209,7 @@ def cell_table(family: str, task: str, mixers: dict) -> tuple[list[str], dict]:
             "scale": scale,  # the cell's ceiling and chance level (scale_values), the same in every row
         }  # fmt: skip
     lines += scale_line(metric, scale)
+    lines += tested_line(mixers)
     short = {m: len(v) for m, v in values.items() if len(v) < SEEDS}
     if short:
         lines += [""]
@@ -468,7 +511,9 @@ def build(runs_dir: Path, out: Path, command: str) -> str:
         f"Python {platform.python_version()}) from {sum(len(r) for c in cells.values() for r in c.values())} "
         f"runs in `{shown_path(runs_dir)}`; runs made at commit(s) {', '.join(sorted(commits)) or '–'}. "
         "Protocol: "
-        "[PROTOCOL.md](PROTOCOL.md). Bold: Holm-corrected p < 0.01 against focal modulation.",
+        "[PROTOCOL.md](PROTOCOL.md). Bold: Holm-corrected p < 0.01 against focal modulation. Rank: 1 + the "
+        "number of mixers whose 95 % interval lies wholly on the better side of its own (`=`: a shared rank; "
+        "amendment 18).",
         "",
     ]
     dirty = sorted(f"{f}/{t}/{r['_job']}" for (f, t), c in cells.items() for rs in c.values() for r in rs
