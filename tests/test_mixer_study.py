@@ -302,3 +302,23 @@ def test_a_mixer_whose_interval_overlaps_the_best_ranks_first_whatever_its_mean(
     text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
     rank = {m: next(x for x in text.splitlines() if f"| `{m}` |" in x).split("|")[1].strip() for m in values}
     assert rank == {"soft": "1=", "focal_modulation": "1=", "hard": "1=", "none": "3"}
+
+
+def test_a_run_launched_outside_the_cells_recipe_is_listed_not_counted(tmp_path):
+    """A run in the study's folder whose command line (``.hydra/overrides.yaml``) changes the recipe, or
+    uses a seed outside the protocol's, is not counted, and RESULTS says why."""
+    cell = tmp_path / "runs" / "sagan" / "twin_digits"
+    write_cell(cell, "test/twin_consistency", {"global_attention": [0.82, 0.83, 0.81, 0.84, 0.8, 0.1, 0.2]})
+    extra = {6: ["seed=1", "trainer.max_epochs=1", "data.num_train=256"]}  # folder s6: a short run of seed 1
+    for seed in range(7):
+        (cell / f"global_attention_s{seed}" / ".hydra").mkdir()
+        lines = ["experiment=mixer_study_sagan", "model.mixer=global_attention"]
+        lines += extra.get(seed, [f"seed={seed}"])
+        (cell / f"global_attention_s{seed}" / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {o}\n" for o in lines)
+        )
+    text = _load().build(tmp_path / "runs", tmp_path / "out", "cmd")
+    row = next(x for x in text.splitlines() if "| `global_attention` |" in x)
+    assert row.split("|")[3].strip() == "5" and "0.82 ± " in row  # seeds 0-4 only: mean 0.82
+    assert "global_attention_s5: seed=5 (the protocol's seeds are 0-4)" in text
+    assert "global_attention_s6: overrides data.num_train=256, trainer.max_epochs=1" in text

@@ -82,10 +82,39 @@ def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
             record.update({k: v for k, v in json.loads(probes.read_text()).items() if k.startswith("probe/")})
         commits.add(str(record.get("provenance/commit", "unrecorded")))
         mixer = str(record.get("run/variant") or job.rsplit("_s", 1)[0])
+        outside = outside_recipe(path.parent, family, mixer)
+        if outside:
+            problems.append(f"{family}/{task}/{job}: {outside} (not counted: not the cell's recipe)")
+            continue
         record["_job"] = job
         record["_tested"] = tested_checkpoint(path.parent, record)
         cells[(family, task)][mixer].append(record)
     return cells, problems, commits
+
+
+def outside_recipe(run: Path, family: str, mixer: str) -> str | None:
+    """What in the run's command line (``.hydra/overrides.yaml``) leaves the cell's recipe, else None: a
+    study run is ``experiment=mixer_study_<family>`` with only ``seed`` (one of the protocol's seeds),
+    ``model.mixer`` (the run's own) and ``resume`` on top. A run launched with other overrides (a shorter
+    schedule, less data) or into the study's folder by another experiment would otherwise be counted."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None  # no command line recorded (made-up or imported runs): nothing to check
+    from omegaconf import OmegaConf
+
+    overrides = [str(o) for o in OmegaConf.load(path)]
+    found = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    wanted = f"mixer_study_{family}"
+    if found.get("experiment") != wanted:
+        return f"experiment={found.get('experiment')} (expected {wanted})"
+    if "seed" in found and found["seed"] not in {str(s) for s in range(SEEDS)}:
+        return f"seed={found['seed']} (the protocol's seeds are 0-{SEEDS - 1})"
+    if found.get("model.mixer", mixer) != mixer:
+        return f"model.mixer={found['model.mixer']} in a run recorded as {mixer}"
+    extra = sorted(k for k in found if k not in {"experiment", "seed", "model.mixer", "resume"})
+    if extra:
+        return "overrides " + ", ".join(f"{k}={found[k]}" for k in extra)
+    return None
 
 
 def truncated(run: Path) -> str | None:
