@@ -245,6 +245,14 @@ def card(mixer: str, summaries: dict, out: Path) -> str:
         for (family, task), p in sorted(probed.items()):
             lines.append(f"| {family} | {task} | " + " | ".join(fmt(p.get(k)) for k in keys) + " |")
         lines.append("")
+    else:
+        lines += [
+            "## Probes",
+            "",
+            "None: the probes (shift consistency, equivariance error, ERF, corruptions) measure classifiers, "
+            "and no run of this mixer in the study is a classifier's (the FocalNet cells).",
+            "",
+        ]
     lines += ["## Cost as the map grows", ""]
     costed = False
     for role in roles:
@@ -258,6 +266,12 @@ def card(mixer: str, summaries: dict, out: Path) -> str:
             "× FLOPs 4 per doubling of the side = linear in tokens, 16 = quadratic:",
             "",
             *cost_table(rows),
+            "",
+        ]
+    if not costed:
+        lines += [
+            "`attnbench.bench` measures the spatial and causal mixers on growing maps; it has no run of "
+            f"a {' / '.join(roles)} mixer, whose cost here is its model's, at the study's one input size:",
             "",
         ]
     for (family, task), s in sorted(mine.items()):
