@@ -73,7 +73,8 @@ def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
         if record.get("status") != "ok":
             problems.append(f"{family}/{task}/{job}: status {record.get('status')}")
             continue
-        short = truncated(path.parent)
+        config = saved_config(path.parent)
+        short = truncated(path.parent, config)
         if short:
             problems.append(f"{family}/{task}/{job}: {short} (not counted: another budget)")
             continue
@@ -87,7 +88,7 @@ def load(runs_dir: Path) -> tuple[dict, list[str], set[str]]:
             problems.append(f"{family}/{task}/{job}: {outside} (not counted: not the cell's recipe)")
             continue
         record["_job"] = job
-        record["_tested"] = tested_checkpoint(path.parent, record)
+        record["_tested"] = tested_checkpoint(config, record)
         cells[(family, task)][mixer].append(record)
     return cells, problems, commits
 
@@ -117,34 +118,41 @@ def outside_recipe(run: Path, family: str, mixer: str) -> str | None:
     return None
 
 
-def truncated(run: Path) -> str | None:
+def saved_config(run: Path):
+    """The run's ``.hydra/config.yaml`` as plain data (values read only, nothing instantiated), else None."""
+    from omegaconf import OmegaConf
+
+    config = run / ".hydra" / "config.yaml"
+    return OmegaConf.load(config) if config.is_file() else None
+
+
+def truncated(run: Path, config) -> str | None:
     """``"stopped after N of M epochs"`` when the run's history.csv has fewer epochs than its saved
-    ``trainer.max_epochs`` (``trainer.max_time``, a guard, ended it), else None."""
-    history, config = run / "history.csv", run / ".hydra" / "config.yaml"
-    if not history.is_file() or not config.is_file():
+    ``trainer.max_epochs`` (``config``; ``trainer.max_time``, a guard, ended it), else None."""
+    history = run / "history.csv"
+    if not history.is_file() or config is None:
         return None
     from omegaconf import OmegaConf
 
-    wanted = OmegaConf.select(OmegaConf.load(config), "trainer.max_epochs")
+    wanted = OmegaConf.select(config, "trainer.max_epochs")
     done = sum(1 for line in history.read_text().splitlines()[1:] if line.strip())
     if isinstance(wanted, int) and wanted > 0 and done < wanted:
         return f"stopped after {done} of {wanted} epochs"
     return None
 
 
-def tested_checkpoint(run: Path, record: dict) -> dict | None:
+def tested_checkpoint(cfg, record: dict) -> dict | None:
     """``{"epoch": k (1-based), "epochs": M, "monitor": "val/fid (min)"}``: which epoch's checkpoint the run
     tested (``test/ckpt``, named ``epochNNN.ckpt`` by the checkpoint callback, 0-based) out of its saved
-    ``trainer.max_epochs``, and the ``model.monitor`` that chose it; None where either cannot be read."""
+    ``trainer.max_epochs`` (``cfg``, the saved config), and the ``model.monitor`` that chose it; None where
+    either cannot be read."""
     import re
 
     from omegaconf import OmegaConf
 
     found = re.search(r"epoch(\d+)", Path(str(record.get("test/ckpt", ""))).name)
-    config = run / ".hydra" / "config.yaml"
-    if not found or not config.is_file():
+    if not found or cfg is None:
         return None
-    cfg = OmegaConf.load(config)
     epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     metric, mode = OmegaConf.select(cfg, "model.monitor.metric"), OmegaConf.select(cfg, "model.monitor.mode")
     if not isinstance(epochs, int):
@@ -160,7 +168,7 @@ def tested_line(mixers: dict) -> list[str]:
     if not tested:
         return []
     monitors = sorted({t["monitor"] for _, t in tested})
-    early = sorted((job, t) for job, t in tested if t["epoch"] < t["epochs"])
+    early = sorted(((job, t) for job, t in tested if t["epoch"] < t["epochs"]), key=lambda jt: jt[0])
     head = (
         f"Tested checkpoint: each run's best epoch by `{'`, `'.join(monitors)}` on the validation split (the "
         f"family's `model.monitor`, the same rule for every mixer); "
